@@ -1,0 +1,52 @@
+"""The object model: real Kubernetes manifests parsed into frozen dataclasses."""
+
+from netplane.model._load import (
+    LoadResult,
+    ManifestError,
+    load_file,
+    load_path,
+    manifest_files,
+    parse_manifests,
+)
+from netplane.model._objects import (
+    Container,
+    ContainerPort,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    KubeObject,
+    Labels,
+    Node,
+    ObjectKey,
+    Pod,
+    PodDNSConfig,
+    RawObject,
+    Service,
+    ServicePort,
+)
+from netplane.model._parse import InvalidField, parse_object
+
+__all__ = [
+    "Container",
+    "ContainerPort",
+    "Endpoint",
+    "EndpointPort",
+    "EndpointSlice",
+    "InvalidField",
+    "KubeObject",
+    "Labels",
+    "LoadResult",
+    "ManifestError",
+    "Node",
+    "ObjectKey",
+    "Pod",
+    "PodDNSConfig",
+    "RawObject",
+    "Service",
+    "ServicePort",
+    "load_file",
+    "load_path",
+    "manifest_files",
+    "parse_manifests",
+    "parse_object",
+]
