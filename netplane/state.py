@@ -99,21 +99,17 @@ class ChangeTracker:
                 s.clear()
             return changes
 
+    def _has_changes(self) -> bool:
+        return bool(self._services or self._endpoints or self._pods or self._nodes or self._others)
+
     def pending(self) -> bool:
         with self._cond:
-            return bool(
-                self._services or self._endpoints or self._pods or self._nodes or self._others
-            )
+            return self._has_changes()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until something changed (True) or the timeout passed (False)."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: (
-                    self._services or self._endpoints or self._pods or self._nodes or self._others
-                ),
-                timeout,
-            )
+            return self._cond.wait_for(self._has_changes, timeout)
 
 
 class ClusterState:

@@ -1,0 +1,96 @@
+"""`netplane proxy ...`: the kube-proxy replacement's commands (interfaces fixed by issue 2)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+_FAMILY = click.Choice(["ipv4", "ipv6"])
+
+
+@click.group()
+def proxy() -> None:
+    """Service proxy: Services + EndpointSlices -> iptables rules."""
+
+
+@proxy.command()
+@click.option(
+    "--manifests",
+    "manifests",
+    required=True,
+    type=click.Path(exists=True),
+    help="Manifest file or directory (YAML/JSON).",
+)
+@click.option("--node", required=True, help="This node's name (matches EndpointSlice nodeName).")
+@click.option(
+    "--cluster-cidr",
+    default=None,
+    help="Pod CIDR: traffic from it is pod traffic (not masqueraded).",
+)
+@click.option("--masquerade-all", is_flag=True, help="Masquerade all traffic to services.")
+@click.option("--family", type=_FAMILY, default="ipv4", show_default=True)
+def render(
+    manifests: str, node: str, cluster_cidr: str | None, masquerade_all: bool, family: str
+) -> None:
+    """Print the iptables-restore input for NODE (pure: no root, no kernel state)."""
+    from netplane.model import load_path
+    from netplane.proxy.render import ProxyConfig, render_full
+    from netplane.state import ClusterState
+
+    result = load_path(manifests)
+    for e in result.errors:
+        click.echo(f"warning: {e}", err=True)
+    state = ClusterState()
+    state.apply(result.objects)
+    config = ProxyConfig(
+        node_name=node, family=family, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all
+    )
+    sys.stdout.write(render_full(state.snapshot(), config))
+
+
+@proxy.command()
+@click.option(
+    "--manifests",
+    "manifests",
+    required=True,
+    type=click.Path(),
+    help="Manifest file or directory, followed for changes.",
+)
+@click.option("--node", envvar="NODE_NAME", required=True, help="This node's name [env NODE_NAME].")
+@click.option("--cluster-cidr", default=None)
+@click.option("--masquerade-all", is_flag=True)
+@click.option("--family", type=_FAMILY, default="ipv4", show_default=True)
+@click.option("--backend", type=click.Choice(["iptables"]), default="iptables", show_default=True)
+@click.option(
+    "--iptables-variant",
+    type=click.Choice(["auto", "legacy", "nft"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--metrics-addr", default="127.0.0.1:10249", show_default=True)
+@click.option("--healthz-addr", default="0.0.0.0:10256", show_default=True)
+@click.option("--min-sync-period", type=float, default=1.0, show_default=True)
+@click.option("--sync-period", type=float, default=30.0, show_default=True)
+def run(**options) -> None:
+    """Run the proxy daemon: follow the manifests and keep the kernel's rules in sync.
+
+    SIGTERM stops it and leaves the rules in place, so a restart does not disturb traffic.
+    """
+    from netplane.proxy.daemon import run_daemon
+
+    sys.exit(run_daemon(**options))
+
+
+@proxy.command()
+@click.option(
+    "--iptables-variant",
+    type=click.Choice(["auto", "legacy", "nft"]),
+    default="auto",
+    show_default=True,
+)
+def cleanup(iptables_variant: str) -> None:
+    """Remove every chain and rule netplane added to iptables (both families)."""
+    from netplane.proxy.sync import cleanup as do_cleanup
+
+    do_cleanup(iptables_variant)
