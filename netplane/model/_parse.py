@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from netplane.model._objects import (
@@ -151,7 +152,14 @@ def _int(value: Any, path: str, low: int, high: int) -> int:
     return value
 
 
+# Strict for hand-written manifests; lenient for objects the API server already validated,
+# which may carry fields newer than the ones listed here.
+_strict: ContextVar[bool] = ContextVar("netplane_strict_fields", default=True)
+
+
 def _known(d: dict, allowed: frozenset, path: str) -> None:
+    if not _strict.get():
+        return
     for k in d:
         if k not in allowed:
             where = f"{path}.{k}" if path else str(k)
@@ -659,8 +667,19 @@ _CLUSTER_SCOPED = frozenset(
 )
 
 
-def parse_object(doc: dict) -> list[KubeObject]:
-    """One manifest document (not a List) -> objects; raises InvalidField."""
+def parse_object(doc: dict, *, strict: bool = True) -> list[KubeObject]:
+    """One manifest document (not a List) -> objects; raises InvalidField.
+
+    strict=False accepts field names this module does not know (use it for API server input).
+    """
+    token = _strict.set(strict)
+    try:
+        return _parse_object(doc)
+    finally:
+        _strict.reset(token)
+
+
+def _parse_object(doc: dict) -> list[KubeObject]:
     kind = _str(doc.get("kind"), "kind")
     if not kind:
         raise InvalidField("kind", "required")

@@ -246,3 +246,20 @@ def test_duplicate_definitions_across_files(tmp_path):
     result = load_path(tmp_path)
     assert [o.ports[0].port for o in result.objects] == [1]
     assert "defined more than once" in result.errors[0].message
+
+
+def test_api_objects_may_carry_fields_newer_than_ours():
+    from netplane.model import parse_object
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "a", "newMeta": 1},
+        "spec": {"ports": [{"port": 80, "futureField": True}], "futureSpec": {}},
+    }
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_object(doc)
+    (svc,) = parse_object(doc, strict=False)
+    assert svc.ports[0].port == 80
+    with pytest.raises(ValueError, match="out of range"):  # values are still checked
+        parse_object({**doc, "spec": {"ports": [{"port": 0}]}}, strict=False)
