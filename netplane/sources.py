@@ -1,8 +1,8 @@
 """Object sources: where the cluster's objects come from.
 
 Every source feeds a `ClusterState` through `state.apply()` and calls `state.mark_synced()`
-once it has delivered a complete view. Today: manifest files (a file or a directory, polled
-for changes). The Kubernetes API source plugs in behind the same `Source` protocol.
+once it has delivered a complete view: manifest files (a file or a directory, followed for
+changes) here, the Kubernetes API in `netplane.kube`, both behind the `Source` protocol.
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from netplane.model import KubeObject, LoadResult, ManifestError, ObjectKey, load_file
-from netplane.model._load import manifest_files
+from netplane.model import KubeObject, ManifestError, ObjectKey, load_file
+from netplane.model._load import MANIFEST_SUFFIXES, manifest_files
 from netplane.state import ClusterState
+
+try:  # inotify through a well-kept Rust library; polling where it is missing
+    from watchfiles._rust_notify import RustNotify
+except ImportError:  # pragma: no cover
+    RustNotify = None
 
 log = logging.getLogger(__name__)
 
@@ -42,86 +47,129 @@ _Signature = tuple[int, int, int]  # (inode, size, mtime_ns)
 class ManifestSource:
     """Manifests in a file or a directory tree, re-read when a file changes.
 
-    Polling `stat()` is used rather than inotify: it works the same on every filesystem
-    (bind mounts, ConfigMap volumes whose symlinks flip atomically) and costs a few
-    microseconds per file per poll. Only changed files are parsed again.
+    Changes arrive through inotify (the `watchfiles` library), so an idle source costs
+    nothing and an edit is seen within milliseconds even with ten thousand files; a full
+    `stat()` rescan every `rescan_interval` seconds (and on any event that is not a plain
+    manifest file, such as a ConfigMap volume flipping its `..data` symlink) catches what
+    inotify cannot see (NFS, some bind mounts). Only changed files are parsed again, and
+    only the objects they define are compared and published, so a one-object edit costs the
+    same with ten services as with ten thousand.
 
     An object that becomes invalid, or a file that stops parsing, keeps its last good
     version in service: a typo in one manifest must not take a running service down.
-    Deleting the object from the file (or the file) removes it.
+    Deleting the object from the file (or the file) removes it. When several files define
+    the same object, the first file in path order wins and the others are reported.
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         poll_interval: float = 0.1,
+        rescan_interval: float = 10.0,
         on_errors: Callable[[tuple[ManifestError, ...]], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # when inotify is unavailable
+        self.rescan_interval = rescan_interval
         self._on_errors = on_errors
-        self._files: dict[Path, tuple[_Signature, LoadResult]] = {}
+        self._signatures: dict[Path, _Signature] = {}
+        self._file_errors: dict[Path, tuple[ManifestError, ...]] = {}
+        self._file_objects: dict[Path, dict[ObjectKey, KubeObject]] = {}  # incl. last good
+        self._definers: dict[ObjectKey, set[Path]] = {}  # files that define each object
         self._served: dict[ObjectKey, KubeObject] = {}
-        self._origin: dict[ObjectKey, Path] = {}  # which file each served object came from
         self.errors: tuple[ManifestError, ...] = ()
 
-    def sync_once(self, state: ClusterState) -> bool:
-        """Re-read changed files and apply the difference; True when any file changed."""
-        current = {}
-        for f in manifest_files(self.path) if self.path.exists() else []:
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            current[f] = (st.st_ino, st.st_size, st.st_mtime_ns)
-        dirty = current.keys() != self._files.keys() or any(
-            self._files[f][0] != sig for f, sig in current.items()
-        )
+    def sync_once(self, state: ClusterState, paths: Iterable[Path] | None = None) -> bool:
+        """Re-read changed files and apply the difference; True when any file changed.
+
+        `paths`: the files an event named; None rescans the whole tree.
+        """
+        if paths is None:
+            current = {
+                f: sig
+                for f in (manifest_files(self.path) if self.path.exists() else [])
+                if (sig := _signature(f)) is not None
+            }
+            candidates = current.keys() | self._signatures.keys()
+        else:
+            candidates = set(paths)
+            current = {f: sig for f in candidates if (sig := _signature(f)) is not None}
+        dirty = {f for f in candidates if current.get(f) != self._signatures.get(f)}
         if not dirty and state.synced:
             return False
-        files = {}
-        for f, sig in current.items():
-            old = self._files.get(f)
-            files[f] = old if old is not None and old[0] == sig else (sig, load_file(f))
-        self._files = files
-        self._publish(state)
+        for f in dirty:
+            if f in current:
+                self._signatures[f] = current[f]
+            else:
+                self._signatures.pop(f, None)
+        affected: set[ObjectKey] = set()
+        for f in dirty:
+            affected |= self._reload(f, f in current)
+        self._publish(state, affected)
         return True
 
-    def _publish(self, state: ClusterState) -> None:
-        wanted: dict[ObjectKey, KubeObject] = {}
-        origin: dict[ObjectKey, Path] = {}
-        errors: list[ManifestError] = []
-        if not self.path.exists():
-            errors.append(ManifestError(str(self.path), 0, "no such file or directory"))
-        for f, (_, result) in sorted(self._files.items()):
-            errors.extend(result.errors)
-            unreadable = not result.objects and any(e.document == 0 for e in result.errors)
-            keep = (
-                {k for k, src in self._origin.items() if src == f}
-                if unreadable
-                else result.rejected_keys & self._served.keys()
-            )
-            for key in keep:  # the last good version stays in service
-                if key not in wanted:
-                    wanted[key], origin[key] = self._served[key], f
-            for obj in result.objects:
-                if obj.key in wanted:
-                    errors.append(
-                        ManifestError(
-                            str(f),
-                            0,
-                            "defined more than once; the first definition is used",
-                            kind=obj.key[0],
-                            name="/".join(k for k in obj.key[1:] if k),
-                        )
-                    )
-                    continue
-                wanted[obj.key], origin[obj.key] = obj, f
-        deletes = [k for k in self._served if k not in wanted]
-        upserts = [o for k, o in wanted.items() if self._served.get(k) != o]
-        self._served, self._origin = wanted, origin
+    def _reload(self, f: Path, exists: bool) -> set[ObjectKey]:
+        """Re-read one file; returns the keys whose definition may have changed."""
+        old = self._file_objects.pop(f, {})
+        self._file_errors.pop(f, None)
+        for key in old:
+            self._definers[key].discard(f)
+        if not exists:
+            return set(old)
+        result = load_file(f)
+        self._file_errors[f] = result.errors
+        unreadable = not result.objects and any(e.document == 0 for e in result.errors)
+        objects = (
+            dict(old)
+            if unreadable
+            else {  # the last good versions stay in service
+                k: old[k] for k in result.rejected_keys if k in old
+            }
+        )
+        for obj in result.objects:
+            objects.setdefault(obj.key, obj)  # a second definition in one file is ignored
+        self._file_objects[f] = objects
+        for key in objects:
+            self._definers.setdefault(key, set()).add(f)
+        return old.keys() | objects.keys()
+
+    def _publish(self, state: ClusterState, affected: set[ObjectKey]) -> None:
+        upserts: list[KubeObject] = []
+        deletes: list[ObjectKey] = []
+        for key in affected:
+            files = self._definers.get(key)
+            if not files:
+                self._definers.pop(key, None)
+                if self._served.pop(key, None) is not None:
+                    deletes.append(key)
+                continue
+            obj = self._file_objects[min(files)][key]
+            if self._served.get(key) is not obj:
+                self._served[key] = obj
+                upserts.append(obj)
         state.apply(upserts, deletes)
         state.mark_synced()
+        self._report_errors()
+
+    def _report_errors(self) -> None:
+        errors = (
+            []
+            if self.path.exists()
+            else [ManifestError(str(self.path), 0, "no such file or directory")]
+        )
+        for f in sorted(self._file_errors):
+            errors.extend(self._file_errors[f])
+        for key, files in self._definers.items():
+            for f in sorted(files)[1:]:
+                errors.append(
+                    ManifestError(
+                        str(f),
+                        0,
+                        "defined more than once; the first definition is used",
+                        kind=key[0],
+                        name="/".join(k for k in key[1:] if k),
+                    )
+                )
         new_errors = tuple(errors)
         if new_errors != self.errors:
             for e in new_errors:
@@ -133,8 +181,43 @@ class ManifestSource:
 
     def run(self, state: ClusterState, stop: threading.Event) -> None:
         while not stop.is_set():
-            try:
-                self.sync_once(state)
-            except Exception:  # a source must outlive any one bad read
-                log.exception("reading manifests from %s failed", self.path)
-            stop.wait(self.poll_interval)
+            watched = self.path if self.path.is_dir() else self.path.parent
+            if RustNotify is None or not watched.is_dir():
+                self._guarded(state)  # nothing to watch (yet): poll until it exists
+                stop.wait(self.poll_interval)
+                continue
+            # Register the watch before scanning, so no edit falls between the two.
+            with RustNotify([str(watched)], False, False, 0, True, True) as watcher:
+                self._guarded(state)
+                while not stop.is_set() and watched.is_dir():
+                    events = watcher.watch(20, 2, int(self.rescan_interval * 1000), stop)
+                    if not isinstance(events, set):  # "timeout": rescan; "stop"/"signal"
+                        if events != "timeout":
+                            break
+                        events = set()
+                    self._guarded(state, self._event_paths(watched, events))
+
+    def _event_paths(self, watched: Path, events: set[tuple[int, str]]) -> set[Path] | None:
+        """The manifest files an inotify batch names, or None for "rescan everything"."""
+        paths = {Path(p) for _, p in events}
+        if not paths or not all(
+            p.name.endswith(MANIFEST_SUFFIXES)
+            and not any(part.startswith(".") for part in p.relative_to(watched).parts)
+            for p in paths
+        ):
+            return None
+        return paths if self.path.is_dir() else paths & {self.path}
+
+    def _guarded(self, state: ClusterState, paths: set[Path] | None = None) -> None:
+        try:
+            self.sync_once(state, paths)
+        except Exception:  # a source must outlive any one bad read
+            log.exception("reading manifests from %s failed", self.path)
+
+
+def _signature(f: Path) -> _Signature | None:
+    try:
+        st = f.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

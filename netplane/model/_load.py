@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,15 +118,21 @@ def load_file(path: str | Path) -> LoadResult:
 
 
 def manifest_files(path: str | Path) -> list[Path]:
-    """The manifest files under PATH (a file, or a directory searched recursively), sorted."""
+    """The manifest files under PATH (a file, or a directory searched recursively), sorted.
+
+    Names starting with a dot are skipped, directories too: a ConfigMap volume keeps its
+    real files under `..<timestamp>/` and exposes them through symlinks.
+    """
     path = Path(path)
-    if path.is_dir():
-        return sorted(
-            p
-            for p in path.rglob("*")
-            if p.suffix in MANIFEST_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    if not path.is_dir():
+        return [path]
+    found = []
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(
+            Path(root, f) for f in files if f.endswith(MANIFEST_SUFFIXES) and not f.startswith(".")
         )
-    return [path]
+    return sorted(found)
 
 
 def load_path(path: str | Path) -> LoadResult:

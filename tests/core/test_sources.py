@@ -88,3 +88,82 @@ def test_background_source_picks_up_changes(tmp_path):
         thread.join(5)
     assert not thread.is_alive()
     assert isinstance(stop, threading.Event)
+
+
+def test_removing_the_first_definition_reveals_the_second(tmp_path):
+    (tmp_path / "a.yaml").write_text(SVC % ("dup", 1))
+    (tmp_path / "b.yaml").write_text(SVC % ("dup", 2))
+    state = ClusterState()
+    source = ManifestSource(tmp_path)
+    source.sync_once(state)
+    assert state.snapshot().services[("default", "dup")].ports[0].port == 1
+    assert "defined more than once" in str(source.errors[0])
+    (tmp_path / "a.yaml").unlink()
+    source.sync_once(state)
+    assert state.snapshot().services[("default", "dup")].ports[0].port == 2
+    assert source.errors == ()
+
+
+def _follow(path, state, tracker, **kw):
+    """Start a background source on `path`, wait for its first load, and drain the feed."""
+    thread, stop = start_source(ManifestSource(path, **kw), state)
+    assert state.wait_synced(5)
+    tracker.pop()
+    return thread, stop
+
+
+def test_configmap_volume_symlink_flip_is_followed(tmp_path):
+    # kubelet's layout: ..2024_01/svc.yaml, ..data -> ..2024_01, svc.yaml -> ..data/svc.yaml
+    (tmp_path / "..v1").mkdir()
+    (tmp_path / "..v1" / "svc.yaml").write_text(SVC % ("cm", 80))
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "svc.yaml").symlink_to("..data/svc.yaml")
+    state = ClusterState()
+    tracker = state.tracker()
+    thread, stop = _follow(tmp_path, state, tracker, rescan_interval=30)
+    try:
+        assert list(state.snapshot().services) == [("default", "cm")]  # the hidden copy is skipped
+        (tmp_path / "..v2").mkdir()
+        (tmp_path / "..v2" / "svc.yaml").write_text(SVC % ("cm", 8080))
+        (tmp_path / "..data_tmp").symlink_to("..v2")
+        (tmp_path / "..data_tmp").rename(tmp_path / "..data")  # the atomic flip
+        assert tracker.wait(5)
+        assert state.snapshot().services[("default", "cm")].ports[0].port == 8080
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_single_file_replaced_by_rename_is_followed(tmp_path):
+    f = tmp_path / "one.yaml"
+    f.write_text(SVC % ("a", 80))
+    state = ClusterState()
+    tracker = state.tracker()
+    thread, stop = _follow(f, state, tracker, rescan_interval=30)
+    try:
+        (tmp_path / "other.yaml").write_text(SVC % ("ignored", 80))  # not the followed file
+        tmp = tmp_path / ".one.yaml.swp"
+        tmp.write_text(SVC % ("a", 81))
+        tmp.rename(f)  # how editors and `kubectl`-style tools save
+        assert tracker.wait(5)
+        assert set(state.snapshot().services) == {("default", "a")}
+        assert state.snapshot().services[("default", "a")].ports[0].port == 81
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_directory_created_after_start_is_picked_up(tmp_path):
+    missing = tmp_path / "later"
+    state = ClusterState()
+    tracker = state.tracker()
+    thread, stop = start_source(ManifestSource(missing, poll_interval=0.02), state)
+    try:
+        assert state.wait_synced(5)
+        missing.mkdir()
+        (missing / "a.yaml").write_text(SVC % ("a", 80))
+        assert tracker.wait(5)
+        assert ("default", "a") in state.snapshot().services
+    finally:
+        stop.set()
+        thread.join(5)
