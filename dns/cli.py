@@ -1,0 +1,126 @@
+"""`netplane dns ...`: serve the cluster zone, write a pod's resolv.conf, trace a lookup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from netplane.dns.forward import parse_hostport
+from netplane.dns.records import ZoneConfig
+from netplane.dns.search import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
+from netplane.kube.options import source_from_options, source_options
+
+
+def _addr(default_port: int | None = None, allow_off: bool = False):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return tuple(convert(ctx, param, v) for v in value)
+        if allow_off and value == "off":
+            return None
+        try:
+            host, port = parse_hostport(value, default_port or 53)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        if default_port is None and not re.search(r"(^[^:]+|\]):\d+$", value):
+            raise click.BadParameter(f"{value!r}: expected ADDR:PORT")
+        return host, port
+
+    return convert
+
+
+@click.group()
+def dns() -> None:
+    """Cluster DNS: the Kubernetes DNS specification served from the cluster's objects."""
+
+
+@dns.command()
+@click.option("--manifests", type=click.Path(), help="Manifest file or directory.")
+@source_options
+@click.option("--listen", required=True, callback=_addr(), help="ADDR:PORT for UDP and TCP.")
+@click.option("--zone", default="cluster.local", show_default=True)
+@click.option("--ttl", default=5, type=click.IntRange(0, 3600), show_default=True)
+@click.option("--pods", type=click.Choice(["disabled", "insecure", "verified"]), default="disabled")
+@click.option("--upstream", multiple=True, callback=_addr(53), help="Forward other names here.")
+@click.option("--autopath", is_flag=True, help="Server-side search (needs --pods verified).")
+@click.option("--metrics-addr", default="0.0.0.0:9153", callback=_addr(9153, True))
+@click.option("--health-addr", default="0.0.0.0:8080", callback=_addr(8080, True))
+@click.option("--ready-addr", default="0.0.0.0:8181", callback=_addr(8181, True))
+@click.option(
+    "--workers", default=os.cpu_count() or 1, type=click.IntRange(1, 64), show_default=True
+)
+@click.option("--host-resolv", default="/etc/resolv.conf", help="Search domains for --autopath.")
+def serve(manifests, kubeconfig, in_cluster, listen, zone, ttl, pods, upstream, autopath,
+          metrics_addr, health_addr, ready_addr, workers, host_resolv) -> None:  # fmt: skip
+    """Answer for the cluster zone over UDP and TCP, following the objects' changes."""
+    from netplane.dns.supervisor import ServeOptions, kinds_needed
+    from netplane.dns.supervisor import serve as run
+
+    if autopath and pods != "verified":
+        raise click.UsageError("--autopath finds the client's pod by its IP: needs --pods verified")
+    source_from_options(manifests, kubeconfig, in_cluster, kinds_needed(pods))  # fail early
+    host_search = _host(host_resolv).searches if autopath else ()
+    dns_ips = (listen[0],) if listen[0] not in ("0.0.0.0", "::") else ()
+    opts = ServeOptions(
+        manifests=manifests,
+        kubeconfig=kubeconfig,
+        in_cluster=in_cluster,
+        listen=listen,
+        zone=ZoneConfig(zone.rstrip(".").lower(), ttl, pods, dns_ips),
+        upstreams=tuple(upstream),
+        autopath=autopath,
+        host_search=host_search,
+        metrics=metrics_addr,
+        health=health_addr,
+        ready=ready_addr,
+        workers=workers,
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+    sys.exit(run(opts))
+
+
+def _host(path: str) -> ResolvConf:
+    try:
+        return parse_resolv_conf(Path(path).read_text())
+    except OSError as e:
+        raise click.BadParameter(f"{path}: {e.strerror}", param_hint="--host-resolv") from None
+
+
+@dns.command("resolv-conf")
+@click.option("--namespace", required=True)
+@click.option("--policy", type=click.Choice(POLICIES), default="ClusterFirst", show_default=True)
+@click.option("--cluster-dns", multiple=True, default=("10.96.0.10",), show_default=True)
+@click.option("--host-resolv", default="/etc/resolv.conf", show_default=True)
+@click.option("--zone", default="cluster.local", show_default=True)
+@click.option("--host-network", is_flag=True)
+def resolv_conf(namespace, policy, cluster_dns, host_resolv, zone, host_network) -> None:
+    """Print the resolv.conf kubelet would write for a pod in NAMESPACE."""
+    conf = pod_resolv_conf(
+        namespace, _host(host_resolv), tuple(cluster_dns), policy, None, host_network, zone
+    )
+    click.echo(conf.render(), nl=False)
+
+
+@dns.command()
+@click.argument("name")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--server", default="127.0.0.1:53", callback=_addr(53), show_default=True)
+@click.option("--type", "qtype", default="A", show_default=True)
+@click.option("--zone", default="cluster.local", show_default=True)
+@click.option("--timeout", default=2.0, show_default=True)
+def lookup(name, namespace, server, qtype, zone, timeout) -> None:
+    """Resolve NAME the way a pod's glibc would, showing every query tried."""
+    from netplane.dns.lookup import walk
+
+    conf = pod_resolv_conf(namespace, ResolvConf(), ("0.0.0.0",), zone=zone)
+    found = False
+    for step in walk(name, conf.searches, conf.ndots, server, qtype, timeout):
+        click.echo(step.describe())
+        found = found or step.found
+    sys.exit(0 if found else 1)

@@ -1,0 +1,165 @@
+"""Names outside the zone: forwarded to upstream servers, answers cached for their TTL.
+
+Like CoreDNS's `forward` + `cache` plugins: upstreams are tried in order, a truncated
+upstream answer is retried over TCP, positive answers live for their smallest TTL and
+negative ones for the SOA minimum (RFC 2308), both capped. Remaining TTLs are counted
+down in what the cache hands out. Without upstreams the server answers REFUSED instead:
+it is never an open recursive resolver.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from dnslib import QTYPE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+from netplane.dns.answer import NXDOMAIN, SERVFAIL
+from netplane.dns.wire import OPT_RR, RA, RD, Query
+
+log = logging.getLogger(__name__)
+MAX_TTL = 3600
+MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    expires: float
+    stored: float
+    reply: DNSRecord
+
+
+def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
+    """ADDR[:PORT] with [v6]:PORT; raises ValueError naming the bad part."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return host, int(port)
+
+
+class Forwarder:
+    def __init__(self, upstreams: list[tuple[str, int]], timeout: float = 2.0) -> None:
+        self.upstreams = upstreams
+        self.timeout = timeout
+        self._cache: dict[tuple[str, int, int], _Entry] = {}
+        self._lock = threading.Lock()
+        self.hits = {"success": 0, "denial": 0}
+        self.misses = 0
+
+    def resolve(self, query: Query, limit: int) -> bytes:
+        """The response bytes for `query` (SERVFAIL when every upstream failed)."""
+        return respond(query, self.lookup(query.qname, query.qtype, query.qclass), limit)
+
+    def lookup(self, qname: str, qtype: int, qclass: int = 1) -> DNSRecord | None:
+        """The upstream's reply, from the cache while its TTL lasts; None on failure."""
+        key = (qname, qtype, qclass)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._cache.get(key)
+        if entry is not None and entry.expires > now:
+            kind = "denial" if entry.reply.header.rcode == NXDOMAIN or not entry.reply.rr else ""
+            self.hits[kind or "success"] += 1
+            return _aged(entry.reply, int(now - entry.stored))
+        self.misses += 1
+        reply = self._ask(qname, qtype, qclass)
+        ttl = _cache_ttl(reply) if reply is not None else 0
+        if ttl > 0:
+            with self._lock:
+                if len(self._cache) >= MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = _Entry(now + ttl, now, reply)
+        return reply
+
+    def _ask(self, qname: str, qtype: int, qclass: int) -> DNSRecord | None:
+        request = DNSRecord(
+            DNSHeader(id=random.getrandbits(16), rd=1),
+            q=DNSQuestion(DNSLabel(qname), qtype, qclass),
+        )
+        wire = request.pack()
+        for host, port in self.upstreams:
+            try:
+                data = _exchange(wire, host, port, self.timeout, tcp=False)
+                reply = DNSRecord.parse(data)
+                if reply.header.tc:
+                    reply = DNSRecord.parse(_exchange(wire, host, port, self.timeout, tcp=True))
+            except (OSError, Exception) as e:  # a bad upstream must not stop the next one
+                log.debug("upstream %s:%d failed for %s: %s", host, port, qname, e)
+                continue
+            if reply.header.id == request.header.id and reply.header.rcode != SERVFAIL:
+                return reply
+        return None
+
+
+def _exchange(wire: bytes, host: str, port: int, timeout: float, tcp: bool) -> bytes:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        if not tcp:
+            s.send(wire)
+            return s.recv(65535)
+        s.sendall(struct.pack("!H", len(wire)) + wire)
+        head = _recv_exact(s, 2)
+        return _recv_exact(s, struct.unpack("!H", head)[0])
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed early")
+        buf += chunk
+    return buf
+
+
+def _cache_ttl(reply: DNSRecord) -> int:
+    if reply.header.rcode not in (0, NXDOMAIN):
+        return 0
+    if reply.rr:
+        return min(MAX_TTL, *(r.ttl for r in reply.rr))
+    soa = [r for r in reply.auth if r.rtype == QTYPE.SOA]
+    return min(MAX_TTL, soa[0].ttl, soa[0].rdata.times[-1]) if soa else 0
+
+
+def _aged(reply: DNSRecord, age: int) -> DNSRecord:
+    copy = DNSRecord.parse(reply.pack())
+    for r in (*copy.rr, *copy.auth, *copy.ar):
+        if r.rtype != QTYPE.OPT:
+            r.ttl = max(0, r.ttl - age)
+    return copy
+
+
+def respond(query: Query, reply: DNSRecord | None, limit: int) -> bytes:
+    """`reply`'s sections under the client's own ID, flags and question (SERVFAIL if None)."""
+    rcode = SERVFAIL if reply is None else reply.header.rcode
+    flags = 0x8000 | RA | (query.flags & RD) | rcode
+    sections = (
+        ([], [], [])
+        if reply is None
+        else (reply.rr, reply.auth, [r for r in reply.ar if r.rtype != QTYPE.OPT])
+    )
+    body = DNSRecord(DNSHeader(id=0), q=DNSQuestion(DNSLabel(query.qname), query.qtype))
+    body.rr, body.auth, body.ar = (list(s) for s in sections)
+    packed = body.pack()
+    qlen = len(query.question)
+    tail = packed[12 + qlen :] + (OPT_RR if query.edns_size else b"")
+    counts = (1, len(body.rr), len(body.auth), len(body.ar) + (1 if query.edns_size else 0))
+    out = query.id + struct.pack("!HHHHH", flags, *counts) + query.question + tail
+    if len(out) > limit:
+        counts = (1, 0, 0, 1 if query.edns_size else 0)
+        head = struct.pack("!HHHHH", flags | 0x0200, *counts)
+        out = query.id + head + query.question + (OPT_RR if query.edns_size else b"")
+    return out

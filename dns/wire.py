@@ -1,0 +1,182 @@
+"""The wire format: answers compiled once into bytes, queries read by hand.
+
+A compiled answer is everything after the question, with owner names compressed against
+the question at offset 12. Since lower-casing a name never changes its length, the same
+bytes serve every spelling of the name: a response is the request's ID, a precomputed
+header, the request's own question bytes (so the client's case comes back) and the tail.
+dnslib builds the records (once per name) and parses anything unusual.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dnslib import AAAA as AAAA_RD
+from dnslib import CNAME as CNAME_RD
+from dnslib import NS as NS_RD
+from dnslib import PTR as PTR_RD
+from dnslib import RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import SOA as SOA_RD
+from dnslib import SRV as SRV_RD
+from dnslib import TXT as TXT_RD
+from dnslib import A as A_RD
+
+from netplane.dns.answer import FORMERR, NOTIMP, Answer
+from netplane.dns.records import AAAA, CNAME, NS, PTR, SOA, SRV, TXT, A, Record
+
+EDNS_PAYLOAD = 1232  # what we advertise (the DNS flag day 2020 value)
+OPT_RR = b"\x00\x00\x29" + struct.pack("!H", EDNS_PAYLOAD) + b"\x00" * 6
+QR, AA, TC, RD, RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
+
+_RDATA = {
+    A: A_RD,
+    AAAA: AAAA_RD,
+    CNAME: CNAME_RD,
+    PTR: PTR_RD,
+    NS: NS_RD,
+    TXT: TXT_RD,
+    SRV: lambda v: SRV_RD(*v),
+    SOA: lambda v: SOA_RD(v[0], v[1], v[2:]),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The parts of a request a response needs."""
+
+    id: bytes  # 2 bytes, as received
+    flags: int  # the request's flags word
+    question: bytes  # qname wire + qtype + qclass, as received (client's case)
+    qname: str  # lower-case, no trailing dot
+    qtype: int
+    qclass: int
+    edns_size: int  # 0 when the request had no OPT record
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A response minus ID and question, for both with and without EDNS."""
+
+    heads: tuple[bytes, ...]  # flags+counts, indexed by edns*2 + rd
+    tails: tuple[bytes, ...]  # indexed by edns
+    tc_heads: tuple[bytes, ...]  # the truncated variant's flags+counts, same indexing
+    depends: frozenset[str]
+    rcode: int
+
+
+def rr(name: str, record: Record, ttl: int) -> RR:
+    return RR(name, record.rtype, ttl=ttl, rdata=_RDATA[record.rtype](record.value))
+
+
+def compile_answer(qname_wire: bytes, qtype: int, answer: Answer, ttl: int, ra: bool) -> Compiled:
+    """Pack an answer once with dnslib and keep the bytes after the question."""
+    msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1, rcode=answer.rcode), q=DNSQuestion("x", qtype))
+    msg.questions = [DNSQuestion(DNSLabel(_labels(qname_wire)), qtype)]
+    for section, add in (
+        (answer.answer, msg.add_answer),
+        (answer.authority, msg.add_auth),
+        (answer.additional, msg.add_ar),
+    ):
+        for name, record in section:
+            add(rr(name, record, ttl))
+    wire = msg.pack()
+    tail = wire[12 + len(qname_wire) + 4 :]
+    counts = (1, len(answer.answer), len(answer.authority), len(answer.additional))
+    return _compiled(answer.rcode, counts, tail, answer.depends, ra)
+
+
+def _compiled(rcode: int, counts, tail: bytes, depends, ra: bool, aa: bool = True) -> Compiled:
+    base = QR | (AA if aa else 0) | (RA if ra else 0) | rcode
+    qd, an, ns, ar = counts
+
+    def head(flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
+        return tuple(
+            struct.pack("!HHHHH", flags | (RD if rd else 0), qd, an, ns, ar + edns)
+            for edns in (0, 1)
+            for rd in (0, 1)
+        )
+
+    return Compiled(
+        heads=head(base, an, ns, ar),
+        tails=(tail, tail + OPT_RR),
+        tc_heads=head(base | TC, 0, 0, 0),
+        depends=depends,
+        rcode=rcode,
+    )
+
+
+def bare(rcode: int, ra: bool = False, aa: bool = False) -> Compiled:
+    """A response with no records (SERVFAIL, REFUSED, NOTIMP...)."""
+    return _compiled(rcode, (1, 0, 0, 0), b"", frozenset(), ra, aa)
+
+
+def _labels(qname_wire: bytes) -> list[bytes]:
+    labels, pos = [], 0
+    while qname_wire[pos]:
+        n = qname_wire[pos]
+        labels.append(qname_wire[pos + 1 : pos + 1 + n])
+        pos += n + 1
+    return labels
+
+
+def assemble(query_id: bytes, flags: int, question: bytes, c: Compiled, edns: int, limit: int):
+    """The response bytes; the truncated (TC) form when the full one exceeds `limit`."""
+    idx = (1 if edns else 0) * 2 + (1 if flags & RD else 0)
+    tail = c.tails[1 if edns else 0]
+    out = query_id + c.heads[idx] + question + tail
+    if len(out) > limit:
+        out = query_id + c.tc_heads[idx] + question + (OPT_RR if edns else b"")
+    return out
+
+
+def parse_question(data: bytes, qend: int) -> str | None:
+    """Walk the labels of the question name by hand; None when it is not a plain name."""
+    pos, labels = 12, []
+    while True:
+        n = data[pos]
+        if n == 0:
+            break
+        if n > 63 or pos + 1 + n >= qend:
+            return None
+        labels.append(data[pos + 1 : pos + 1 + n])
+        pos += n + 1
+    if pos + 1 != qend or qend - 12 > 255:
+        return None
+    return b".".join(labels).decode("latin-1").lower()
+
+
+def error_response(data: bytes, rcode: int) -> bytes:
+    """A header-only error reply for a request whose question cannot be trusted."""
+    flags = QR | (struct.unpack("!H", data[2:4])[0] & (RD | 0x7800)) | rcode
+    return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
+
+
+def parse_slow(data: bytes) -> Query | int | None:
+    """Anything the fast path declined: a `Query`, an rcode to reply with, or None to drop."""
+    if len(data) < 12 or data[2] & 0x80:
+        return None  # too short to answer, or a response: never answer (reflection loops)
+    try:
+        msg = DNSRecord.parse(data)
+    except Exception:  # dnslib raises several types on garbage; all mean FORMERR
+        return FORMERR
+    if msg.header.opcode != 0:
+        return NOTIMP
+    if len(msg.questions) != 1:
+        return FORMERR
+    q = msg.questions[0]
+    labels = list(q.qname.label)
+    if any(len(label) > 63 for label in labels) or sum(len(x) + 1 for x in labels) + 1 > 255:
+        return FORMERR
+    qname_wire = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
+    opt = [r for r in msg.ar if r.rtype == 41]
+    edns = max(512, opt[0].rclass) if opt else 0
+    return Query(
+        id=data[:2],
+        flags=msg.header.bitmap,
+        question=qname_wire + struct.pack("!HH", q.qtype, q.qclass),
+        qname=b".".join(labels).decode("latin-1").lower(),
+        qtype=q.qtype,
+        qclass=q.qclass,
+        edns_size=edns,
+    )
