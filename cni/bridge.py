@@ -1,0 +1,34 @@
+"""netplane-bridge: the entry point the container runtime executes.
+
+Kept to the stdlib on purpose: if a node agent is listening it gets the request over a unix
+socket (no pyroute2 import here), otherwise the plugin runs in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from netplane.cni import client
+
+
+def _handle(env, conf, environ):  # type: ignore[no-untyped-def]
+    """Imports pyroute2 only for commands that need it: VERSION stays cheap (podman polls it)."""
+    from netplane.cni.commands import handle
+
+    return handle(env, conf, environ)
+
+
+def main() -> None:
+    stdin = sys.stdin.buffer.read()
+    reply = client.via_agent(dict(os.environ), stdin)
+    if reply is not None:
+        code, out = reply
+    else:
+        from netplane.cni.plugin import respond
+
+        code, text = respond(_handle, os.environ, stdin)
+        out = (text + "\n").encode() if text else b""
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.exit(code)

@@ -1,0 +1,100 @@
+"""host-local's on-disk allocation store, byte-compatible so the two plugins can share it.
+
+Layout: <dataDir>/<network>/<ip> (created O_EXCL, holds "<containerID>\\r\\n<ifname>"),
+last_reserved_ip.<rangeset index>, and a `lock` file that is flock'ed around every change.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+_LAST = "last_reserved_ip."
+
+
+class Store:
+    def __init__(self, network: str, data_dir: str = "") -> None:
+        self.dir = os.path.join(data_dir or DEFAULT_DATA_DIR, network)
+
+    @contextmanager
+    def locked(self) -> Iterator[Store]:
+        os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            os.close(fd)
+
+    def reserve(self, container_id: str, ifname: str, ip: str, rangeset: int) -> bool:
+        """Claim `ip`; False when someone holds it. O_EXCL makes the claim atomic on disk."""
+        path = os.path.join(self.dir, ip)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, f"{container_id}\r\n{ifname}".encode())
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        self._write(f"{_LAST}{rangeset}", ip)
+        return True
+
+    def last_reserved(self, rangeset: int) -> str:
+        try:
+            with open(os.path.join(self.dir, f"{_LAST}{rangeset}")) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def allocations(self) -> Iterator[tuple[str, str, str]]:
+        """(ip, containerID, ifname) for every reservation; old files without ifname give ''."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name == "lock" or name.startswith(_LAST) or name.startswith("."):
+                continue
+            try:
+                with open(os.path.join(self.dir, name), encoding="utf-8", newline="") as f:
+                    owner = f.read()
+            except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+                continue
+            cid, _, ifname = owner.strip().partition("\r\n")
+            yield name, cid.strip(), ifname.strip()
+
+    def owned_by(self, container_id: str, ifname: str) -> list[str]:
+        return [ip for ip, c, i in self.allocations() if _matches(c, i, container_id, ifname)]
+
+    def release(self, ip: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, ip))
+
+    def release_by_id(self, container_id: str, ifname: str) -> list[str]:
+        released = self.owned_by(container_id, ifname)
+        for ip in released:
+            self.release(ip)
+        return released
+
+    def _write(self, name: str, content: str) -> None:
+        tmp = os.path.join(self.dir, f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(content)
+        try:
+            os.replace(tmp, os.path.join(self.dir, name))
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+
+def _matches(cid: str, ifname: str, want_cid: str, want_ifname: str) -> bool:
+    """host-local matches "<id>\\r\\n<ifname>", and a bare "<id>" written by old versions."""
+    return cid == want_cid and (ifname == want_ifname or not ifname)
