@@ -47,7 +47,12 @@ install_apt
 install_venv
 case $job in
     install) ;;
-    run) exec .venv/bin/netplane -v demo "$@" ;;
+    run)  # the course's lab: two nodes, kube-dns, default/kubernetes; stays up until `netplane down`
+        .venv/bin/netplane up "$@"
+        .venv/bin/netplane get nodes -o wide
+        .venv/bin/netplane get pods -A -o wide
+        echo "Next: export PATH=\$PWD/.venv/bin:\$PATH; netplane create deployment blue --image=jpetazzo/color; ..." \
+             "(see README.md); remove everything with: netplane down" ;;
     test) exec .venv/bin/pytest "$@" ;;   # not `python -m pytest`: that puts the repo root (with its dns/ folder) on sys.path
     *) echo "usage: bash bootstrap.sh run|test|install" >&2; exit 2 ;;
 esac

@@ -18,6 +18,17 @@ _COMMANDS = {
     "cni": "netplane.cni.cli:cni",
     "bench": "netplane.bench.cli:bench",
     "demo": "netplane.demo:demo",
+    "up": "netplane.cluster.cli:up",
+    "down": "netplane.cluster.cli:down",
+    "apply": "netplane.cluster.cli:apply",
+    "delete": "netplane.cluster.cli:delete",
+    "get": "netplane.cluster.cli:get",
+    "describe": "netplane.cluster.cli:describe",
+    "create": "netplane.cluster.cli:create",
+    "expose": "netplane.cluster.cli:expose",
+    "scale": "netplane.cluster.cli:scale",
+    "run": "netplane.cluster.cli:run",
+    "exec": "netplane.cluster.cli:exec_",
 }
 
 

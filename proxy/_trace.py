@@ -315,7 +315,7 @@ class Tracer:
             ipaddress.ip_network(x, strict=False) for x in (*local_ips, "127.0.0.0/8", "::1/128")
         ]
         self._builtin: dict[tuple[str, str], list[Rule]] = {}
-        for table, chain, match, target in BUILTIN_JUMPS:
+        for table, chain, match, target, _comment in BUILTIN_JUMPS:
             chains = self.tables.get(table, {})
             if chains.get(chain) or target not in chains:
                 continue  # the input wires this built-in chain itself, or lacks the target

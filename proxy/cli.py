@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from netplane.kube import source_options
+
 _FAMILY = click.Choice(["ipv4", "ipv6"])
 
 
@@ -53,10 +55,11 @@ def render(
 @click.option(
     "--manifests",
     "manifests",
-    required=True,
+    default=None,
     type=click.Path(),
     help="Manifest file or directory, followed for changes.",
 )
+@source_options
 @click.option("--node", envvar="NODE_NAME", required=True, help="This node's name [env NODE_NAME].")
 @click.option("--cluster-cidr", default=None)
 @click.option("--masquerade-all", is_flag=True)

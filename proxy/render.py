@@ -122,19 +122,24 @@ TOP_LEVEL_CHAINS: dict[str, tuple[str, ...]] = {
 
 # (table, built-in chain, match arguments, target): kube-proxy's jumps, listed in the order
 # they must appear at the top of each built-in chain.
-BUILTIN_JUMPS: tuple[tuple[str, str, str, str], ...] = (
-    ("filter", "INPUT", "-m conntrack --ctstate NEW", "KUBE-PROXY-FIREWALL"),
-    ("filter", "INPUT", "", "KUBE-NODEPORTS"),
-    ("filter", "INPUT", "-m conntrack --ctstate NEW", "KUBE-EXTERNAL-SERVICES"),
-    ("filter", "FORWARD", "-m conntrack --ctstate NEW", "KUBE-PROXY-FIREWALL"),
-    ("filter", "FORWARD", "", "KUBE-FORWARD"),
-    ("filter", "FORWARD", "-m conntrack --ctstate NEW", "KUBE-SERVICES"),
-    ("filter", "FORWARD", "-m conntrack --ctstate NEW", "KUBE-EXTERNAL-SERVICES"),
-    ("filter", "OUTPUT", "-m conntrack --ctstate NEW", "KUBE-PROXY-FIREWALL"),
-    ("filter", "OUTPUT", "-m conntrack --ctstate NEW", "KUBE-SERVICES"),
-    ("nat", "PREROUTING", "", "KUBE-SERVICES"),
-    ("nat", "OUTPUT", "", "KUBE-SERVICES"),
-    ("nat", "POSTROUTING", "", "KUBE-POSTROUTING"),
+_FIREWALL = "kubernetes load balancer firewall"
+_PORTALS = "kubernetes service portals"
+_EXTERNAL = "kubernetes externally-visible service portals"
+_NEW = "-m conntrack --ctstate NEW"
+# (table, built-in chain, match, target, comment), with kube-proxy's comments
+BUILTIN_JUMPS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("filter", "INPUT", _NEW, "KUBE-PROXY-FIREWALL", _FIREWALL),
+    ("filter", "INPUT", "", "KUBE-NODEPORTS", "kubernetes health check service ports"),
+    ("filter", "INPUT", _NEW, "KUBE-EXTERNAL-SERVICES", _EXTERNAL),
+    ("filter", "FORWARD", _NEW, "KUBE-PROXY-FIREWALL", _FIREWALL),
+    ("filter", "FORWARD", "", "KUBE-FORWARD", "kubernetes forwarding rules"),
+    ("filter", "FORWARD", _NEW, "KUBE-SERVICES", _PORTALS),
+    ("filter", "FORWARD", _NEW, "KUBE-EXTERNAL-SERVICES", _EXTERNAL),
+    ("filter", "OUTPUT", _NEW, "KUBE-PROXY-FIREWALL", _FIREWALL),
+    ("filter", "OUTPUT", _NEW, "KUBE-SERVICES", _PORTALS),
+    ("nat", "PREROUTING", "", "KUBE-SERVICES", _PORTALS),
+    ("nat", "OUTPUT", "", "KUBE-SERVICES", _PORTALS),
+    ("nat", "POSTROUTING", "", "KUBE-POSTROUTING", "kubernetes postrouting rules"),
 )
 
 _NODEPORTS_COMMENT = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"

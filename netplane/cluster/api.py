@@ -1,0 +1,53 @@
+"""The CLI's side of the supervisor's API (one JSON line each way over a unix socket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from netplane.cluster.store import StateDir, default_state_dir
+
+
+class NotRunning(RuntimeError):
+    pass
+
+
+def resolve_state(cluster: str, state_dir: str | None) -> StateDir:
+    return StateDir(state_dir or os.environ.get("NETPLANE_STATE_DIR") or default_state_dir(cluster))
+
+
+def call(state: StateDir, request: dict, timeout: float = 60.0) -> dict:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(state.socket))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        name = state.path.name
+        if state.path != default_state_dir(name):
+            where = f" --state-dir {state.path}"
+        else:
+            where = "" if name == "netplane" else f" --cluster {name}"
+        raise NotRunning(
+            f"no cluster is running at {state.path}: start one with `netplane up{where}`"
+        ) from None
+    with sock:
+        sock.sendall((json.dumps(request) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise NotRunning(f"the supervisor at {state.path} closed the connection (stopping?)")
+    return json.loads(data)
+
+
+def alive(state: StateDir) -> bool:
+    try:
+        call(state, {"op": "status"}, timeout=5)
+        return True
+    except (NotRunning, OSError):
+        return False

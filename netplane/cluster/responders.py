@@ -1,0 +1,138 @@
+"""The built-in applications pods run, chosen by image (what each answers is the contract).
+
+- `jpetazzo/color` (any tag): HTTP on port 80, one line, exactly like the course's app:
+  `This is pod default/blue-5c986bd7bf-2gf7d on linux/amd64, serving / for 10.244.0.1:54312.`
+- coredns images: run `netplane dns serve` (a process, started by the supervisor).
+- busybox/alpine-like images: nothing listens; the pod just runs (commands are not executed).
+- any other image: an echo on each containerPort: TCP answers HTTP requests with one line
+  naming the pod, method, path and client, and echoes other bytes; UDP echoes datagrams.
+- the API server stand-in on the control-plane node: plain HTTP (not TLS) on 6443,
+  answering `/version` like the API server would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import socket
+from dataclasses import dataclass
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+PLATFORM = f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
+QUIET_IMAGES = ("busybox", "alpine", "ubuntu", "debian", "curlimages/curl", "nicolaka/netshoot")
+DEFAULT_PORTS = {"nginx": 80, "httpd": 80}
+_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    port: int
+    protocol: str  # TCP | UDP
+    app: str  # color | echo | apiserver
+
+
+def image_base(image: str) -> str:
+    name = image.split("@")[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    for registry in ("docker.io/library/", "docker.io/", "library/"):
+        if name.startswith(registry):
+            name = name[len(registry) :]
+    return name
+
+
+def is_dns_image(image: str) -> bool:
+    return image_base(image).endswith("coredns")
+
+
+def listeners(containers: list[dict]) -> list[Listener]:
+    """What a pod's containers listen on, from their images and containerPorts."""
+    out: dict[tuple[int, str], Listener] = {}
+    for c in containers:
+        base = image_base(c.get("image", ""))
+        if is_dns_image(base) or base in QUIET_IMAGES:
+            continue
+        app = "color" if base == "jpetazzo/color" else "echo"
+        if app == "color":
+            out[(80, "TCP")] = Listener(80, "TCP", "color")
+        elif base in DEFAULT_PORTS:
+            out[(DEFAULT_PORTS[base], "TCP")] = Listener(DEFAULT_PORTS[base], "TCP", app)
+        for p in c.get("ports") or []:
+            proto = p.get("protocol", "TCP")
+            if proto in ("TCP", "UDP"):
+                out.setdefault(
+                    (p["containerPort"], proto), Listener(p["containerPort"], proto, app)
+                )
+    return list(out.values())
+
+
+def _reply(app: str, pod: str, method: str, path: str, peer: tuple) -> bytes:
+    client = f"{peer[0]}:{peer[1]}"
+    if app == "color":
+        return f"This is pod {pod} on {PLATFORM}, serving {path} for {client}.\n".encode()
+    if app == "apiserver":
+        return (
+            json.dumps({"major": "1", "minor": "33", "gitVersion": "v1.33.2", "platform": PLATFORM})
+            + "\n"
+        ).encode()
+    return f"pod {pod}: {method} {path} from {client}\n".encode()
+
+
+async def serve_tcp(
+    app: str, pod: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    peer = writer.get_extra_info("peername") or ("?", 0)
+    try:
+        first = await asyncio.wait_for(reader.read(65536), 30)
+        if not first.startswith(_METHODS) and app == "echo":
+            while first:  # plain TCP echo
+                writer.write(first)
+                await writer.drain()
+                first = await asyncio.wait_for(reader.read(65536), 30)
+            return
+        buf = first
+        while buf:
+            while b"\r\n\r\n" not in buf and len(buf) < 65536:
+                more = await asyncio.wait_for(reader.read(65536), 30)
+                if not more:
+                    return
+                buf += more
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method, path = (line[0], line[1]) if len(line) >= 2 else ("GET", "/")
+            body = _reply(app, pod, method, path, peer)
+            close = b"connection: close" in head.lower() or head.endswith(b"HTTP/1.0")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                + f"Content-Length: {len(body)}\r\n".encode()
+                + (b"Connection: close\r\n" if close else b"")
+                + b"\r\n"
+                + (b"" if method == "HEAD" else body)
+            )
+            await writer.drain()
+            if close:
+                return
+            if not buf:
+                buf = await asyncio.wait_for(reader.read(65536), 30)
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.transport.sendto(data, addr)
+
+
+async def start(listener: Listener, pod: str, sock: socket.socket):
+    """Serve LISTENER on an already bound socket; returns what to close to stop it."""
+    if listener.protocol == "UDP":
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(UdpEcho, sock=sock)
+        return transport
+    return await asyncio.start_server(lambda r, w: serve_tcp(listener.app, pod, r, w), sock=sock)

@@ -1,0 +1,307 @@
+"""Network namespaces for tests, the demo and (later) the emulated cluster.
+
+Everything that touches networking runs inside namespaces created here and deleted again,
+so nothing in the host's namespace changes. Links and addresses are set with `ip`, not
+pyroute2: each call is one short, readable command, the error message is `ip`'s own, and
+the same commands work when a person repeats them by hand. `Lab` builds the topology that
+proxy tests and `netplane demo` share: a node namespace with a pod bridge, pod namespaces
+on it, and an external client on the node's uplink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def unique_name(prefix: str) -> str:
+    """`<prefix>-<6 hex>`: concurrent runs on one machine never collide."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def ip(*args: str) -> str:
+    """Run `ip ARGS` (in the caller's namespace; use `-n NS` to target another)."""
+    return run(None, ["ip", *args])
+
+
+def run(
+    ns: str | None,
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 30,
+) -> str:
+    """Run a command inside namespace NS (None: here); returns stdout, raises on failure."""
+    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+    proc = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"{' '.join(full)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def popen(ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    """Start a long-running command inside NS; the caller must stop it (see `stop`)."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """Terminate a process we started, killing it when it does not exit in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def create(name: str) -> str:
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+    except BaseException:
+        delete(name)
+        raise
+    return name
+
+
+def delete(name: str) -> None:
+    """Delete NS; its interfaces (and the veth peers elsewhere) go with it."""
+    with contextlib.suppress(NetnsError):
+        ip("netns", "del", name)
+
+
+def sysctl(ns: str, key: str, value: str | int) -> None:
+    """Set a per-namespace sysctl (through /proc: no dependency on procps)."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    run(ns, ["sh", "-c", f'echo {value} > "$0"', path])
+
+
+def veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+    """A veth pair with one end in each namespace, both up."""
+    ip("-n", ns_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b)
+    ip("-n", ns_a, "link", "set", name_a, "up")
+    ip("-n", ns_b, "link", "set", name_b, "up")
+
+
+def bridge(ns: str, name: str) -> None:
+    ip("-n", ns, "link", "add", name, "type", "bridge")
+    ip("-n", ns, "link", "set", name, "up")
+
+
+def address(ns: str, dev: str, cidr: str) -> None:
+    ip("-n", ns, "addr", "add", cidr, "dev", dev, "nodad")
+
+
+def route(ns: str, dst: str, via: str) -> None:
+    ip("-n", ns, "route", "add", dst, "via", via)
+
+
+# A tiny responder for pods: TCP answers one HTTP/1.0 response, UDP echoes a datagram; both
+# say "<pod name> <client ip>" so tests see who answered and which source address arrived.
+RESPONDER = r"""
+import socket, sys, threading
+name, port = sys.argv[1], int(sys.argv[2])
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(256)
+    while True:
+        c, (peer, _) = s.accept()
+        try:
+            c.settimeout(2); c.recv(4096)
+            body = f"{name} {peer}\n".encode()
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        finally:
+            c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    while True:
+        data, addr = s.recvfrom(2048)
+        s.sendto(f"{name} {addr[0]}\n".encode(), addr)
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True)
+tcp()
+"""
+
+
+# A client for tests: COUNT fresh connections (or datagrams) to HOST:PORT, one answer line
+# each, or "ERR <reason>" (refused is immediate with REJECT, a DROP times out).
+PROBE = r"""
+import socket, sys
+host, proto = sys.argv[1], sys.argv[4]
+port, count, timeout = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[5])
+sport = int(sys.argv[6])
+for _ in range(count):
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    s = socket.socket(socket.AF_INET, kind); s.settimeout(timeout)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        if sport:
+            s.bind(("0.0.0.0", sport))
+        s.connect((host, port))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            data += chunk
+            if not chunk or proto == "udp":
+                break
+        print(data.decode().splitlines()[-1], flush=True)
+    except ConnectionRefusedError:
+        print("ERR refused", flush=True)
+    except OSError as e:
+        print("ERR", type(e).__name__, flush=True)
+    finally:
+        s.close()
+"""
+
+
+def probe(
+    ns: str,
+    host: str,
+    port: int,
+    count: int = 1,
+    proto: str = "tcp",
+    timeout: float = 5.0,
+    sport: int = 0,
+) -> list[str]:
+    """Answers of COUNT new connections from NS: "<pod> <source seen>" or "ERR <why>".
+
+    SPORT fixes the source port (UDP: every datagram then shares one conntrack entry).
+    """
+    argv = [sys.executable, "-c", PROBE, host, str(port), str(count), proto, str(timeout)]
+    argv.append(str(sport))
+    out = run(ns, argv, timeout=30 + count * timeout)
+    return out.splitlines()
+
+
+@dataclass
+class Pod:
+    name: str
+    ns: str
+    ip: str
+    server: subprocess.Popen | None = None
+
+
+@dataclass
+class Lab:
+    """node namespace (bridge `npbr0` with the pods' gateway, uplink `up0`), pods, external.
+
+    Pods are on 10.<net>.1.0/24 behind the bridge; the uplink joins the node to an
+    "external" namespace on 172.31.<net>.0/24. Use as a context manager: leaving it stops
+    every process it started and deletes every namespace, also after errors.
+    """
+
+    prefix: str = "npprx"
+    net: int = 244
+    node: str = ""
+    external: str = ""
+    pods: dict[str, Pod] = field(default_factory=dict)
+    _namespaces: list[str] = field(default_factory=list)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def node_ip(self) -> str:
+        return f"172.31.{self.net}.1"
+
+    @property
+    def external_ip(self) -> str:
+        return f"172.31.{self.net}.2"
+
+    @property
+    def gateway(self) -> str:
+        return f"10.{self.net}.1.1"
+
+    @property
+    def pod_cidr(self) -> str:
+        return f"10.{self.net}.1.0/24"
+
+    def __enter__(self) -> Lab:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ns(self, role: str) -> str:
+        name = create(unique_name(f"{self.prefix}{role}"))
+        self._namespaces.append(name)
+        return name
+
+    def _build(self) -> None:
+        self.node = self._ns("n")
+        sysctl(self.node, "net.ipv4.ip_forward", 1)
+        sysctl(self.node, "net.ipv4.conf.all.send_redirects", 0)
+        bridge(self.node, "npbr0")
+        address(self.node, "npbr0", f"{self.gateway}/24")
+        # Replies between two pods on the bridge must pass the node's conntrack to be
+        # un-DNATed, as on a real node with the bridge CNI plugin.
+        with contextlib.suppress(NetnsError):
+            sysctl(self.node, "net.bridge.bridge-nf-call-iptables", 1)
+        self.external = self._ns("x")
+        veth(self.node, "up0", self.external, "eth0")
+        address(self.node, "up0", f"{self.node_ip}/24")
+        address(self.external, "eth0", f"{self.external_ip}/24")
+        route(self.node, "default", self.external_ip)
+
+    def add_pod(self, name: str, host: int, serve_port: int | None = None) -> Pod:
+        """A pod namespace on the bridge at 10.<net>.1.<host>, optionally running RESPONDER."""
+        ns = self._ns("p")
+        peer = f"npv{host}"
+        veth(ns, "eth0", self.node, peer)
+        ip("-n", self.node, "link", "set", peer, "master", "npbr0")
+        pod_ip = f"10.{self.net}.1.{host}"
+        address(ns, "eth0", f"{pod_ip}/24")
+        route(ns, "default", self.gateway)
+        pod = Pod(name, ns, pod_ip)
+        if serve_port is not None:
+            pod.server = self.start(ns, [sys.executable, "-c", RESPONDER, name, str(serve_port)])
+            line = pod.server.stdout.readline() if pod.server.stdout else ""
+            if "ready" not in line:
+                raise NetnsError(f"responder in {ns} did not start")
+        self.pods[name] = pod
+        return pod
+
+    def start(self, ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """A process inside NS that `close()` stops (stdout piped unless given)."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = popen(ns, argv, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            stop(proc)
+        self._procs.clear()
+        for ns in reversed(self._namespaces):
+            delete(ns)
+        self._namespaces.clear()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll PREDICATE until it returns a true value (returned) or TIMEOUT passes (raises)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

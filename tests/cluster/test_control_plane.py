@@ -1,0 +1,302 @@
+"""The emulated control plane without the system: admission, controllers, slices, env."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import re
+
+import pytest
+
+from netplane.cluster.admission import admit, object_key
+from netplane.cluster.builtin import builtin_objects
+from netplane.cluster.controller import OWNER, reconcile
+from netplane.cluster.envvars import service_env
+from netplane.cluster.naming import ALPHABET, template_hash
+from netplane.cluster.topology import build_topology, node_names
+from netplane.cluster.workloads import deployment_manifest, service_manifest
+from netplane.model import InvalidField, parse_object
+
+NOW = "2026-01-01T00:00:00Z"
+TOPO = build_topology("t", "/tmp/x", node_names(None))
+
+
+class Cluster:
+    """The store plus the controller, with pods made Running/Ready like kubelet would."""
+
+    def __init__(self) -> None:
+        self.objects: dict = {}
+        self.rng = random.Random(7)
+        self.next_ip = {n.name: 2 for n in TOPO.nodes}
+
+    def apply(self, body: dict) -> dict:
+        obj = admit(body, self.objects, TOPO, self.rng, NOW)
+        self.objects[object_key(obj)] = obj
+        return obj
+
+    def settle(self, start_pods: bool = True) -> None:
+        for _ in range(5):
+            plan = reconcile(self.objects, TOPO, self.rng, NOW)
+            for body in plan.upserts:
+                self.objects[object_key(body)] = body
+            for key in plan.deletes:
+                self.objects.pop(key, None)
+            if start_pods:
+                self._kubelet()
+            if not plan:
+                return
+
+    def _kubelet(self) -> None:
+        for key, body in list(self.objects.items()):
+            if key[0] != "Pod":
+                continue
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            if body["status"].get("phase") == "Pending" and body["spec"].get("nodeName"):
+                node = TOPO.node(body["spec"]["nodeName"])
+                n = self.next_ip[node.name]
+                self.next_ip[node.name] += 1
+                ip = str(ipaddress.ip_network(node.pod_cidr)[n])
+                self.objects[key] = {
+                    **body,
+                    "status": {
+                        "phase": "Running",
+                        "podIP": ip,
+                        "podIPs": [{"ip": ip}],
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                }
+
+    def finish_deletions(self) -> None:
+        for key in [k for k, b in self.objects.items() if b["metadata"].get("deletionTimestamp")]:
+            del self.objects[key]
+
+    def pods(self, namespace: str = "default") -> list[dict]:
+        return [b for k, b in self.objects.items() if k[0] == "Pod" and k[1] == namespace]
+
+    def live(self, namespace: str = "default") -> list[dict]:
+        return [p for p in self.pods(namespace) if not p["metadata"].get("deletionTimestamp")]
+
+    def slices(self, service: str, namespace: str = "default") -> list[dict]:
+        return [
+            b
+            for k, b in self.objects.items()
+            if k[0] == "EndpointSlice"
+            and k[1] == namespace
+            and b["metadata"]["labels"].get("kubernetes.io/service-name") == service
+        ]
+
+
+@pytest.fixture
+def c() -> Cluster:
+    cluster = Cluster()
+    for body in builtin_objects(TOPO):
+        cluster.apply(body)
+    return cluster
+
+
+def test_deployment_pods_have_replicaset_names_and_spread_over_nodes(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=4))
+    c.settle()
+    pods = c.live()
+    assert len(pods) == 4
+    h = template_hash(deployment_manifest("blue", "jpetazzo/color")["spec"]["template"])
+    assert all(ch in ALPHABET for ch in h) and 8 <= len(h) <= 10
+    for p in pods:
+        assert re.fullmatch(rf"blue-{h}-[{ALPHABET}]{{5}}", p["metadata"]["name"])
+        assert p["metadata"]["labels"] == {"app": "blue", "pod-template-hash": h}
+    nodes = [p["spec"]["nodeName"] for p in pods]
+    assert sorted(nodes) == ["pi-black", "pi-black", "pi-red", "pi-red"]
+
+
+def test_scaling_down_and_up(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=3))
+    c.settle()
+    body = c.objects[("Deployment", "default", "blue")]
+    c.apply({**body, "spec": {**body["spec"], "replicas": 1}})
+    c.settle()
+    assert len(c.live()) == 1
+    c.finish_deletions()
+    c.apply({**body, "spec": {**body["spec"], "replicas": 3}})
+    c.settle()
+    assert len(c.live()) == 3
+
+
+def test_deleted_pod_is_replaced_with_a_new_name_and_marked_terminating_in_slices(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color"))
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.settle()
+    (old,) = c.live()
+    key = ("Pod", "default", old["metadata"]["name"])
+    c.objects[key] = {**old, "metadata": {**old["metadata"], "deletionTimestamp": NOW}}
+    c.settle()
+    (new,) = c.live()
+    assert new["metadata"]["name"] != old["metadata"]["name"]
+    endpoints = {e["targetRef"]["name"]: e for s in c.slices("blue") for e in s["endpoints"]}
+    assert endpoints[old["metadata"]["name"]]["conditions"] == {
+        "ready": False,
+        "serving": True,
+        "terminating": True,
+    }
+    assert endpoints[new["metadata"]["name"]]["conditions"]["ready"] is True
+    c.finish_deletions()
+    c.settle()
+    assert [e["targetRef"]["name"] for s in c.slices("blue") for e in s["endpoints"]] == [
+        new["metadata"]["name"]
+    ]
+
+
+def test_slices_carry_node_target_ref_and_ports(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=2))
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.settle()
+    (s,) = c.slices("blue")
+    assert s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == (
+        "endpointslice-controller.k8s.io"
+    )
+    assert s["ports"] == [{"name": "", "protocol": "TCP", "port": 80}]
+    pods = {p["metadata"]["name"]: p for p in c.live()}
+    for e in s["endpoints"]:
+        pod = pods[e["targetRef"]["name"]]
+        assert e["nodeName"] == pod["spec"]["nodeName"]
+        assert e["addresses"] == [pod["status"]["podIP"]]
+        assert e["targetRef"]["uid"] == pod["metadata"]["uid"]
+    parse_object(s)  # the data plane accepts what the controller writes
+
+
+def test_named_target_port_resolves_per_pod(c):
+    for name, port in (("a", 8080), ("b", 9090)):
+        c.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "nginx",
+                            "ports": [{"name": "http", "containerPort": port}],
+                        }
+                    ]
+                },
+            }
+        )
+    c.apply(service_manifest("web", "default", {"app": "web"}, 80, "http"))
+    c.settle()
+    got = sorted(
+        (s["ports"][0]["port"], [e["targetRef"]["name"] for e in s["endpoints"]])
+        for s in c.slices("web")
+    )
+    assert got == [(8080, ["a"]), (9090, ["b"])]
+
+
+def test_selectorless_service_keeps_hand_written_endpoints(c):
+    c.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ext"},
+            "spec": {"ports": [{"port": 80}]},
+        }
+    )
+    subsets = [{"addresses": [{"ip": "192.168.123.234"}], "ports": [{"port": 80}]}]
+    c.apply(
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "ext"}, "subsets": subsets}
+    )
+    c.settle()
+    (mirrored,) = c.slices("ext")
+    assert mirrored["metadata"]["name"] == "ext-0"
+    assert mirrored["endpoints"] == [
+        {"addresses": ["192.168.123.234"], "conditions": {"ready": True}}
+    ]
+    assert mirrored["ports"] == [{"port": 80}]
+    parse_object(mirrored)
+    del c.objects[("Endpoints", "default", "ext")]
+    c.settle()
+    assert c.slices("ext") == []
+
+
+def test_deleting_a_deployment_terminates_its_pods_and_a_service_its_slices(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=2))
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.settle()
+    del c.objects[("Deployment", "default", "blue")]
+    del c.objects[("Service", "default", "blue")]
+    c.settle()
+    assert c.live() == [] and c.slices("blue") == []
+
+
+def test_cluster_ips_node_ports_and_lb_addresses_are_allocated_once(c):
+    a = c.apply(service_manifest("a", "default", {"app": "a"}, 80, svc_type="LoadBalancer"))
+    b = c.apply(service_manifest("b", "default", {"app": "b"}, 80, svc_type="NodePort"))
+    ip = ipaddress.ip_address(a["spec"]["clusterIP"])
+    assert ip in ipaddress.ip_network("10.96.0.0/12")
+    assert a["spec"]["clusterIP"] != b["spec"]["clusterIP"]
+    for svc in (a, b):
+        assert 30000 <= svc["spec"]["ports"][0]["nodePort"] <= 32767
+    assert a["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.168.0.240"
+    again = c.apply(service_manifest("a", "default", {"app": "a"}, 80, svc_type="LoadBalancer"))
+    assert again["spec"]["clusterIP"] == a["spec"]["clusterIP"]
+    assert again["spec"]["ports"][0]["nodePort"] == a["spec"]["ports"][0]["nodePort"]
+    assert again["status"] == a["status"]
+    assert c.objects[("Service", "kube-system", "kube-dns")]["spec"]["clusterIP"] == "10.96.0.10"
+
+
+def test_admission_names_the_bad_field(c):
+    bad = service_manifest("x", "default", {"app": "x"}, 80)
+    bad["spec"]["ports"][0]["targetport"] = 80
+    with pytest.raises(InvalidField) as e:
+        c.apply(bad)
+    assert e.value.field == "spec.ports[0].targetport"
+    taken = service_manifest("y", "default", {}, 80)
+    taken["spec"]["clusterIP"] = "10.96.0.10"
+    with pytest.raises(InvalidField, match="already allocated"):
+        c.apply(taken)
+    with pytest.raises(InvalidField, match="not supported"):
+        c.apply({"kind": "StatefulSet", "metadata": {"name": "s"}})
+    dep = deployment_manifest("d", "nginx")
+    dep["spec"]["selector"]["matchLabels"] = {"app": "other"}
+    with pytest.raises(InvalidField, match="selector"):
+        c.apply(dep)
+
+
+def test_service_environment_variables(c):
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.apply(service_manifest("other-ns", "other", {"app": "x"}, 80))
+    ip = c.objects[("Service", "default", "blue")]["spec"]["clusterIP"]
+    services = [parse_object(b)[0] for k, b in c.objects.items() if k[0] == "Service"]
+    env = service_env(services, "default")
+    assert {k: v for k, v in env.items() if k.startswith("BLUE")} == {
+        "BLUE_SERVICE_HOST": ip,
+        "BLUE_SERVICE_PORT": "80",
+        "BLUE_PORT": f"tcp://{ip}:80",
+        "BLUE_PORT_80_TCP": f"tcp://{ip}:80",
+        "BLUE_PORT_80_TCP_PROTO": "tcp",
+        "BLUE_PORT_80_TCP_PORT": "80",
+        "BLUE_PORT_80_TCP_ADDR": ip,
+    }
+    assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+    assert env["KUBERNETES_SERVICE_PORT_HTTPS"] == "443"
+    assert not any(k.startswith("OTHER_NS") for k in env)
+    assert "KUBE_DNS_SERVICE_HOST" in service_env(services, "kube-system")
+
+
+def test_owner_annotation_marks_deployment_pods(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color"))
+    c.settle()
+    (pod,) = c.live()
+    assert pod["metadata"]["annotations"][OWNER] == "Deployment/blue"
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+
+
+def test_node_names():
+    assert node_names(None) == ("pi-red", "pi-black")
+    assert node_names("3") == ("pi-red", "pi-black", "node-3")
+    assert node_names("a,b") == ("a", "b")
+    with pytest.raises(ValueError):
+        node_names("Bad_Name")
+    topo = build_topology("t", "/x", node_names("3"))
+    assert [n.pod_cidr for n in topo.nodes] == ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]
+    assert topo.nodes[0].ip == "192.168.0.152" and topo.nodes[0].control_plane
+    assert build_topology("t", "/y", node_names(None)).id != TOPO.id

@@ -1,0 +1,131 @@
+"""The syncer's incremental bookkeeping, without a kernel: after any sequence of changes the
+patched desired state equals a from-scratch render, and the restore inputs it sent bring a
+model kernel to exactly that state."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from netplane.proxy._iptables import Iptables, RestoreError
+from netplane.proxy.daemon import SyncLoop
+from netplane.proxy.metrics import Metrics
+from netplane.proxy.render import ProxyConfig, assemble, render_service
+from netplane.proxy.sync import Syncer
+from netplane.state import ClusterState
+
+CONFIG = ProxyConfig("node-a", cluster_cidr="10.244.0.0/16")
+
+
+@dataclass(frozen=True)
+class ModelIptables(Iptables):
+    """Applies restore inputs to an in-memory {table: {chain: [rules]}}."""
+
+    tables: dict = field(default_factory=lambda: {"nat": {}, "filter": {}, "mangle": {}})
+    texts: list = field(default_factory=list)
+
+    def restore(self, text: str) -> None:
+        self.texts.append(text)
+        table = None
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = self.tables.setdefault(line[1:], {})
+            elif line.startswith(":"):
+                table[line[1:].split()[0]] = []
+            elif line.startswith("-A "):
+                table[line.split()[1]].append(line)
+            elif line.startswith("-X "):
+                del table[line.split()[1]]
+
+    def save(self, table: str | None = None) -> str:
+        return "".join(f"*{t}\n" + "".join(f":{c} - [0:0]\n" for c in chains) + "COMMIT\n"
+                       for t, chains in self.tables.items())  # fmt: skip
+
+    def ours(self) -> dict:
+        return {t: {c: tuple(r) for c, r in chains.items()}
+                for t, chains in self.tables.items() if t != "mangle"}  # fmt: skip
+
+
+def objects(i: int, endpoints: int, node_port: bool = False):
+    name = f"svc-{i}"
+    port = ServicePort(80, "TCP", "http", 8080, 30000 + i if node_port else 0)
+    svc = Service("ns", name, type="NodePort" if node_port else "ClusterIP",
+                  cluster_ips=(f"10.96.0.{i + 1}",), ports=(port,))  # fmt: skip
+    eps = tuple(Endpoint((f"10.244.{i}.{k + 1}",), node_name="node-a") for k in range(endpoints))
+    slice_ = EndpointSlice("ns", f"{name}-1", name, endpoints=eps,
+                           ports=(EndpointPort(8080, "TCP", "http"),))  # fmt: skip
+    return svc, slice_
+
+
+def test_random_changes_match_a_fresh_render() -> None:
+    rng = random.Random(7)
+    state = ClusterState()
+    tracker = state.tracker()
+    for i in range(20):
+        state.apply(objects(i, rng.randint(0, 4)))
+    ipt = ModelIptables()
+    syncer = Syncer(CONFIG, ipt, chunk=3)
+    assert syncer.sync(state.snapshot(), tracker.pop()).full
+    for step in range(60):
+        i = rng.randrange(25)
+        action = rng.choice(["endpoints", "endpoints", "nodeport", "delete"])
+        if action == "delete":
+            state.apply(
+                deletes=[("Service", "ns", f"svc-{i}"), ("EndpointSlice", "ns", f"svc-{i}-1")]
+            )
+        else:
+            state.apply(objects(i, rng.randint(0, 5), node_port=action == "nodeport"))
+        result = syncer.sync(state.snapshot(), tracker.pop(), full=step % 17 == 16)
+        snapshot = state.snapshot()
+        fresh = assemble(
+            CONFIG, [render_service(snapshot, k, CONFIG) for k in sorted(snapshot.services)]
+        )
+        assert syncer.applied == fresh, step
+        assert ipt.ours() == fresh, step
+        assert result.rules == {t: sum(map(len, c.values())) for t, c in fresh.items()}
+
+
+def test_endpoint_change_sends_only_that_service() -> None:
+    state = ClusterState()
+    tracker = state.tracker()
+    for i in range(50):
+        state.apply(objects(i, 3))
+    ipt = ModelIptables()
+    syncer = Syncer(CONFIG, ipt)
+    syncer.sync(state.snapshot(), tracker.pop())
+    ipt.texts.clear()
+    state.apply(objects(7, 2)[1:])
+    result = syncer.sync(state.snapshot(), tracker.pop())
+    assert result.keys == {("ns", "svc-7")} and result.restores == 1
+    nat = ipt.texts[0].split("*nat\n")[1]
+    assert ":KUBE-SERVICES" not in nat
+    assert result.chains_deleted == 1
+
+
+@dataclass(frozen=True)
+class RefusingIptables(ModelIptables):
+    refuse: list = field(default_factory=list)
+
+    def restore(self, text: str) -> None:
+        if self.refuse:
+            self.refuse.pop()
+            raise RestoreError("iptables-restore: line 3 failed", 3)
+        super().restore(text)
+
+
+def test_loop_counts_failures_and_recovers_with_a_full_sync() -> None:
+    state = ClusterState()
+    tracker = state.tracker()
+    state.apply(objects(1, 2))
+    ipt = RefusingIptables()
+    metrics = Metrics()
+    loop = SyncLoop(state, tracker, Syncer(CONFIG, ipt), metrics, "node-a")
+    assert loop.sync_once(full=True)
+    state.apply(objects(1, 1)[1:])
+    ipt.refuse.append(1)
+    assert not loop.sync_once(full=False)
+    assert metrics.partial_failures._value.get() == 1 and loop.syncer.needs_full
+    assert loop.sync_once(full=False)  # forced full by the failure
+    assert metrics.full._sum.get() > 0 and ipt.ours()["nat"] == loop.syncer.applied["nat"]
+    assert metrics.last_success is not None

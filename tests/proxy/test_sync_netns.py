@@ -1,0 +1,244 @@
+"""The syncer against the real kernel, both iptables variants, with real traffic.
+
+Topology (netplane.netns.Lab): a node namespace with a pod bridge, three pods running a
+responder ("<pod> <source it saw>") on TCP and UDP 8080, a client pod, and an external
+client on the node's uplink. Everything lives in namespaces created and deleted here.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from netplane.netns import Lab, probe, run, wait_for
+from netplane.proxy._conntrack import Conntrack
+from netplane.proxy._iptables import Iptables, RestoreError
+from netplane.proxy.daemon import SyncLoop
+from netplane.proxy.metrics import Metrics
+from netplane.proxy.render import ProxyConfig
+from netplane.proxy.sync import Syncer, SyncError
+from netplane.state import ClusterState
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+CLUSTER_IP = "10.96.0.10"
+NODE = "node-a"
+NETPLANE = str(Path(sys.executable).with_name("netplane"))
+
+
+@dataclass(frozen=True)
+class RecordingIptables(Iptables):
+    """Real restores, remembered (and optionally refused) for assertions."""
+
+    texts: list = field(default_factory=list, compare=False)
+    refuse: list = field(default_factory=list, compare=False)  # pop one -> fail one restore
+
+    def restore(self, text: str) -> None:
+        self.texts.append(text)
+        if self.refuse:
+            self.refuse.pop()
+            raise RestoreError("refused by the test")
+        super().restore(text)
+
+
+def service(name="web", port=80, proto="TCP", node_port=0, **kw) -> Service:
+    ports = (ServicePort(port, proto, "p", 8080, node_port),)
+    kind = "NodePort" if node_port else "ClusterIP"
+    return Service("default", name, type=kind, cluster_ips=(kw.pop("ip", CLUSTER_IP),),
+                   ports=ports, **kw)  # fmt: skip
+
+
+def endpoints(name, pods, proto="TCP", nodes=None) -> EndpointSlice:
+    nodes = nodes or {}
+    eps = tuple(Endpoint((p.ip,), node_name=nodes.get(p.name, NODE)) for p in pods)
+    return EndpointSlice("default", f"{name}-1", name, endpoints=eps,
+                         ports=(EndpointPort(8080, proto, "p"),))  # fmt: skip
+
+
+@dataclass
+class Env:
+    lab: Lab
+    state: ClusterState
+    syncer: Syncer
+    iptables: RecordingIptables
+    variant: str
+
+    def __post_init__(self) -> None:
+        self.tracker = self.state.tracker()
+
+    @property
+    def servers(self):
+        return [p for p in self.lab.pods.values() if p.server]
+
+    def apply(self, *objs, deletes=()) -> None:
+        self.state.apply(objs, deletes)
+
+    def sync(self, full: bool = False):
+        return self.syncer.sync(self.state.snapshot(), self.tracker.pop(), full=full)
+
+    def save(self) -> str:
+        return run(self.lab.node, [f"iptables-{self.variant}-save"])
+
+
+@pytest.fixture(params=["legacy", "nft"])
+def env(request):
+    variant = request.param
+    with Lab() as lab:
+        for i, name in enumerate(("pod-a", "pod-b", "pod-c")):
+            lab.add_pod(name, 10 + i, serve_port=8080)
+        lab.add_pod("client", 5)
+        ipt = RecordingIptables(variant, "ipv4", lab.node)
+        config = ProxyConfig(NODE, cluster_cidr=lab.pod_cidr)
+        syncer = Syncer(config, ipt, Conntrack("ipv4", lab.node))
+        yield Env(lab, ClusterState(), syncer, ipt, variant)
+
+
+def answers(lines: list[str]) -> collections.Counter:
+    return collections.Counter(line.split()[0] for line in lines)
+
+
+def test_cluster_ip_spreads_over_all_endpoints(env: Env) -> None:
+    env.apply(service(), endpoints("web", env.servers))
+    env.sync()
+    client = env.lab.pods["client"]
+    lines = probe(client.ns, CLUSTER_IP, 80, count=300)
+    counts = answers(lines)
+    # 300 draws, p = 1/3: mean 100, sd 8.2; [50, 150] is six standard deviations wide
+    assert set(counts) == {"pod-a", "pod-b", "pod-c"}, counts
+    assert all(50 <= n <= 150 for n in counts.values()), counts
+    # pod -> service keeps the pod's address; node -> service is masqueraded
+    assert {line.split()[1] for line in lines} == {client.ip}
+    from_node = probe(env.lab.node, CLUSTER_IP, 80, count=10)
+    assert {line.split()[1] for line in from_node} == {env.lab.gateway}
+
+
+def test_node_port_from_external_client_is_masqueraded(env: Env) -> None:
+    env.apply(service(node_port=30080), endpoints("web", env.servers))
+    env.sync()
+    lines = probe(env.lab.external, env.lab.node_ip, 30080, count=60)
+    assert set(answers(lines)) == {"pod-a", "pod-b", "pod-c"}
+    assert {line.split()[1] for line in lines} == {env.lab.gateway}
+
+
+def test_session_affinity_sticks(env: Env) -> None:
+    env.apply(service(session_affinity="ClientIP"), endpoints("web", env.servers))
+    env.sync()
+    lines = probe(env.lab.pods["client"].ns, CLUSTER_IP, 80, count=30)
+    assert len(answers(lines)) == 1, lines
+
+
+def test_external_traffic_policy_local(env: Env) -> None:
+    svc = service(node_port=30080, external_traffic_policy="Local")
+    remote = {"pod-b": "node-b", "pod-c": "node-b"}
+    env.apply(svc, endpoints("web", env.servers, nodes=remote))
+    env.sync()
+    external = probe(env.lab.external, env.lab.node_ip, 30080, count=40)
+    assert answers(external) == {"pod-a": 40}
+    assert {line.split()[1] for line in external} == {env.lab.external_ip}  # not masqueraded
+    inside = probe(env.lab.pods["client"].ns, CLUSTER_IP, 80, count=60)
+    assert len(answers(inside)) >= 2  # cluster traffic still reaches every endpoint
+
+
+def test_no_endpoints_rejects_at_once(env: Env) -> None:
+    env.apply(service(node_port=30080))
+    env.sync()
+    client = env.lab.pods["client"]
+    # REJECT answers immediately; a missing rule would time out ("ERR timeout")
+    assert probe(client.ns, CLUSTER_IP, 80, timeout=5) == ["ERR refused"]
+    assert probe(env.lab.external, env.lab.node_ip, 30080, timeout=5) == ["ERR refused"]
+    env.apply(endpoints("web", env.servers[:1]))
+    env.sync()
+    assert answers(probe(client.ns, CLUSTER_IP, 80)) == {"pod-a": 1}
+
+
+def test_udp_and_stale_conntrack_entries(env: Env) -> None:
+    env.apply(service(port=53, proto="UDP"), endpoints("web", env.servers, proto="UDP"))
+    env.sync()
+    client = env.lab.pods["client"].ns
+    # one source port: every datagram rides one conntrack entry, pinned to one endpoint
+    first = probe(client, CLUSTER_IP, 53, count=5, proto="udp", sport=40000)
+    [pinned] = answers(first)
+    rest = [p for p in env.servers if p.name != pinned]
+    env.apply(endpoints("web", rest, proto="UDP"))
+    env.sync()
+    # the removed pod still runs: only a cleared conntrack entry explains a new answer
+    after = probe(client, CLUSTER_IP, 53, count=5, proto="udp", sport=40000)
+    assert pinned not in answers(after) and len(answers(after)) == 1, after
+
+
+def test_failed_restore_is_retried_as_full_sync(env: Env) -> None:
+    env.apply(service(), endpoints("web", env.servers))
+    env.sync()
+    env.apply(endpoints("web", env.servers[:2]))
+    env.iptables.refuse.append(1)
+    with pytest.raises(SyncError) as failure:
+        env.sync()
+    assert failure.value.partial and env.syncer.needs_full
+    result = env.sync()
+    assert result.full
+    counts = answers(probe(env.lab.pods["client"].ns, CLUSTER_IP, 80, count=30))
+    assert set(counts) == {"pod-a", "pod-b"}
+
+
+def test_partial_sync_writes_only_changed_chains(env: Env) -> None:
+    env.apply(service(), service("other", ip="10.96.0.11"), endpoints("web", env.servers))
+    env.sync()
+    env.iptables.texts.clear()
+    env.apply(endpoints("web", env.servers[:2]))  # only endpoints of one service change
+    result = env.sync()
+    [text] = env.iptables.texts
+    nat = text.split("*nat\n")[1].split("COMMIT")[0]
+    assert not result.full
+    assert ":KUBE-SERVICES " not in nat and ":KUBE-NODEPORTS " not in nat
+    written = {line[1:].split()[0] for line in nat.splitlines() if line.startswith(":")}
+    deleted = {line.split()[1] for line in nat.splitlines() if line.startswith("-X ")}
+    assert {c[:9] for c in written} == {"KUBE-SVC-", "KUBE-SEP-"}
+    assert len(deleted) == 1 and next(iter(deleted)).startswith("KUBE-SEP-")
+    assert deleted.pop() not in env.save()
+    env.iptables.texts.clear()
+    env.sync()  # nothing changed: no nat chain written
+    assert all("*nat" not in t for t in env.iptables.texts)
+
+
+def _flush(env: Env) -> None:
+    if env.variant == "nft":
+        run(env.lab.node, ["nft", "flush", "ruleset"])
+    else:
+        for table in ("mangle", "nat", "filter"):
+            run(env.lab.node, ["iptables-legacy", "-t", table, "-F"])
+            run(env.lab.node, ["iptables-legacy", "-t", table, "-X"])
+
+
+def test_external_flush_is_noticed_and_repaired(env: Env, monkeypatch) -> None:
+    monkeypatch.setattr("netplane.proxy.daemon.CANARY_INTERVAL", 0.5)
+    env.apply(service(), endpoints("web", env.servers))
+    env.state.mark_synced()
+    loop = SyncLoop(env.state, env.tracker, env.syncer, Metrics(), NODE, 0.1, 3600)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        client = env.lab.pods["client"].ns
+        wait_for(lambda: probe(client, CLUSTER_IP, 80)[0] != "ERR timeout", 20, what="first sync")
+        _flush(env)
+        assert "KUBE-SERVICES" not in env.save()
+        wait_for(lambda: "KUBE-SVC-" in env.save(), 20, what="resync after flush")
+        assert probe(client, CLUSTER_IP, 80)[0].startswith("pod-")
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_cleanup_leaves_no_kube_chains(env: Env) -> None:
+    env.apply(service(node_port=30080), endpoints("web", env.servers))
+    env.sync()
+    assert "KUBE-SVC-" in env.save()
+    run(env.lab.node, [NETPLANE, "proxy", "cleanup"])  # the installed CLI, in the namespace
+    for variant in ("legacy", "nft"):
+        assert "KUBE-" not in run(env.lab.node, [f"iptables-{variant}-save"])

@@ -1,0 +1,257 @@
+"""Pure tests of the syncer's planning (_plan), cleanup text, stale UDP flows and healthz."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from netplane.proxy import _plan
+from netplane.proxy._conntrack import Flow, flows, stale
+from netplane.proxy.metrics import healthz, no_local_endpoints
+from netplane.proxy.sync import cleanup_restore
+from netplane.state import ClusterState
+
+BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def service_chains(n: str, endpoints: int = 2) -> dict[str, tuple[str, ...]]:
+    seps = [f"KUBE-SEP-{n}x{i}" for i in range(endpoints)]
+    return {
+        f"KUBE-SVC-{n}": tuple(f"-A KUBE-SVC-{n} -j {s}" for s in seps),
+        **{s: (f"-A {s} -s 10.0.0.1/32 -j KUBE-MARK-MASQ", f"-A {s} -j DNAT") for s in seps},
+    }
+
+
+def tables(names: list[str], endpoints: int = 2) -> tuple[dict, list]:
+    groups = [service_chains(n, endpoints) for n in names]
+    nat = {
+        "KUBE-SERVICES": (
+            *(f"-A KUBE-SERVICES -d 10.96.0.{i} -j KUBE-SVC-{n}" for i, n in enumerate(names)),
+            "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+        ),
+        "KUBE-NODEPORTS": (),
+        "KUBE-MARK-MASQ": ("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",),
+        "KUBE-POSTROUTING": ("-A KUBE-POSTROUTING -j MASQUERADE",),
+    }  # fmt: skip
+    for g in groups:
+        nat.update(g)
+    filt = {"KUBE-SERVICES": (), "KUBE-FORWARD": ("-A KUBE-FORWARD -j ACCEPT",)}
+    return {"nat": nat, "filter": filt}, [list(g) for g in groups]
+
+
+class Kernel:
+    """A model of iptables-restore --noflush: enough to check that no jump ever dangles."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, dict[str, list[str]]] = {"nat": {}, "filter": {}}
+
+    def restore(self, text: str) -> None:
+        table = ""
+        staged: dict[str, list[str]] = {}
+        deleted: list[str] = []
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table, staged, deleted = (
+                    line[1:],
+                    {c: list(r) for c, r in self.chains[line[1:]].items()},
+                    [],
+                )
+            elif line.startswith(":"):
+                staged[line[1:].split()[0]] = []
+            elif line.startswith("-A "):
+                chain = line.split()[1]
+                assert chain in staged, f"append to missing chain: {line}"
+                for target in _plan.targets([line]):
+                    if target.startswith("KUBE-"):
+                        assert target in staged, f"jump to missing chain: {line}"
+                staged[chain].append(line)
+            elif line.startswith("-X "):
+                deleted.append(line.split()[1])
+            elif line == "COMMIT":
+                for c in deleted:
+                    assert not staged[c], f"deleting non-empty {c}"
+                    del staged[c]
+                for rules in staged.values():
+                    for r in rules:
+                        for target in _plan.targets([r]):
+                            assert not target.startswith("KUBE-") or target in staged, r
+                self.chains[table] = staged
+
+    def as_tables(self) -> dict:
+        return {t: {c: tuple(r) for c, r in chains.items()} for t, chains in self.chains.items()}
+
+
+def test_changed_chains_only_lists_differences_but_filter_whole() -> None:
+    old, _ = tables(["A", "B"])
+    new, _ = tables(["A", "B"])
+    new["nat"]["KUBE-SVC-A"] = ("-A KUBE-SVC-A -j KUBE-SEP-Ax0",)
+    write = _plan.changed_chains(new, old)
+    assert set(write["nat"]) == {"KUBE-SVC-A"}
+    assert set(write["filter"]) == set(new["filter"])
+
+
+def test_endpoint_change_does_not_rewrite_kube_services() -> None:
+    old, _ = tables(["A", "B"], endpoints=2)
+    new, _ = tables(["A", "B"], endpoints=2)
+    new["nat"]["KUBE-SVC-A"] = ("-A KUBE-SVC-A -j KUBE-SEP-Ax0",)
+    del new["nat"]["KUBE-SEP-Ax1"]
+    write = _plan.changed_chains(new, old)
+    deleted = {t: sorted(set(old[t]) - set(new[t])) for t in new}
+    [text] = _plan.single(write, deleted)
+    assert ":KUBE-SERVICES" not in text.split("*filter")[0] + text.split("COMMIT")[-1]
+    nat = next(block for block in text.split("COMMIT") if "*nat" in block)
+    assert ":KUBE-SERVICES" not in nat
+    assert "-X KUBE-SEP-Ax1" in nat and ":KUBE-SEP-Ax1 - [0:0]" in nat
+    kernel = Kernel()
+    kernel.restore(_plan.single(old, {})[0])
+    kernel.restore(text)
+    assert kernel.as_tables() == new
+
+
+def test_nothing_changed_writes_only_the_small_filter_table() -> None:
+    old, _ = tables(["A"])
+    write = _plan.changed_chains(old, old)
+    assert write["nat"] == {}
+    assert "*nat" not in _plan.single(write, {"nat": [], "filter": []})[0]
+
+
+@pytest.mark.parametrize("preexisting", [False, True])
+def test_chunked_full_load_never_jumps_to_a_missing_chain(preexisting: bool) -> None:
+    names = [f"S{i:02d}" for i in range(23)]
+    desired, groups = tables(names)
+    kernel = Kernel()
+    if preexisting:  # a restarted daemon: old services, some gone, some the same
+        old, _ = tables([*names[:10], "GONE1", "GONE2"], endpoints=3)
+        kernel.restore(_plan.single(old, {})[0])
+    existing = {t: set(c) for t, c in kernel.chains.items()}
+    deleted = _plan.stale_chains(desired, existing)
+    texts = _plan.chunked(desired, deleted, existing, groups, chunk=5)
+    assert len(texts) >= 6  # top-level, 5 chunks, the rest
+    for text in texts:
+        kernel.restore(text)  # asserts consistency after every transaction
+    assert kernel.as_tables() == desired
+    if preexisting:
+        assert "KUBE-SVC-GONE1" not in kernel.chains["nat"]
+
+
+def test_chunks_hold_whole_services() -> None:
+    desired, groups = tables([f"S{i}" for i in range(12)], endpoints=3)
+    texts = _plan.chunked(desired, {}, {"nat": set()}, groups, chunk=4)
+    for text in texts:
+        declared = set(re.findall(r"^:(KUBE-S(?:VC|EP)-S[x\d]+)", text, re.M))
+        services = {re.sub(r"^KUBE-S(?:VC|EP)-(S\d+)(x\d+)?$", r"\1", c) for c in declared}
+        for s in services:
+            assert f"KUBE-SVC-{s}" in declared
+
+
+def test_small_updates_stay_one_transaction() -> None:
+    desired, groups = tables(["A", "B"])
+    assert len(_plan.chunked(desired, {}, {"nat": set()}, groups, chunk=500)) == 1
+
+
+def test_stale_chains_only_service_chains() -> None:
+    desired, _ = tables(["A"])
+    existing = {"nat": {"KUBE-SVC-OLD", "KUBE-SEP-OLD", "KUBE-MARK-DROP", "KUBE-KUBELET-CANARY",
+                        "KUBE-SVC-A", "PREROUTING"}}  # fmt: skip
+    assert _plan.stale_chains(desired, existing) == {"nat": ["KUBE-SEP-OLD", "KUBE-SVC-OLD"]}
+
+
+SAVE = """# Generated by iptables-save
+*mangle
+:PREROUTING ACCEPT [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SVC-X - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -j DOCKER
+-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-X
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:MINE - [0:0]
+-A INPUT -j MINE
+COMMIT
+"""
+
+
+def test_parse_save_and_missing_jumps() -> None:
+    saved = _plan.parse_save(SAVE)
+    assert "KUBE-SVC-X" in saved.chains["nat"]
+    assert saved.rules["nat"][0].startswith("-A PREROUTING")
+    jumps = _plan.missing_jumps(saved)
+    assert "mangle" not in jumps
+    texts = _plan.append_lines(["*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"], jumps)
+    [text] = texts  # a table not in the input goes into the last call
+    assert text.index("*filter\n") > text.index("*nat\n")
+    nat = text.split("*nat\n")[1].split("COMMIT")[0]
+    assert nat.startswith(":KUBE-SERVICES - [0:0]\n-I ")  # inserts after the declarations
+    assert "PREROUTING" not in nat  # already there
+    assert '-I OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in nat
+    assert "-I POSTROUTING" in nat
+    assert text.count("-I FORWARD") == 4 and "*mangle" not in text
+
+
+def test_missing_jumps_none_when_complete() -> None:
+    lines = "".join(f"*{j.table}\n-A {j.rule()[3:]}\nCOMMIT\n" for j in _plan.JUMPS)
+    saved = _plan.parse_save(lines + "*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n")
+    assert _plan.missing_jumps(saved) == {}
+
+
+def test_cleanup_restore_removes_ours_keeps_others() -> None:
+    text = cleanup_restore(SAVE)
+    assert "-D PREROUTING -m comment" in text and "-X KUBE-SVC-X" in text
+    assert "-X KUBE-PROXY-CANARY" in text
+    assert "DOCKER" not in text and "MINE" not in text
+    assert cleanup_restore("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n") == ""
+
+
+def _udp_state(endpoints: list[str], node_port: int = 0) -> ClusterState:
+    state = ClusterState()
+    port = ServicePort(53, "UDP", "dns", 5353, node_port)
+    svc = Service("ns", "dns", type="NodePort" if node_port else "ClusterIP",
+                  cluster_ips=("10.96.0.10",), ports=(port,))  # fmt: skip
+    eps = EndpointSlice("ns", "dns-1", "dns", endpoints=tuple(Endpoint((a,)) for a in endpoints),
+                        ports=(EndpointPort(5353, "UDP", "dns"),))  # fmt: skip
+    state.apply([svc, eps])
+    return state
+
+
+def test_udp_flows_and_stale() -> None:
+    key = ("ns", "dns")
+    before = flows(_udp_state(["10.0.0.1", "10.0.0.2"], 30053).snapshot(), key, "ipv4")
+    assert Flow("10.96.0.10", 53, "10.0.0.1") in before and Flow("", 30053, "10.0.0.2") in before
+    after = flows(_udp_state(["10.0.0.2"], 30053).snapshot(), key, "ipv4")
+    assert stale(before, after) == [Flow("", 30053, "10.0.0.1"), Flow("10.96.0.10", 53, "10.0.0.1")]
+    empty = flows(_udp_state([]).snapshot(), key, "ipv4")
+    assert empty == {Flow("10.96.0.10", 53, "")}
+    revived = flows(_udp_state(["10.0.0.3"]).snapshot(), key, "ipv4")
+    assert stale(empty, revived) == [Flow("10.96.0.10", 53, "")]
+    assert flows(_udp_state(["10.0.0.3"]).snapshot(), key, "ipv6") == frozenset()
+
+
+def test_no_local_endpoints() -> None:
+    state = ClusterState()
+    port = ServicePort(80, node_port=30080)
+    svc = Service("ns", "web", type="NodePort", cluster_ips=("10.96.0.1",), ports=(port,),
+                  external_traffic_policy="Local")  # fmt: skip
+    eps = EndpointSlice("ns", "web-1", "web", endpoints=(Endpoint(("10.0.0.1",), node_name="b"),))
+    state.apply([svc, eps])
+    assert no_local_endpoints(state.snapshot(), ("ns", "web"), "a") == {"external"}
+    assert no_local_endpoints(state.snapshot(), ("ns", "web"), "b") == frozenset()
+
+
+def test_healthz() -> None:
+    assert healthz(None, 30, 1000.0)[0] == 503
+    code, body = healthz(990.0, 30, 1000.0)
+    assert code == 200 and body["nodeEligible"] is True and body["lastUpdated"].startswith("1970")
+    assert healthz(900.0, 30, 1000.0)[0] == 503
