@@ -1,5 +1,6 @@
 """The object model: real Kubernetes manifests parsed into frozen dataclasses."""
 
+from netplane.model._fields import InvalidField
 from netplane.model._load import (
     LoadResult,
     ManifestError,
@@ -24,7 +25,7 @@ from netplane.model._objects import (
     Service,
     ServicePort,
 )
-from netplane.model._parse import InvalidField, parse_object
+from netplane.model._parse import parse_object
 
 __all__ = [
     "Container",

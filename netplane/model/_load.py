@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from netplane.model._fields import InvalidField
 from netplane.model._objects import KubeObject
-from netplane.model._parse import InvalidField, parse_object
+from netplane.model._parse import parse_object
 
 try:  # libyaml's loader is ~10x faster; fall back where it was not compiled in
     _YamlLoader = yaml.CSafeLoader
