@@ -1,0 +1,236 @@
+"""`netplane bench ...`: run benchmarks (each run writes one JSON file) and compare runs.
+
+Benchmark modules are imported only when their command runs: `compare` must work on a
+laptop without root, and a benchmark still being written must not break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from netplane.bench._results import DEFAULT_OUTPUT_DIR, Result, Series, new_result, write_result
+
+_output_dir = click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUTPUT_DIR,
+    show_default=True,
+    help="Where the result JSON is written.",
+)
+_quick = click.option("--quick", is_flag=True, help="Smoke run (well under a minute), not figures.")
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: rule sync, data plane, DNS, CNI, compute; compare and plot results."""
+
+
+def _save(result: Result, output_dir: Path, path: Path | None = None) -> None:
+    path = write_result(result, output_dir, path)
+    for s in result.skipped:
+        click.echo(f"skipped {s.what}: {s.reason}", err=True)
+    if result.emulated:
+        click.echo("EMULATED run (qemu-user): figures are not hardware figures", err=True)
+    click.echo(f"wrote {path}")
+
+
+def _import(module: str, what: str) -> Any:
+    """The benchmark module, or a clear error while it does not exist yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise click.ClickException(f"{what} is not available yet ({module} is missing)") from e
+
+
+def _run_checkpointed(benchmark: str, run: Callable, output_dir: Path) -> None:
+    """Run a long kernel benchmark that rewrites its file after every point (marked
+    `partial` until the end), and turns SIGTERM into a clean stop: namespaces and the
+    daemon are removed by the benchmark's own cleanup, never left behind."""
+    path: Path | None = None
+
+    def checkpoint(params, series, skipped) -> None:
+        nonlocal path
+        partial = new_result(benchmark, {**params, "partial": True}, series, skipped)
+        path = write_result(partial, output_dir, path)
+
+    def stop(signum, _frame) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        params, series, skipped = run(checkpoint)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _save(new_result(benchmark, params, series, skipped), output_dir, path)
+
+
+@bench.command()
+@_quick
+@_output_dir
+def compute(quick: bool, output_dir: Path) -> None:
+    """Pure computation (renderer, change tracking): no kernel, runs anywhere (also emulated)."""
+    from netplane.bench.compute import run
+
+    params, series, skipped = run(quick)
+    _save(new_result("compute", params, series, skipped), output_dir)
+
+
+@bench.command()
+@click.option(
+    "--services",
+    "scales",
+    type=int,
+    multiple=True,
+    help="Service counts (repeatable); default by mode.",
+)
+@click.option(
+    "--endpoints",
+    "endpoint_counts",
+    type=int,
+    multiple=True,
+    help="Endpoints per service (repeatable); default by mode.",
+)
+@click.option(
+    "--backend",
+    "backends",
+    type=click.Choice(["legacy", "nft"]),
+    multiple=True,
+    help="iptables variants to run (repeatable); default: every one installed.",
+)
+@click.option("--repeat", type=int, default=None, help="Samples per change kind.")
+@_quick
+@_output_dir
+def sync(scales, endpoint_counts, backends, repeat, quick, output_dir) -> None:
+    """Rule-sync latency (manifest written -> rule active in the kernel), in network namespaces."""
+    from netplane.bench.sync import SyncPlan, run
+
+    plan = SyncPlan.make(quick, scales, endpoint_counts, backends, repeat)
+    _run_checkpointed("sync", lambda checkpoint: run(plan, checkpoint), output_dir)
+
+
+@bench.command()
+@click.option("--services", "scales", type=int, multiple=True, help="Service counts (repeatable).")
+@click.option("--backend", "backends", type=click.Choice(["legacy", "nft"]), multiple=True)
+@click.option("--repeat", type=int, default=None, help="Connections per point.")
+@_quick
+@_output_dir
+def dataplane(scales, backends, repeat, quick, output_dir) -> None:
+    """First-packet latency versus the number of services (client pod -> node -> server pod)."""
+    from netplane.bench.dataplane import DataplanePlan, run
+
+    plan = DataplanePlan.make(quick, scales, backends, repeat)
+    _run_checkpointed("dataplane", lambda checkpoint: run(plan, checkpoint), output_dir)
+
+
+def _plugged(benchmark: str, data: dict[str, Any], quick: bool) -> Result:
+    """A result from another component's `run() -> dict`: its own series if it gives them in
+    our format, everything else kept verbatim under parameters.data."""
+    series = [
+        Series(s["metric"], s.get("unit", ""), s.get("labels", {}), tuple(s["values"]))
+        for s in data.get("series", [])
+        if isinstance(s, dict) and "metric" in s and "values" in s
+    ]
+    rest = {k: v for k, v in data.items() if k != "series"}
+    return new_result(benchmark, {"quick": quick, "data": rest}, series)
+
+
+def _emulated_skip(benchmark: str, quick: bool) -> Result | None:
+    """Under qemu-user the namespace/netlink benchmarks cannot run: say so in a result."""
+    from netplane.bench._results import Skipped, emulation
+
+    why = emulation()
+    if not why:
+        return None
+    reason = f"emulated ({why}): needs network namespaces, netlink and real tools"
+    return new_result(benchmark, {"quick": quick}, [], [Skipped(benchmark, reason)])
+
+
+def _run_plugged(benchmark: str, module: str, what: str, output_dir: Path, **options) -> None:
+    """Run another component's `run(quick=..., ...) -> dict` and save it as our result."""
+    quick = options["quick"]
+    result = _emulated_skip(benchmark, quick)
+    if result is None:
+        result = _plugged(benchmark, _import(module, what).run(**options), quick)
+    _save(result, output_dir)
+
+
+@bench.command()
+@_quick
+@_output_dir
+def dns(quick: bool, output_dir: Path) -> None:
+    """Cluster DNS QPS and latency under dnsperf (see bench/README.md, DNS benchmark)."""
+    _run_plugged("dns", "netplane.bench.dns_perf", "the DNS benchmark", output_dir, quick=quick)
+
+
+@bench.command()
+@_quick
+@_output_dir
+def cni(quick: bool, output_dir: Path) -> None:
+    """CNI plugin ADD/DEL latency (see bench/README.md, CNI benchmark)."""
+    _run_plugged("cni", "netplane.bench.cni_latency", "the CNI benchmark", output_dir, quick=quick)
+
+
+@bench.command()
+@_quick
+@_output_dir
+def cluster(quick: bool, output_dir: Path) -> None:
+    """Emulated cluster: `netplane up` to all pods ready, failover gap (bench/README.md)."""
+    _run_plugged("cluster", "netplane.bench.cluster_up", "the emulated cluster benchmark",
+                 output_dir, quick=quick)  # fmt: skip
+
+
+@bench.command("proxy-sync")
+@click.option("--services", "scales", type=int, multiple=True, help="Service counts (repeatable).")
+@click.option("--variant", "variants", type=click.Choice(["legacy", "nft"]), multiple=True)
+@_quick
+@_output_dir
+def proxy_sync(scales, variants, quick, output_dir) -> None:
+    """The proxy's own sync benchmark (see bench/README.md, Proxy sync benchmark)."""
+    _run_plugged("proxy-sync", "netplane.bench.proxy_sync", "the proxy sync benchmark",
+                 output_dir, scales=list(scales) or None, variants=list(variants) or None,
+                 quick=quick)  # fmt: skip
+
+
+@bench.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Significance level for the Mann-Whitney U test.",
+)
+@click.option(
+    "--plot-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write PNG plots of all FILES here.",
+)
+def compare(files: tuple[Path, ...], alpha: float, plot_dir: Path | None) -> None:
+    """Medians and ratios of FILES against the first one, marking significant differences."""
+    from netplane.bench._results import ResultError, load_result
+    from netplane.bench.compare import format_table
+
+    try:
+        loaded = [(f.name, load_result(f)) for f in files]
+    except ResultError as e:
+        raise click.ClickException(str(e)) from e
+    if len(loaded) > 1:
+        click.echo(format_table(loaded[0], loaded[1:], alpha))
+    if plot_dir is not None:
+        from netplane.bench.plots import all_plots
+
+        for path in all_plots(loaded, plot_dir):
+            click.echo(f"wrote {path}")
+    elif len(loaded) == 1:
+        raise click.UsageError("give two or more files to compare, or --plot-dir to plot one")
