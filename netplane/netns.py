@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 
 class NetnsError(RuntimeError):
@@ -109,30 +110,40 @@ def route(ns: str, dst: str, via: str) -> None:
 
 # A tiny responder for pods: TCP answers one HTTP/1.0 response, UDP echoes a datagram; both
 # say "<pod name> <client ip>" so tests see who answered and which source address arrived.
+# A third argument "6" also serves IPv6 (separate v6-only sockets, so IPv4 peers keep
+# their plain dotted address).
 RESPONDER = r"""
 import socket, sys, threading
 name, port = sys.argv[1], int(sys.argv[2])
-def tcp():
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(256)
+families = [socket.AF_INET] + ([socket.AF_INET6] if sys.argv[3:4] == ["6"] else [])
+def sock(family, kind):
+    s = socket.socket(family, kind); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    return s
+def tcp(s):
+    s.listen(256)
     while True:
-        c, (peer, _) = s.accept()
+        c, peer = s.accept()
         try:
             c.settimeout(2); c.recv(4096)
-            body = f"{name} {peer}\n".encode()
+            body = f"{name} {peer[0]}\n".encode()
             c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         except OSError:
             pass
         finally:
             c.close()
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+def udp(s):
     while True:
         data, addr = s.recvfrom(2048)
         s.sendto(f"{name} {addr[0]}\n".encode(), addr)
-threading.Thread(target=udp, daemon=True).start()
+servers = [(tcp, sock(f, socket.SOCK_STREAM)) for f in families]
+servers += [(udp, sock(f, socket.SOCK_DGRAM)) for f in families]
+for serve, s in servers[1:]:
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
 print("ready", flush=True)
-tcp()
+servers[0][0](servers[0][1])
 """
 
 
@@ -145,11 +156,12 @@ port, count, timeout = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[5])
 sport = int(sys.argv[6])
 for _ in range(count):
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    s = socket.socket(socket.AF_INET, kind); s.settimeout(timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, kind); s.settimeout(timeout)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         if sport:
-            s.bind(("0.0.0.0", sport))
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
         s.connect((host, port))
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         data = b""
@@ -193,6 +205,7 @@ class Pod:
     ns: str
     ip: str
     server: subprocess.Popen | None = None
+    ip6: str = ""  # with Lab(ipv6=True)
 
 
 @dataclass
@@ -202,10 +215,16 @@ class Lab:
     Pods are on 10.<net>.1.0/24 behind the bridge; the uplink joins the node to an
     "external" namespace on 172.31.<net>.0/24. Use as a context manager: leaving it stops
     every process it started and deletes every namespace, also after errors.
+
+    IPV6=True adds IPv6 beside IPv4 (ULA only): pods on fd00:<net>:1::/64, the uplink on
+    fd00:<net>:ff::/64, forwarding on, responders also listening on IPv6. Addresses skip
+    DAD (`nodad`, and accept_dad=0 for the link-local ones) and the lab waits until no
+    address is tentative, so the first packet of a test is not lost to DAD.
     """
 
     prefix: str = "npprx"
     net: int = 244
+    ipv6: bool = False
     node: str = ""
     external: str = ""
     pods: dict[str, Pod] = field(default_factory=dict)
@@ -228,6 +247,22 @@ class Lab:
     def pod_cidr(self) -> str:
         return f"10.{self.net}.1.0/24"
 
+    @property
+    def node_ip6(self) -> str:
+        return f"fd00:{self.net}:ff::1"
+
+    @property
+    def external_ip6(self) -> str:
+        return f"fd00:{self.net}:ff::2"
+
+    @property
+    def gateway6(self) -> str:
+        return f"fd00:{self.net}:1::1"
+
+    @property
+    def pod_cidr6(self) -> str:
+        return f"fd00:{self.net}:1::/64"
+
     def __enter__(self) -> Lab:
         try:
             self._build()
@@ -242,6 +277,9 @@ class Lab:
     def _ns(self, role: str) -> str:
         name = create(unique_name(f"{self.prefix}{role}"))
         self._namespaces.append(name)
+        if self.ipv6:  # before any interface exists: link-local addresses skip DAD too
+            for conf in ("all", "default"):
+                sysctl(name, f"net.ipv6.conf.{conf}.accept_dad", 0)
         return name
 
     def _build(self) -> None:
@@ -259,6 +297,15 @@ class Lab:
         address(self.node, "up0", f"{self.node_ip}/24")
         address(self.external, "eth0", f"{self.external_ip}/24")
         route(self.node, "default", self.external_ip)
+        if self.ipv6:
+            sysctl(self.node, "net.ipv6.conf.all.forwarding", 1)
+            with contextlib.suppress(NetnsError):
+                sysctl(self.node, "net.bridge.bridge-nf-call-ip6tables", 1)
+            address(self.node, "npbr0", f"{self.gateway6}/64")
+            address(self.node, "up0", f"{self.node_ip6}/64")
+            address(self.external, "eth0", f"{self.external_ip6}/64")
+            ip("-6", "-n", self.node, "route", "add", "default", "via", self.external_ip6)
+            self._wait_ipv6(self.node, self.external)
 
     def add_pod(self, name: str, host: int, serve_port: int | None = None) -> Pod:
         """A pod namespace on the bridge at 10.<net>.1.<host>, optionally running RESPONDER."""
@@ -270,13 +317,28 @@ class Lab:
         address(ns, "eth0", f"{pod_ip}/24")
         route(ns, "default", self.gateway)
         pod = Pod(name, ns, pod_ip)
+        if self.ipv6:
+            pod.ip6 = f"fd00:{self.net}:1::{host:x}"
+            address(ns, "eth0", f"{pod.ip6}/64")
+            ip("-6", "-n", ns, "route", "add", "default", "via", self.gateway6)
+            self._wait_ipv6(ns, self.node)
         if serve_port is not None:
-            pod.server = self.start(ns, [sys.executable, "-c", RESPONDER, name, str(serve_port)])
+            argv = [sys.executable, "-c", RESPONDER, name, str(serve_port)]
+            pod.server = self.start(ns, argv + (["6"] if self.ipv6 else []))
             line = pod.server.stdout.readline() if pod.server.stdout else ""
             if "ready" not in line:
                 raise NetnsError(f"responder in {ns} did not start")
         self.pods[name] = pod
         return pod
+
+    def _wait_ipv6(self, *namespaces: str) -> None:
+        """Until no address is tentative (DAD) or failed DAD: only then can it be used."""
+        for ns in namespaces:
+            settled = partial(_no_tentative_address, ns)
+            wait_for(settled, 10, what=f"IPv6 addresses in {ns}")
+            failed = ip("-6", "-n", ns, "addr", "show", "dadfailed").strip()
+            if failed:
+                raise NetnsError(f"IPv6 duplicate address detection failed in {ns}: {failed}")
 
     def start(self, ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
         """A process inside NS that `close()` stops (stdout piped unless given)."""
@@ -293,6 +355,10 @@ class Lab:
         for ns in reversed(self._namespaces):
             delete(ns)
         self._namespaces.clear()
+
+
+def _no_tentative_address(ns: str) -> bool:
+    return not ip("-6", "-n", ns, "addr", "show", "tentative").strip()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -9,7 +9,7 @@ in the transaction that removes (or after the one that removed) the last jump to
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from netplane.proxy.render import BUILTIN_JUMPS, Tables, format_restore
@@ -224,3 +224,50 @@ def chunked(
     rest["nat"] = last
     texts.extend(single(rest, deleted))
     return texts
+
+
+# (desired tables, chains to delete, built-in jumps to add), known once every service is rendered
+Finish = tuple[Tables, Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]]
+
+
+def streamed_full(
+    head: Sequence[str],
+    batches: Iterable[Mapping[str, Sequence[str]]],
+    finish: Callable[[], Finish],
+) -> Iterator[str]:
+    """A full sync's restore input in pieces, so iptables-restore parses while we render.
+
+    The nat table opens by declaring the HEAD chains (the top-level ones services jump to,
+    e.g. KUBE-MARK-MASQ); each of BATCHES (services' own chains, produced lazily) is then
+    declared and filled. FINISH, called after the last batch, gives what only the whole
+    picture tells: the top-level chains' lines (which jump to every service chain, now all
+    declared), the stale chains to delete, the missing built-in jumps, the other tables.
+    Joined, the pieces hold the same transactions as `single(desired, deleted)` plus the
+    jumps, in another line order; nothing applies before COMMIT, so it is as atomic.
+    (Declaring every chain first and streaming only the declarations during the render
+    was measured too: libiptc is a little faster with that order, but the overlap is
+    smaller and the sync was slower overall.)
+    """
+    yield f"*nat\n{_declare(head)}"
+    written: set[str] = set()
+    for chains in batches:
+        written.update(chains)
+        yield _declare(chains) + "".join(line + "\n" for lines in chains.values() for line in lines)
+    desired, deleted, jumps = finish()
+    nat = desired.get("nat", {})
+    rest = {c: lines for c, lines in nat.items() if c not in written}
+    gone = [c for c in deleted.get("nat", ()) if c not in nat]
+    tail = [_declare([c for c in rest if c not in head]), _declare(gone)]
+    tail += [line + "\n" for lines in rest.values() for line in lines]
+    tail += [f"-X {c}\n" for c in gone]
+    tail += [line + "\n" for line in jumps.get("nat", ())]
+    tail.append("COMMIT\n")
+    others = {t: c for t, c in desired.items() if t != "nat"}
+    other_deleted = {t: d for t, d in deleted.items() if t != "nat" and d}
+    texts = [format_restore(others, other_deleted)] if others or other_deleted else []
+    texts = append_lines(texts, {t: j for t, j in jumps.items() if t != "nat"})
+    yield "".join(tail) + "".join(texts)
+
+
+def _declare(chains: Iterable[str]) -> str:
+    return "".join(f":{c} - [0:0]\n" for c in chains)

@@ -2,7 +2,7 @@
 
 The loop syncs when something changed (no more often than --min-sync-period, so bursts of
 changes are batched into one restore), does a full sync every --sync-period and after a
-failure, and watches the mangle canary to notice an external flush. SIGTERM/SIGINT stop it
+failure, and watches the canary chains to notice an external flush. SIGTERM/SIGINT stop it
 and leave the rules in place: the next daemon's first sync writes the same rules, so a
 restart never interrupts traffic.
 """

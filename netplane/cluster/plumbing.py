@@ -92,6 +92,21 @@ def teardown(cluster_id: str) -> list[str]:
             for f in d.iterdir():
                 f.unlink()
             d.rmdir()
-        with contextlib.suppress(OSError):  # only when empty: made for pods' resolv.conf
-            ETC_NETNS.rmdir()
+        marker = _etc_netns_marker(cluster_id)
+        if marker.exists():  # we made /etc/netns: remove it again, unless others use it now
+            marker.unlink()
+            with contextlib.suppress(OSError):
+                ETC_NETNS.rmdir()
     return removed
+
+
+def ensure_etc_netns(cluster_id: str) -> None:
+    """/etc/netns, where pods' resolv.conf go; a marker records that this cluster made it,
+    so that `down` removes it only then and leaves the host as it found it."""
+    if not ETC_NETNS.is_dir():
+        ETC_NETNS.mkdir(parents=True, exist_ok=True)
+        _etc_netns_marker(cluster_id).touch()
+
+
+def _etc_netns_marker(cluster_id: str) -> Path:
+    return ETC_NETNS / f".made-by-netplane-{cluster_id}"

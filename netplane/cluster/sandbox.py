@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from netplane.cluster.plumbing import ETC_NETNS, NETNS_DIR, add_netns, ip
+from netplane.cluster.plumbing import ETC_NETNS, NETNS_DIR, add_netns, ensure_etc_netns, ip
 from netplane.cluster.store import StateDir
 from netplane.cluster.topology import Topology
 
@@ -199,8 +199,9 @@ def create(
         result = _invoke(topo, state, cni, "ADD", sb)
         address = json.loads(result)["ips"][0]["address"].split("/")[0]
         if resolv_conf is not None:
+            ensure_etc_netns(topo.id)
             d = ETC_NETNS / netns
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(exist_ok=True)
             (d / "resolv.conf").write_text(resolv_conf)
     except Exception:
         remove(topo, state, cni, sb)

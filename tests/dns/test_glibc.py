@@ -7,6 +7,7 @@ there on port 53, and /etc/netns/<ns>/resolv.conf (which `ip netns exec` bind-mo
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def _run(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.Compl
 def netns(tmp_path_factory, k8s):
     name = f"npdns-{secrets.token_hex(3)}"
     etc = Path("/etc/netns") / name
+    made_etc_netns = not etc.parent.exists()  # then remove it again: leave the host as found
     proc = None
     try:
         _run("ip", "netns", "add", name)
@@ -72,6 +74,9 @@ def netns(tmp_path_factory, k8s):
                 proc.wait()
         _run("ip", "netns", "del", name, check=False)
         shutil.rmtree(etc, ignore_errors=True)
+        if made_etc_netns:
+            with contextlib.suppress(OSError):
+                etc.parent.rmdir()
 
 
 def _getent(ns: str, database: str, name: str) -> set[str]:

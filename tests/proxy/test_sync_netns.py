@@ -235,6 +235,18 @@ def test_external_flush_is_noticed_and_repaired(env: Env, monkeypatch) -> None:
         thread.join(10)
 
 
+def test_flush_of_one_table_is_noticed(env: Env) -> None:
+    """Legacy commits tables one by one: a flush can hit nat alone and leave mangle's canary."""
+    env.apply(service(), endpoints("web", env.servers))
+    env.sync()
+    assert env.syncer.canary_present()
+    tool = f"iptables-{env.variant}"
+    run(env.lab.node, [tool, "-t", "nat", "-F"])
+    run(env.lab.node, [tool, "-t", "nat", "-X"])
+    assert "KUBE-PROXY-CANARY" in run(env.lab.node, [tool, "-t", "mangle", "-S"])
+    assert not env.syncer.canary_present()
+
+
 def test_cleanup_leaves_no_kube_chains(env: Env) -> None:
     env.apply(service(node_port=30080), endpoints("web", env.servers))
     env.sync()

@@ -255,3 +255,36 @@ def test_healthz() -> None:
     code, body = healthz(990.0, 30, 1000.0)
     assert code == 200 and body["nodeEligible"] is True and body["lastUpdated"].startswith("1970")
     assert healthz(900.0, 30, 1000.0)[0] == 503
+
+
+@pytest.mark.parametrize("preexisting", [False, True])
+def test_streamed_full_sync_declares_every_chain_before_a_jump(preexisting: bool) -> None:
+    names = [f"S{i:02d}" for i in range(23)]
+    desired, groups = tables(names)
+    kernel = Kernel()
+    if preexisting:  # a restarted daemon: old services, some gone, some the same
+        old, _ = tables([*names[:10], "GONE1", "GONE2"], endpoints=3)
+        kernel.restore(_plan.single(old, {})[0])
+    existing = {t: set(c) for t, c in kernel.chains.items()}
+    deleted = _plan.stale_chains(desired, existing)
+    rendered: list[str] = []
+
+    def batches():
+        for group in groups:
+            rendered.extend(group)
+            yield {c: desired["nat"][c] for c in group}
+
+    def finish():  # the whole picture is only asked for once every batch was rendered
+        assert len(rendered) == sum(map(len, groups))
+        return desired, deleted, {"nat": ["-I PREROUTING -j KUBE-SERVICES"]}
+
+    head = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]
+    pieces = list(_plan.streamed_full(head, batches(), finish))
+    assert len(pieces) == len(groups) + 2
+    text = "".join(pieces)
+    assert text.count("*nat\n") == 1 and text.count("COMMIT\n") == 2  # nat, filter
+    assert "-I PREROUTING -j KUBE-SERVICES\nCOMMIT\n*filter" in text
+    kernel.restore(text)  # asserts that every jump's target is declared before it
+    assert kernel.as_tables() == desired
+    if preexisting:
+        assert "-X KUBE-SVC-GONE1" in text and "KUBE-SVC-GONE1" not in kernel.chains["nat"]
