@@ -68,7 +68,7 @@ class ManifestSource:
         rescan_interval: float = 10.0,
         on_errors: Callable[[tuple[ManifestError, ...]], None] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # inotify reports absolute paths
         self.poll_interval = poll_interval  # when inotify is unavailable
         self.rescan_interval = rescan_interval
         self._on_errors = on_errors
@@ -195,23 +195,26 @@ class ManifestSource:
                         if events != "timeout":
                             break
                         events = set()
-                    self._guarded(state, self._event_paths(watched, events))
+                    self._guarded(state, watched, events)
 
     def _event_paths(self, watched: Path, events: set[tuple[int, str]]) -> set[Path] | None:
         """The manifest files an inotify batch names, or None for "rescan everything"."""
         paths = {Path(p) for _, p in events}
         if not paths or not all(
             p.name.endswith(MANIFEST_SUFFIXES)
+            and p.is_relative_to(watched)
             and not any(part.startswith(".") for part in p.relative_to(watched).parts)
             for p in paths
         ):
             return None
         return paths if self.path.is_dir() else paths & {self.path}
 
-    def _guarded(self, state: ClusterState, paths: set[Path] | None = None) -> None:
+    def _guarded(self, state: ClusterState, watched: Path | None = None, events=None) -> None:
+        """Sync the files EVENTS name (everything without events); never raises: a source
+        must outlive any one bad read or surprising event."""
         try:
-            self.sync_once(state, paths)
-        except Exception:  # a source must outlive any one bad read
+            self.sync_once(state, self._event_paths(watched, events) if events else None)
+        except Exception:
             log.exception("reading manifests from %s failed", self.path)
 
 

@@ -167,3 +167,22 @@ def test_directory_created_after_start_is_picked_up(tmp_path):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_relative_path_is_followed(tmp_path, monkeypatch):
+    """`--manifests ./dir` is how people start daemons; inotify reports absolute paths."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "a.yaml").write_text(SVC % ("a", 80))
+    monkeypatch.chdir(tmp_path)
+    state = ClusterState()
+    tracker = state.tracker()
+    thread, stop = _follow("m", state, tracker, rescan_interval=30)
+    try:
+        for port in (81, 82):  # the second edit proves the watcher survived the first
+            (tmp_path / "m" / "a.yaml").write_text(SVC % ("a", port))
+            assert tracker.wait(5)
+            tracker.pop()
+            assert state.snapshot().services[("default", "a")].ports[0].port == port
+    finally:
+        stop.set()
+        thread.join(5)
