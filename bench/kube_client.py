@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(figures), flush=True)
         os._exit(0)  # watch threads of some clients cannot be stopped cleanly
 
+    from netplane.kube.fakeapi import write_kubeconfig  # here: clients measure their imports
+
     me = [sys.executable, "-m", "netplane.bench.kube_client"]
     sizes = ["--services", str(args.services), "--endpoints", str(args.endpoints)]
     server = subprocess.Popen(
@@ -345,18 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
         with tempfile.TemporaryDirectory() as tmp:
-            kubeconfig = Path(tmp) / "kubeconfig"
-            kubeconfig.write_text(
-                "apiVersion: v1\nkind: Config\n"
-                f"clusters: [{{name: b, cluster: {{server: '{url}'}}}}]\n"
-                "users: [{name: b, user: {token: bench}}]\n"
-                "contexts: [{name: b, context: {cluster: b, user: b}}]\ncurrent-context: b\n"
-            )
+            kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", url)
             runs: dict[str, list[dict]] = {}
             for _ in range(args.repeat):
                 for name in args.clients.split(","):
                     out = subprocess.run(
-                        [*me, "--client", name, "--kubeconfig", str(kubeconfig),
+                        [*me, "--client", name, "--kubeconfig", kubeconfig,
                          "--server", url, "--watch-seconds", str(args.watch_seconds)],
                         capture_output=True, text=True, timeout=900, check=True,
                     ).stdout  # fmt: skip

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 # collection path -> (kind, apiVersion)
@@ -399,6 +400,26 @@ _MANAGED = [
         "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}},
     }
 ]
+
+
+def write_kubeconfig(path: Path, server: str) -> str:
+    """A kubeconfig for SERVER (a bearer token the fake server does not check); returns its path."""
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster: {{server: "{server}"}}
+users:
+- name: tester
+  user: {{token: test-token}}
+contexts:
+- name: fake
+  context: {{cluster: fake, user: tester}}
+current-context: fake
+"""
+    )
+    return str(path)
 
 
 def make_service(namespace: str, name: str, cluster_ip: str, port: int = 80) -> dict:

@@ -210,21 +210,14 @@ def test_autopath_server_side_search(start_server, upstream, k8s, tmp_path):
 
 
 def test_kubernetes_api_source(tmp_path, k8s):
-    from netplane.kube.fakeapi import FakeApiServer, make_service
+    from netplane.kube.fakeapi import FakeApiServer, make_service, write_kubeconfig
 
     with FakeApiServer() as api:
         api.load([make_service("default", "blue", "10.108.244.161")])
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f'clusters:\n- name: fake\n  cluster: {{server: "{api.url}"}}\n'
-            "users:\n- name: t\n  user: {token: x}\n"
-            "contexts:\n- name: fake\n  context: {cluster: fake, user: t}\n"
-            "current-context: fake\n"
-        )
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
         servers: list = []
         try:
-            srv = k8s.launch(servers, None, "--kubeconfig", str(kubeconfig))
+            srv = k8s.launch(servers, None, "--kubeconfig", kubeconfig)
             assert k8s.rrs(srv.query(f"blue.default.svc.{Z}")) == ["10.108.244.161"]
             api.put(make_service("default", "late", "10.96.7.8"))
             deadline = time.monotonic() + 20

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from netplane.kube import api_client
-from netplane.kube.fakeapi import FakeApiServer
+from netplane.kube.fakeapi import FakeApiServer, write_kubeconfig
 from netplane.kube.source import Backoff, KubeApiSource, Tuning
 from netplane.sources import start_source
 from netplane.state import ClusterState
@@ -22,25 +22,6 @@ FAST = Tuning(
     list_timeout=5.0,
     backoff=Backoff(initial=0.05, maximum=0.4),
 )
-
-
-def write_kubeconfig(path, server: str) -> str:
-    path.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters:
-- name: fake
-  cluster: {{server: "{server}"}}
-users:
-- name: tester
-  user: {{token: test-token}}
-contexts:
-- name: fake
-  context: {{cluster: fake, user: tester}}
-current-context: fake
-"""
-    )
-    return str(path)
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netplane.kube.fakeapi import make_service, make_slice
+from netplane.kube.fakeapi import make_service, make_slice, write_kubeconfig
 from netplane.netns import Lab, probe, run, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -46,15 +46,8 @@ def test_daemon_follows_the_api_server(tmp_path: Path) -> None:
 
         send({"put": make_service("default", "web", CLUSTER_IP, port=80)})  # targetPort 8080
         send({"put": make_slice("default", "web", "web-1", [p.ip for p in pods], "node-a")})
-        kubeconfig = tmp_path / "kubeconfig"
-        server = f"http://{lab.external_ip}:6443"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": server}}],
-            "users": [{"name": "t", "user": {"token": "test-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "t"}}],
-        }))  # fmt: skip
-        lab.start(lab.node, [NETPLANE, "proxy", "run", "--kubeconfig", str(kubeconfig),
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://{lab.external_ip}:6443")
+        lab.start(lab.node, [NETPLANE, "proxy", "run", "--kubeconfig", kubeconfig,
                              "--node", "node-a", "--cluster-cidr", lab.pod_cidr,
                              "--metrics-addr", f"{lab.node_ip}:10249",
                              "--healthz-addr", f"{lab.node_ip}:10256", "--min-sync-period", "0.1"],
