@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from netplane.sources import ManifestSource, start_source
@@ -71,23 +72,31 @@ def test_single_file_and_missing_path(tmp_path):
     assert other.synced and "no such file" in str(missing.errors[0])
 
 
-def test_background_source_picks_up_changes(tmp_path):
-    f = tmp_path / "a.yaml"
-    f.write_text(SVC % ("a", 80))
+@contextlib.contextmanager
+def following(path, **kw):
+    """A background source on PATH, its first load done and the feed drained; stopped and
+    joined on exit. Yields (state, tracker)."""
     state = ClusterState()
     tracker = state.tracker()
-    thread, stop = start_source(ManifestSource(tmp_path, poll_interval=0.02), state)
+    thread, stop = start_source(ManifestSource(path, **kw), state)
     try:
         assert state.wait_synced(5)
         tracker.pop()
-        f.write_text(SVC % ("a", 8080))
-        assert tracker.wait(5)
-        assert state.snapshot().services[("default", "a")].ports[0].port == 8080
+        yield state, tracker
     finally:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
     assert isinstance(stop, threading.Event)
+
+
+def test_background_source_picks_up_changes(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text(SVC % ("a", 80))
+    with following(tmp_path, poll_interval=0.02) as (state, tracker):
+        f.write_text(SVC % ("a", 8080))
+        assert tracker.wait(5)
+        assert state.snapshot().services[("default", "a")].ports[0].port == 8080
 
 
 def test_removing_the_first_definition_reveals_the_second(tmp_path):
@@ -104,24 +113,13 @@ def test_removing_the_first_definition_reveals_the_second(tmp_path):
     assert source.errors == ()
 
 
-def _follow(path, state, tracker, **kw):
-    """Start a background source on `path`, wait for its first load, and drain the feed."""
-    thread, stop = start_source(ManifestSource(path, **kw), state)
-    assert state.wait_synced(5)
-    tracker.pop()
-    return thread, stop
-
-
 def test_configmap_volume_symlink_flip_is_followed(tmp_path):
     # kubelet's layout: ..2024_01/svc.yaml, ..data -> ..2024_01, svc.yaml -> ..data/svc.yaml
     (tmp_path / "..v1").mkdir()
     (tmp_path / "..v1" / "svc.yaml").write_text(SVC % ("cm", 80))
     (tmp_path / "..data").symlink_to("..v1")
     (tmp_path / "svc.yaml").symlink_to("..data/svc.yaml")
-    state = ClusterState()
-    tracker = state.tracker()
-    thread, stop = _follow(tmp_path, state, tracker, rescan_interval=30)
-    try:
+    with following(tmp_path, rescan_interval=30) as (state, tracker):
         assert list(state.snapshot().services) == [("default", "cm")]  # the hidden copy is skipped
         (tmp_path / "..v2").mkdir()
         (tmp_path / "..v2" / "svc.yaml").write_text(SVC % ("cm", 8080))
@@ -129,18 +127,12 @@ def test_configmap_volume_symlink_flip_is_followed(tmp_path):
         (tmp_path / "..data_tmp").rename(tmp_path / "..data")  # the atomic flip
         assert tracker.wait(5)
         assert state.snapshot().services[("default", "cm")].ports[0].port == 8080
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def test_single_file_replaced_by_rename_is_followed(tmp_path):
     f = tmp_path / "one.yaml"
     f.write_text(SVC % ("a", 80))
-    state = ClusterState()
-    tracker = state.tracker()
-    thread, stop = _follow(f, state, tracker, rescan_interval=30)
-    try:
+    with following(f, rescan_interval=30) as (state, tracker):
         (tmp_path / "other.yaml").write_text(SVC % ("ignored", 80))  # not the followed file
         tmp = tmp_path / ".one.yaml.swp"
         tmp.write_text(SVC % ("a", 81))
@@ -148,25 +140,15 @@ def test_single_file_replaced_by_rename_is_followed(tmp_path):
         assert tracker.wait(5)
         assert set(state.snapshot().services) == {("default", "a")}
         assert state.snapshot().services[("default", "a")].ports[0].port == 81
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def test_directory_created_after_start_is_picked_up(tmp_path):
     missing = tmp_path / "later"
-    state = ClusterState()
-    tracker = state.tracker()
-    thread, stop = start_source(ManifestSource(missing, poll_interval=0.02), state)
-    try:
-        assert state.wait_synced(5)
+    with following(missing, poll_interval=0.02) as (state, tracker):
         missing.mkdir()
         (missing / "a.yaml").write_text(SVC % ("a", 80))
         assert tracker.wait(5)
         assert ("default", "a") in state.snapshot().services
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def test_relative_path_is_followed(tmp_path, monkeypatch):
@@ -174,15 +156,9 @@ def test_relative_path_is_followed(tmp_path, monkeypatch):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "a.yaml").write_text(SVC % ("a", 80))
     monkeypatch.chdir(tmp_path)
-    state = ClusterState()
-    tracker = state.tracker()
-    thread, stop = _follow("m", state, tracker, rescan_interval=30)
-    try:
+    with following("m", rescan_interval=30) as (state, tracker):
         for port in (81, 82):  # the second edit proves the watcher survived the first
             (tmp_path / "m" / "a.yaml").write_text(SVC % ("a", port))
             assert tracker.wait(5)
             tracker.pop()
             assert state.snapshot().services[("default", "a")].ports[0].port == port
-    finally:
-        stop.set()
-        thread.join(5)
