@@ -117,16 +117,23 @@ def test_nothing_changed_writes_only_the_small_filter_table() -> None:
     assert "*nat" not in _plan.single(write, {"nat": [], "filter": []})[0]
 
 
-@pytest.mark.parametrize("preexisting", [False, True])
-def test_chunked_full_load_never_jumps_to_a_missing_chain(preexisting: bool) -> None:
+def _full_load_start(preexisting: bool):
+    """23 services to load in full: into an empty kernel, or over a restarted daemon's rules
+    (old services, some gone, some the same). Returns (desired, groups, kernel, existing
+    chains, stale chains)."""
     names = [f"S{i:02d}" for i in range(23)]
     desired, groups = tables(names)
     kernel = Kernel()
-    if preexisting:  # a restarted daemon: old services, some gone, some the same
+    if preexisting:
         old, _ = tables([*names[:10], "GONE1", "GONE2"], endpoints=3)
         kernel.restore(_plan.single(old, {})[0])
     existing = {t: set(c) for t, c in kernel.chains.items()}
-    deleted = _plan.stale_chains(desired, existing)
+    return desired, groups, kernel, existing, _plan.stale_chains(desired, existing)
+
+
+@pytest.mark.parametrize("preexisting", [False, True])
+def test_chunked_full_load_never_jumps_to_a_missing_chain(preexisting: bool) -> None:
+    desired, groups, kernel, existing, deleted = _full_load_start(preexisting)
     texts = _plan.chunked(desired, deleted, existing, groups, chunk=5)
     assert len(texts) >= 6  # top-level, 5 chunks, the rest
     for text in texts:
@@ -259,14 +266,7 @@ def test_healthz() -> None:
 
 @pytest.mark.parametrize("preexisting", [False, True])
 def test_streamed_full_sync_declares_every_chain_before_a_jump(preexisting: bool) -> None:
-    names = [f"S{i:02d}" for i in range(23)]
-    desired, groups = tables(names)
-    kernel = Kernel()
-    if preexisting:  # a restarted daemon: old services, some gone, some the same
-        old, _ = tables([*names[:10], "GONE1", "GONE2"], endpoints=3)
-        kernel.restore(_plan.single(old, {})[0])
-    existing = {t: set(c) for t, c in kernel.chains.items()}
-    deleted = _plan.stale_chains(desired, existing)
+    desired, groups, kernel, _, deleted = _full_load_start(preexisting)
     rendered: list[str] = []
 
     def batches():
