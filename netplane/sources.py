@@ -76,6 +76,7 @@ class ManifestSource:
         self._file_errors: dict[Path, tuple[ManifestError, ...]] = {}
         self._file_objects: dict[Path, dict[ObjectKey, KubeObject]] = {}  # incl. last good
         self._definers: dict[ObjectKey, set[Path]] = {}  # files that define each object
+        self._duplicates: set[ObjectKey] = set()  # keys defined in more than one file
         self._served: dict[ObjectKey, KubeObject] = {}
         self.errors: tuple[ManifestError, ...] = ()
 
@@ -117,7 +118,8 @@ class ManifestSource:
         if not exists:
             return set(old)
         result = load_file(f)
-        self._file_errors[f] = result.errors
+        if result.errors:  # only files with errors: this is sorted on every change
+            self._file_errors[f] = result.errors
         unreadable = not result.objects and any(e.document == 0 for e in result.errors)
         objects = (
             dict(old)
@@ -138,6 +140,10 @@ class ManifestSource:
         deletes: list[ObjectKey] = []
         for key in affected:
             files = self._definers.get(key)
+            if files and len(files) > 1:
+                self._duplicates.add(key)
+            else:
+                self._duplicates.discard(key)
             if not files:
                 self._definers.pop(key, None)
                 if self._served.pop(key, None) is not None:
@@ -159,8 +165,8 @@ class ManifestSource:
         )
         for f in sorted(self._file_errors):
             errors.extend(self._file_errors[f])
-        for key, files in self._definers.items():
-            for f in sorted(files)[1:]:
+        for key in sorted(self._duplicates):
+            for f in sorted(self._definers[key])[1:]:
                 errors.append(
                     ManifestError(
                         str(f),
