@@ -17,6 +17,7 @@ _COMMANDS = {
     "dns": "netplane.dns.cli:dns",
     "cni": "netplane.cni.cli:cni",
     "bench": "netplane.bench.cli:bench",
+    "anchors": "netplane.testing.cli:anchors_group",
     "demo": "netplane.demo:demo",
     "up": "netplane.cluster.cli:up",
     "down": "netplane.cluster.cli:down",
