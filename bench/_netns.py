@@ -2,14 +2,13 @@
 
 Every namespace is created here with a unique name and deleted on exit, whatever happens:
 the benchmarks never touch the root namespace's rules, routes or links. Python code runs
-inside a namespace on a dedicated thread that entered it with setns(2) (only that thread
-moves), so sockets it creates (probes, listeners) live in the namespace.
+inside a namespace on a dedicated thread that entered it (`netplane.netns.enter`: only that
+thread moves), so sockets it creates (probes, listeners) live in the namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import subprocess
@@ -21,7 +20,6 @@ from typing import TypeVar
 from netplane import netns as netplane_netns
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
 PREFIX = "npbs"  # np + bench suite; the DNS/CNI benchmarks use their own names
 
 
@@ -34,23 +32,12 @@ def unique_name() -> str:
     return netplane_netns.unique_name(os.environ.get("NETPLANE_BENCH_NETNS_PREFIX", PREFIX))
 
 
-def _setns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class Netns:
     """A named namespace with loopback up; `call(fn)` runs FN on the namespace's thread."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._thread = ThreadPoolExecutor(1, f"netns-{name}", _setns, (name,))
+        self._thread = ThreadPoolExecutor(1, f"netns-{name}", netplane_netns.enter, (name,))
         # set on close: long loops running on the namespace's thread (probes) give up
         self.closing = threading.Event()
 

@@ -1,6 +1,6 @@
 """Which Kubernetes client should feed netplane: CPU and memory of list + watch, measured.
 
-A fake API server (netplane.kube.fakeapi) runs in its own process with S services and S
+A fake API server (netplane.testing.fakeapi) runs in its own process with S services and S
 EndpointSlices of E endpoints, and changes one EndpointSlice RATE times a second. Each
 client runs in a fresh process (so its imports and peak RSS are its own) and does what the
 source must do: list both kinds in pages of 500, turn every item into netplane's model
@@ -57,7 +57,7 @@ def _peak_mb() -> float:
 
 
 def serve(services: int, endpoints: int, rate: float) -> None:
-    from netplane.kube.fakeapi import FakeApiServer, make_slice, synthetic_cluster
+    from netplane.testing.fakeapi import FakeApiServer, make_slice, synthetic_cluster
 
     api = FakeApiServer(history=100_000, bookmark_interval=5.0).start()
     cluster = synthetic_cluster(services, endpoints)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(figures), flush=True)
         os._exit(0)  # watch threads of some clients cannot be stopped cleanly
 
-    from netplane.kube.fakeapi import write_kubeconfig  # here: clients measure their imports
+    from netplane.testing.fakeapi import write_kubeconfig  # here: clients measure their imports
 
     me = [sys.executable, "-m", "netplane.bench.kube_client"]
     sizes = ["--services", str(args.services), "--endpoints", str(args.endpoints)]

@@ -46,12 +46,13 @@ PODS = ("hello-1", "hello-2", "hello-3")
 def demo(count: int, iptables_variant: str) -> None:
     """Load-balance a ClusterIP Service over 3 pods in temporary network namespaces (< 30 s)."""
     from netplane.model import parse_manifests
-    from netplane.netns import Lab, NetnsError, run
+    from netplane.netns import NetnsError, run
     from netplane.proxy._conntrack import Conntrack
     from netplane.proxy._iptables import Iptables, detect_variant
     from netplane.proxy.render import ProxyConfig
     from netplane.proxy.sync import Syncer
     from netplane.state import ClusterState
+    from netplane.testing.lab import Lab
 
     if shutil.which("curl") is None:
         raise click.ClickException("curl is not installed (bash bootstrap.sh install)")

@@ -1,17 +1,14 @@
-"""Network namespaces for tests, the demo and (later) the emulated cluster.
+"""The namespace lab that tests, benchmarks and `netplane demo` share.
 
-Everything that touches networking runs inside namespaces created here and deleted again,
-so nothing in the host's namespace changes. Links and addresses are set with `ip`, not
-pyroute2: each call is one short, readable command, the error message is `ip`'s own, and
-the same commands work when a person repeats them by hand. `Lab` builds the topology that
-proxy tests and `netplane demo` share: a node namespace with a pod bridge, pod namespaces
-on it, and an external client on the node's uplink.
+`Lab` builds a node namespace with a pod bridge, pod namespaces on it (optionally running
+`RESPONDER`) and an external client on the node's uplink; `probe` opens connections from a
+namespace and reports who answered and which source address arrived. Built on
+`netplane.netns`; nothing here is used by the data plane.
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import subprocess
 import sys
 import time
@@ -19,94 +16,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-
-class NetnsError(RuntimeError):
-    pass
-
-
-def unique_name(prefix: str) -> str:
-    """`<prefix>-<6 hex>`: concurrent runs on one machine never collide."""
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def ip(*args: str) -> str:
-    """Run `ip ARGS` (in the caller's namespace; use `-n NS` to target another)."""
-    return run(None, ["ip", *args])
-
-
-def run(
-    ns: str | None,
-    argv: Sequence[str],
-    *,
-    input: str | None = None,
-    check: bool = True,
-    timeout: float = 30,
-) -> str:
-    """Run a command inside namespace NS (None: here); returns stdout, raises on failure."""
-    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-    proc = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise NetnsError(f"{' '.join(full)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def popen(ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
-    """Start a long-running command inside NS; the caller must stop it (see `stop`)."""
-    return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
-
-
-def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
-    """Terminate a process we started, killing it when it does not exit in time."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def create(name: str) -> str:
-    ip("netns", "add", name)
-    try:
-        ip("-n", name, "link", "set", "lo", "up")
-    except BaseException:
-        delete(name)
-        raise
-    return name
-
-
-def delete(name: str) -> None:
-    """Delete NS; its interfaces (and the veth peers elsewhere) go with it."""
-    with contextlib.suppress(NetnsError):
-        ip("netns", "del", name)
-
-
-def sysctl(ns: str, key: str, value: str | int) -> None:
-    """Set a per-namespace sysctl (through /proc: no dependency on procps)."""
-    path = "/proc/sys/" + key.replace(".", "/")
-    run(ns, ["sh", "-c", f'echo {value} > "$0"', path])
-
-
-def veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
-    """A veth pair with one end in each namespace, both up."""
-    ip("-n", ns_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b)
-    ip("-n", ns_a, "link", "set", name_a, "up")
-    ip("-n", ns_b, "link", "set", name_b, "up")
-
-
-def bridge(ns: str, name: str) -> None:
-    ip("-n", ns, "link", "add", name, "type", "bridge")
-    ip("-n", ns, "link", "set", name, "up")
-
-
-def address(ns: str, dev: str, cidr: str) -> None:
-    ip("-n", ns, "addr", "add", cidr, "dev", dev, "nodad")
-
-
-def route(ns: str, dst: str, via: str) -> None:
-    ip("-n", ns, "route", "add", dst, "via", via)
-
+from netplane.netns import (
+    NetnsError,
+    address,
+    bridge,
+    create,
+    delete,
+    ip,
+    popen,
+    route,
+    run,
+    stop,
+    sysctl,
+    unique_name,
+    veth,
+)
 
 # A tiny responder for pods: TCP answers one HTTP/1.0 response, UDP echoes a datagram; both
 # say "<pod name> <client ip>" so tests see who answered and which source address arrived.

@@ -210,7 +210,7 @@ def test_autopath_server_side_search(start_server, upstream, k8s, tmp_path):
 
 
 def test_kubernetes_api_source(tmp_path, k8s):
-    from netplane.kube.fakeapi import FakeApiServer, make_service, write_kubeconfig
+    from netplane.testing.fakeapi import FakeApiServer, make_service, write_kubeconfig
 
     with FakeApiServer() as api:
         api.load([make_service("default", "blue", "10.108.244.161")])

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from netplane.kube import api_client
-from netplane.kube.fakeapi import FakeApiServer, write_kubeconfig
 from netplane.kube.source import Backoff, KubeApiSource, Tuning
 from netplane.sources import start_source
 from netplane.state import ClusterState
+from netplane.testing.fakeapi import FakeApiServer, write_kubeconfig
 
 FAST = Tuning(
     page_size=50,

@@ -8,7 +8,10 @@ import os
 
 import pytest
 
-from netplane.kube.fakeapi import (
+from netplane.kube.source import KubeApiSource
+from netplane.model import parse_object
+from netplane.state import ClusterState
+from netplane.testing.fakeapi import (
     FakeApiServer,
     make_node,
     make_pod,
@@ -16,9 +19,6 @@ from netplane.kube.fakeapi import (
     make_slice,
     synthetic_cluster,
 )
-from netplane.kube.source import KubeApiSource
-from netplane.model import parse_object
-from netplane.state import ClusterState
 
 # How long the API server stays away in the outage test (a minute in the issue; seconds here).
 API_DOWN_SECONDS = float(os.environ.get("NETPLANE_TEST_API_DOWN", "2"))

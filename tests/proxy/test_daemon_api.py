@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from netplane.kube.fakeapi import make_service, make_slice, write_kubeconfig
-from netplane.netns import Lab, probe, run, wait_for
+from netplane.netns import run
+from netplane.testing.fakeapi import make_service, make_slice, write_kubeconfig
+from netplane.testing.lab import Lab, probe, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -21,7 +22,7 @@ CLUSTER_IP = "10.96.0.10"
 # The fake API server, driven over stdin: one JSON command per line.
 API = """
 import json, sys
-from netplane.kube.fakeapi import FakeApiServer
+from netplane.testing.fakeapi import FakeApiServer
 api = FakeApiServer(host=sys.argv[1], port=6443).start()
 print("ready", flush=True)
 for line in sys.stdin:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netplane.netns import Lab, probe, run, wait_for
+from netplane.netns import run
+from netplane.testing.lab import Lab, probe, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

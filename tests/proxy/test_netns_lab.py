@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from netplane.netns import Lab, probe
+from netplane.testing.lab import Lab, probe
 
 pytestmark = [pytest.mark.root]
 

@@ -1,6 +1,6 @@
 """IPv6 (`--family ipv6`) with real traffic, both iptables variants.
 
-Topology: netplane.netns.Lab(ipv6=True): a node namespace with IPv6 (ULA) on its pod
+Topology: netplane.testing.lab.Lab(ipv6=True): a node namespace with IPv6 (ULA) on its pod
 bridge and uplink, three pods answering "<pod> <source it saw>" on TCP/UDP 8080 over IPv6,
 a client pod, and an external client on the uplink. The syncer programs ip6tables only.
 """
@@ -12,12 +12,13 @@ import collections
 import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from netplane.netns import Lab, probe, run
+from netplane.netns import run
 from netplane.proxy._conntrack import Conntrack
 from netplane.proxy._iptables import Iptables
 from netplane.proxy.render import ProxyConfig
 from netplane.proxy.sync import Syncer
 from netplane.state import ClusterState
+from netplane.testing.lab import Lab, probe
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

@@ -1,6 +1,6 @@
 """The syncer against the real kernel, both iptables variants, with real traffic.
 
-Topology (netplane.netns.Lab): a node namespace with a pod bridge, three pods running a
+Topology (netplane.testing.lab.Lab): a node namespace with a pod bridge, three pods running a
 responder ("<pod> <source it saw>") on TCP and UDP 8080, a client pod, and an external
 client on the node's uplink. Everything lives in namespaces created and deleted here.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from netplane.netns import Lab, probe, run, wait_for
+from netplane.netns import run
 from netplane.proxy._conntrack import Conntrack
 from netplane.proxy._iptables import Iptables, RestoreError
 from netplane.proxy.daemon import SyncLoop
@@ -24,6 +24,7 @@ from netplane.proxy.metrics import Metrics
 from netplane.proxy.render import ProxyConfig
 from netplane.proxy.sync import Syncer, SyncError
 from netplane.state import ClusterState
+from netplane.testing.lab import Lab, probe, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
