@@ -11,6 +11,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-dev         # Debian's own Python 3.11, as Raspberry Pi OS ships
     iproute2 iptables nftables conntrack     # the kernel interfaces the proxy drives
     dnsutils dnsperf busybox-static curl     # real DNS clients, load generator, busybox nslookup
+    iputils-ping netcat-openbsd              # what the course runs inside pods (`run pingpong -- ping`)
     containernetworking-plugins              # the reference bridge/host-local plugins we compare with
     containerd runc podman                   # real CNI clients
 )

@@ -137,7 +137,7 @@ def failover(root: Path, manifest: Path, repeats: int) -> list[tuple[int, float]
                     f"--net=/var/run/netns/{c.node_ns}",
                     sys.executable,
                     "-m",
-                    "netplane.cluster.probe",
+                    "netplane.testing.probe",
                     f"http://{ip}/",
                     "--count",
                     "80",

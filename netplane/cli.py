@@ -11,31 +11,60 @@ import logging
 
 import click
 
-# name -> "module:attribute" of a click command or group.
-_COMMANDS = {
-    "proxy": "netplane.proxy.cli:proxy",
-    "dns": "netplane.dns.cli:dns",
-    "cni": "netplane.cni.cli:cni",
-    "bench": "netplane.bench.cli:bench",
-    "anchors": "netplane.testing.cli:anchors_group",
-    "demo": "netplane.demo:demo",
-    "up": "netplane.cluster.cli:up",
-    "down": "netplane.cluster.cli:down",
-    "apply": "netplane.cluster.cli:apply",
-    "delete": "netplane.cluster.cli:delete",
-    "get": "netplane.cluster.cli:get",
-    "describe": "netplane.cluster.cli:describe",
-    "create": "netplane.cluster.cli:create",
-    "expose": "netplane.cluster.cli:expose",
-    "scale": "netplane.cluster.cli:scale",
-    "run": "netplane.cluster.cli:run",
-    "exec": "netplane.cluster.cli:exec_",
+# name -> "module:attribute" of a click command or group, in `--help`'s sections.
+_LAB = "netplane.cluster.client"
+_SECTIONS = {
+    "The emulated cluster (kubectl's commands, for the course's lab)": {
+        "up": f"{_LAB}.cli:up",
+        "down": f"{_LAB}.cli:down",
+        "get": f"{_LAB}.get:get",
+        "describe": f"{_LAB}.get:describe",
+        "apply": f"{_LAB}.cli:apply",
+        "delete": f"{_LAB}.cli:delete",
+        "create": f"{_LAB}.imperative:create",
+        "run": f"{_LAB}.imperative:run",
+        "expose": f"{_LAB}.imperative:expose",
+        "scale": f"{_LAB}.imperative:scale",
+        "label": f"{_LAB}.imperative:label",
+        "annotate": f"{_LAB}.imperative:annotate",
+        "set": f"{_LAB}.imperative:set_",
+        "patch": f"{_LAB}.imperative:patch",
+        "edit": f"{_LAB}.imperative:edit",
+        "rollout": f"{_LAB}.imperative:rollout",
+        "exec": f"{_LAB}.pods:exec_",
+        "logs": f"{_LAB}.pods:logs",
+        "port-forward": f"{_LAB}.pods:port_forward",
+    },
+    "Components (run on real clusters)": {
+        "proxy": "netplane.proxy.cli:proxy",
+        "dns": "netplane.dns.cli:dns",
+        "cni": "netplane.cni.cli:cni",
+    },
+    "Measuring and testing": {
+        "bench": "netplane.bench.cli:bench",
+        "anchors": "netplane.testing.cli:anchors_group",
+        "demo": "netplane.demo:demo",
+    },
 }
+_COMMANDS = {name: target for section in _SECTIONS.values() for name, target in section.items()}
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """One section per audience (short help from each command's first docstring line,
+        read without importing the components)."""
+        for title, commands in _SECTIONS.items():
+            rows = []
+            for name in commands:
+                cmd = self.get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(formatter.width - 20)))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in _COMMANDS:

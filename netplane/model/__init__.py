@@ -2,8 +2,10 @@
 
 from netplane.model._fields import InvalidField
 from netplane.model._load import (
+    Document,
     LoadResult,
     ManifestError,
+    documents,
     load_file,
     load_path,
     manifest_files,
@@ -30,6 +32,7 @@ from netplane.model._parse import parse_object
 __all__ = [
     "Container",
     "ContainerPort",
+    "Document",
     "Endpoint",
     "EndpointPort",
     "EndpointSlice",
@@ -45,6 +48,7 @@ __all__ = [
     "RawObject",
     "Service",
     "ServicePort",
+    "documents",
     "load_file",
     "load_path",
     "manifest_files",

@@ -56,48 +56,65 @@ def _documents(text: str, source: str) -> list:
     return [d for d in yaml.load_all(text, Loader=_YamlLoader) if d is not None]
 
 
-def parse_manifests(text: str, source: str = "<stdin>") -> LoadResult:
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One object as written, with where it came from (a `List` gives one per item)."""
+
+    source: str
+    number: int  # 1-based document in the file
+    body: object  # a mapping for a usable document
+    field: str = ""  # `items[2]` for an item of a List
+
+
+def documents(text: str, source: str = "<stdin>") -> tuple[list[Document], list[ManifestError]]:
+    """The documents of one manifest text, unparsed (the emulated cluster's client sends them
+    as written); an unreadable text gives one error and no documents."""
     try:
         docs = _documents(text, source)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        return LoadResult((), (ManifestError(source, 0, f"not valid YAML/JSON: {e}"),))
-    objects: list[KubeObject] = []
-    errors: list[ManifestError] = []
-    rejected: set[tuple[str, str, str]] = set()
+        return [], [ManifestError(source, 0, f"not valid YAML/JSON: {e}")]
+    out = []
     for number, doc in enumerate(docs, start=1):
-        items = [doc]
-        prefix = ""
         if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
             items = doc["items"] if isinstance(doc["items"], list) else [None]
-            prefix = "items"
-        for i, item in enumerate(items):
-            item_prefix = f"{prefix}[{i}]." if prefix else ""
-            if not isinstance(item, dict):
-                errors.append(
-                    ManifestError(
-                        source,
-                        number,
-                        "expected a Kubernetes object (a mapping)",
-                        field=item_prefix.rstrip("."),
-                    )
+            out += [Document(source, number, it, f"items[{i}]") for i, it in enumerate(items)]
+        else:
+            out.append(Document(source, number, doc))
+    return out, []
+
+
+def parse_manifests(text: str, source: str = "<stdin>") -> LoadResult:
+    docs, errors = documents(text, source)
+    objects: list[KubeObject] = []
+    rejected: set[tuple[str, str, str]] = set()
+    for doc in docs:
+        item, item_prefix = doc.body, f"{doc.field}." if doc.field else ""
+        if not isinstance(item, dict):
+            errors.append(
+                ManifestError(
+                    source,
+                    doc.number,
+                    "expected a Kubernetes object (a mapping)",
+                    field=doc.field,
                 )
-                continue
-            try:
-                objects.extend(parse_object(item))
-            except InvalidField as e:
-                kind, ns, name = _identity(item)
-                errors.append(
-                    ManifestError(
-                        source,
-                        number,
-                        e.message,
-                        kind=kind,
-                        name=f"{ns}/{name}" if ns else name,
-                        field=item_prefix + e.field,
-                    )
+            )
+            continue
+        try:
+            objects.extend(parse_object(item))
+        except InvalidField as e:
+            kind, ns, name = _identity(item)
+            errors.append(
+                ManifestError(
+                    source,
+                    doc.number,
+                    e.message,
+                    kind=kind,
+                    name=f"{ns}/{name}" if ns else name,
+                    field=item_prefix + e.field,
                 )
-                if kind and name:
-                    rejected.add((kind, ns, name))
+            )
+            if kind and name:
+                rejected.add((kind, ns, name))
     return LoadResult(tuple(objects), tuple(errors), frozenset(rejected))
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from netplane.cluster.children import kill_recorded
-from netplane.cluster.kubelet import component_available
-from netplane.cluster.plumbing import teardown
+from netplane.cluster.node.children import kill_recorded
+from netplane.cluster.node.kubelet import component_available
+from netplane.cluster.node.plumbing import teardown
 
 NETPLANE = str(Path(sys.executable).parent / "netplane")
 

@@ -6,9 +6,9 @@ import datetime
 
 from click.testing import CliRunner
 
-from netplane.cluster import tables
-from netplane.cluster.cli import get
-from netplane.cluster.responders import PLATFORM, _reply, image_base, listeners
+from netplane.cluster.client import tables
+from netplane.cluster.client.get import get
+from netplane.cluster.node.responders import PLATFORM, _reply, image_base, listeners
 
 
 def test_age_like_kubectl():
@@ -67,7 +67,7 @@ def test_commands_without_a_cluster_say_how_to_start_one(tmp_path):
 
 
 def test_pod_resolv_conf_follows_dns_policy():
-    from netplane.cluster.kubelet import resolv_conf
+    from netplane.cluster.node.kubelet import resolv_conf
 
     def pod(**spec):
         return {"kind": "Pod", "metadata": {"name": "p", "namespace": "other"},

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 import re
 
 import pytest
 
-from netplane.cluster.admission import admit, object_key
-from netplane.cluster.builtin import builtin_objects
-from netplane.cluster.controller import OWNER, reconcile
-from netplane.cluster.envvars import service_env
-from netplane.cluster.naming import ALPHABET, template_hash
-from netplane.cluster.topology import build_topology, node_names
-from netplane.cluster.workloads import deployment_manifest, service_manifest
+from netplane.cluster.control.admission import admit, object_key
+from netplane.cluster.control.builtin import builtin_objects
+from netplane.cluster.control.controller import reconcile
+from netplane.cluster.control.envvars import service_env
+from netplane.cluster.control.naming import ALPHABET, template_hash
+from netplane.cluster.control.topology import build_topology, node_names
+from netplane.cluster.control.workloads import deployment_manifest, service_manifest
 from netplane.model import InvalidField, parse_object
 
 NOW = "2026-01-01T00:00:00Z"
@@ -253,8 +254,8 @@ def test_admission_names_the_bad_field(c):
     taken["spec"]["clusterIP"] = "10.96.0.10"
     with pytest.raises(InvalidField, match="already allocated"):
         c.apply(taken)
-    with pytest.raises(InvalidField, match="not supported"):
-        c.apply({"kind": "StatefulSet", "metadata": {"name": "s"}})
+    with pytest.raises(InvalidField, match="no matches for kind"):
+        c.apply({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"}})
     dep = deployment_manifest("d", "nginx")
     dep["spec"]["selector"]["matchLabels"] = {"app": "other"}
     with pytest.raises(InvalidField, match="selector"):
@@ -263,6 +264,7 @@ def test_admission_names_the_bad_field(c):
 
 def test_service_environment_variables(c):
     c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}})
     c.apply(service_manifest("other-ns", "other", {"app": "x"}, 80))
     ip = c.objects[("Service", "default", "blue")]["spec"]["clusterIP"]
     services = [parse_object(b)[0] for k, b in c.objects.items() if k[0] == "Service"]
@@ -282,12 +284,14 @@ def test_service_environment_variables(c):
     assert "KUBE_DNS_SERVICE_HOST" in service_env(services, "kube-system")
 
 
-def test_owner_annotation_marks_deployment_pods(c):
+def test_deployment_pods_are_owned_by_its_replica_set(c):
     c.apply(deployment_manifest("blue", "jpetazzo/color"))
     c.settle()
     (pod,) = c.live()
-    assert pod["metadata"]["annotations"][OWNER] == "Deployment/blue"
-    assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    (ref,) = pod["metadata"]["ownerReferences"]
+    rs = c.objects[("ReplicaSet", "default", ref["name"])]
+    assert ref["kind"] == "ReplicaSet" and ref["uid"] == rs["metadata"]["uid"]
+    assert rs["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
 
 
 def test_node_names():
@@ -300,3 +304,116 @@ def test_node_names():
     assert [n.pod_cidr for n in topo.nodes] == ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]
     assert topo.nodes[0].ip == "192.168.0.152" and topo.nodes[0].control_plane
     assert build_topology("t", "/y", node_names(None)).id != TOPO.id
+
+
+# -- regression tests for issue 16's bugs ------------------------------------------------------
+
+
+def test_a_typo_in_a_deployment_template_is_refused_like_in_a_bare_pod(c):
+    dep = deployment_manifest("blue", "nginx")
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerport": 80}]
+    with pytest.raises(InvalidField) as e:
+        c.apply(dep)
+    assert 'unknown field "spec.template.spec.containers[0].ports[0].containerport"' in str(e.value)
+    typo = deployment_manifest("blue", "nginx")
+    typo["spec"]["replica"] = 3
+    with pytest.raises(InvalidField, match=r'unknown field "spec\.replica"'):
+        c.apply(typo)
+    svc = service_manifest("blue", "default", {"app": "blue"}, 80)
+    with pytest.raises(InvalidField, match="no matches for kind"):
+        c.apply({**svc, "apiVersion": "apps/v1"})
+    with pytest.raises(InvalidField, match="apiVersion not set"):
+        c.apply({k: v for k, v in svc.items() if k != "apiVersion"})
+
+
+def test_pods_that_never_start_are_not_replaced_by_more_pods(c):
+    c.apply(deployment_manifest("blue", "nginx", replicas=2))
+    for _ in range(20):  # many controller passes while no pod ever becomes Running
+        c.settle(start_pods=False)
+    assert len(c.live()) == 2
+    # even a pod the data plane cannot parse (a broken status) counts as a replica
+    key = next(k for k in c.objects if k[0] == "Pod")
+    c.objects[key] = {**c.objects[key], "status": {"podIP": "not-an-ip"}}
+    c.settle(start_pods=False)
+    assert len(c.live()) == 2
+    del c.objects[("Deployment", "default", "blue")]
+    c.settle(start_pods=False)
+    assert c.live() == []
+    assert not [k for k in c.objects if k[0] == "ReplicaSet" and k[1] == "default"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "message"),
+    [
+        ("Deployment", "Blue", "a lowercase RFC 1123 subdomain"),
+        ("Deployment", "under_score", "a lowercase RFC 1123 subdomain"),
+        ("Pod", "x" * 300, "must be no more than 253 characters"),
+        ("Service", "9lives", "a DNS-1035 label"),
+        ("Service", "s" * 64, "must be no more than 63 characters"),
+    ],
+)
+def test_names_are_checked_like_the_api_server(c, kind, name, message):
+    body = {
+        "Deployment": deployment_manifest(name, "nginx"),
+        "Pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]}},
+        "Service": service_manifest(name, "default", {"app": "x"}, 80),
+    }[kind]  # fmt: skip
+    with pytest.raises(InvalidField, match=message) as e:
+        c.apply(body)
+    assert e.value.field == "metadata.name"
+    assert f'"{name}" is invalid' in str(e.value)
+
+
+def test_an_empty_image_is_refused(c):
+    dep = deployment_manifest("blue", "nginx")
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = ""
+    with pytest.raises(InvalidField, match=r"containers\[0\]\.image: Required value"):
+        c.apply(dep)
+
+
+def test_one_bad_object_never_stops_the_controller_for_the_others(c):
+    bad = deployment_manifest("x" * 300, "nginx")  # bypasses admission, as a corrupt store
+    bad["metadata"]["uid"] = "u"
+    bad["spec"]["template"] = None
+    c.objects[("Deployment", "default", "x" * 300)] = bad
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=2))
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80))
+    c.settle()
+    assert len(c.live()) == 2
+    assert [e["targetRef"]["name"] for s in c.slices("blue") for e in s["endpoints"]]
+
+
+def test_rolling_update_keeps_available_pods_within_max_unavailable(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color", replicas=4))
+    c.settle()
+    dep = c.objects[("Deployment", "default", "blue")]
+    new = json.loads(json.dumps(dep))
+    new["spec"]["template"]["spec"]["containers"][0]["image"] = "jpetazzo/color:v2"
+    c.apply(new)
+    steps = 0
+    while True:
+        plan = reconcile(c.objects, TOPO, c.rng, NOW)
+        for key in plan.deletes:
+            c.objects.pop(key, None)
+        for body in plan.upserts:
+            c.objects[object_key(body)] = body
+        ready = [
+            p
+            for p in c.live()
+            if any(
+                x["type"] == "Ready" and x["status"] == "True"
+                for x in p["status"].get("conditions", [])
+            )
+        ]
+        assert len(ready) >= 3  # maxUnavailable 25% of 4
+        assert len(c.live()) <= 5  # maxSurge 25% of 4
+        c._kubelet()
+        c.finish_deletions()
+        steps += 1
+        images = {p["spec"]["containers"][0]["image"] for p in c.live()}
+        if images == {"jpetazzo/color:v2"} and len(c.live()) == 4:
+            break
+        assert steps < 50
+    sets = sorted(k[2] for k in c.objects if k[0] == "ReplicaSet" and k[1] == "default")
+    assert len(sets) == 2  # the old one is kept at 0 replicas for rollout undo

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netplane.cluster.plumbing import list_netns
+from netplane.cluster.node.plumbing import list_netns
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from netplane.cluster.plumbing import NETNS_DIR
+from netplane.cluster.node.plumbing import NETNS_DIR
 
 pytestmark = pytest.mark.slow
 COLOR = re.compile(
@@ -64,7 +64,7 @@ def test_exercise_4_deleting_the_pod_under_a_curl_loop_recovers(lab, blue):
             f"--net={node_ns}",
             sys.executable,
             "-m",
-            "netplane.cluster.probe",
+            "netplane.testing.probe",
             f"http://{ip}/",
             "--count",
             "120",
@@ -141,6 +141,10 @@ def test_cluster_ips_do_not_answer_outside_the_cluster(lab, blue):
 
 def test_exercise_8_names_across_namespaces(lab, client):
     manifest = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: thesvc, namespace: other}

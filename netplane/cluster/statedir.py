@@ -7,12 +7,13 @@
 <state>/sandboxes.json    pod sandboxes (netns, IP) the kubelet layer made
 <state>/pids/             one file per child process, for `down` after a crash
 <state>/api.sock          the supervisor's API
-<state>/logs/             supervisor and child logs
+<state>/logs/             daemon and child logs; logs/pods/<ns>_<pod>_<uid>/<container>.log
 <state>/cni/<node>/       CNI config and IPAM store per node
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,11 @@ class StateDir:
     def pids(self) -> Path:
         return self.path / "pids"
 
+    def pod_logs(self, namespace: str, name: str, uid: str) -> Path:
+        """Where a pod's container logs go, one `<container>.log` each (kubelet's
+        /var/log/pods layout)."""
+        return self.logs / "pods" / f"{namespace}_{name}_{uid}"
+
     def cni_dir(self, node: str) -> Path:
         return self.path / "cni" / node
 
@@ -69,30 +75,6 @@ class StateDir:
 
     def manifest_file(self, key: tuple[str, str, str]) -> Path:
         name = "_".join(re.sub(r"[^a-z0-9.-]", "-", part.lower()) or "-" for part in key)
+        if len(name) > 200:  # a file name is at most 255 bytes; names may be 253 long
+            name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
         return self.manifests / f"{name}.json"
-
-
-class ManifestWriter:
-    """Mirrors the objects the data plane consumes into `<state>/manifests/`, touching only
-    the files whose object changed (the proxies re-read changed files only)."""
-
-    def __init__(self, state: StateDir) -> None:
-        self.state = state
-        self._written: dict[tuple[str, str, str], str] = {}
-        for f in state.manifests.glob("*.json"):
-            f.unlink()
-
-    def sync(self, objects: dict[tuple[str, str, str], dict]) -> int:
-        wanted = {k: v for k, v in objects.items() if k[0] in MANIFEST_KINDS}
-        changed = 0
-        for key in [k for k in self._written if k not in wanted]:
-            self.state.manifest_file(key).unlink(missing_ok=True)
-            del self._written[key]
-            changed += 1
-        for key, body in wanted.items():
-            text = json.dumps(body, sort_keys=True)
-            if self._written.get(key) != text:
-                write_atomic(self.state.manifest_file(key), text)
-                self._written[key] = text
-                changed += 1
-        return changed

@@ -57,7 +57,10 @@ class Topology:
         return f"{self.id}-{node}"
 
     def pod_ns(self, namespace: str, name: str) -> str:
-        return f"{self.id}-{namespace}-{name}"[:200]
+        full = f"{self.id}-{namespace}-{name}"
+        if len(full) <= 200:  # a netns is a file: at most 255 bytes
+            return full
+        return f"{full[:183]}-{hashlib.sha256(full.encode()).hexdigest()[:16]}"
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:

@@ -3,7 +3,8 @@
 - `jpetazzo/color` (any tag): HTTP on port 80, one line, exactly like the course's app:
   `This is pod default/blue-5c986bd7bf-2gf7d on linux/amd64, serving / for 10.244.0.1:54312.`
 - coredns images: run `netplane dns serve` (a process, started by the supervisor).
-- busybox/alpine-like images: nothing listens; the pod just runs (commands are not executed).
+- busybox/alpine-like images: nothing listens; a container's command and args run as a
+  process in the pod's network namespace (see runtime.py); without them the pod just runs.
 - any other image: an echo on each containerPort: TCP answers HTTP requests with one line
   naming the pod, method, path and client, and echoes other bytes; UDP echoes datagrams.
 - the API server stand-in on the control-plane node: plain HTTP (not TLS) on 6443,
@@ -80,7 +81,7 @@ def _reply(app: str, pod: str, method: str, path: str, peer: tuple) -> bytes:
 
 
 async def serve_tcp(
-    app: str, pod: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    app: str, pod: str, log, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     peer = writer.get_extra_info("peername") or ("?", 0)
     try:
@@ -102,6 +103,8 @@ async def serve_tcp(
             line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
             method, path = (line[0], line[1]) if len(line) >= 2 else ("GET", "/")
             body = _reply(app, pod, method, path, peer)
+            if log is not None:
+                log.write(f"{method} {path} from {peer[0]}:{peer[1]}")
             close = b"connection: close" in head.lower() or head.endswith(b"HTTP/1.0")
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -122,17 +125,25 @@ async def serve_tcp(
 
 
 class UdpEcho(asyncio.DatagramProtocol):
+    def __init__(self, log) -> None:
+        self.log = log
+
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.transport.sendto(data, addr)
+        if self.log is not None:
+            self.log.write(f"UDP {len(data)} bytes from {addr[0]}:{addr[1]}")
 
 
-async def start(listener: Listener, pod: str, sock: socket.socket):
-    """Serve LISTENER on an already bound socket; returns what to close to stop it."""
+async def start(listener: Listener, pod: str, sock: socket.socket, log=None):
+    """Serve LISTENER on an already bound socket, writing one line per request to LOG (the
+    container's log); returns what to close to stop it."""
     if listener.protocol == "UDP":
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(UdpEcho, sock=sock)
+        transport, _ = await loop.create_datagram_endpoint(lambda: UdpEcho(log), sock=sock)
         return transport
-    return await asyncio.start_server(lambda r, w: serve_tcp(listener.app, pod, r, w), sock=sock)
+    return await asyncio.start_server(
+        lambda r, w: serve_tcp(listener.app, pod, log, r, w), sock=sock
+    )

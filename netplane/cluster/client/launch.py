@@ -12,11 +12,12 @@ import time
 
 import click
 
-from netplane.cluster import api, plumbing
-from netplane.cluster.children import kill_recorded
-from netplane.cluster.sandbox import SandboxError, choose_cni
-from netplane.cluster.store import DEFAULT_ROOT, StateDir, read_json
-from netplane.cluster.topology import build_topology, node_names
+from netplane.cluster.client import api
+from netplane.cluster.control.topology import build_topology, node_names
+from netplane.cluster.node import plumbing
+from netplane.cluster.node.children import kill_recorded
+from netplane.cluster.node.sandbox import SandboxError, choose_cni
+from netplane.cluster.statedir import DEFAULT_ROOT, StateDir, read_json
 
 
 def _step(text: str, started: float) -> None:
@@ -97,7 +98,7 @@ def ensure_up(
         _step(f"Preparing nodes {', '.join(names)} (CNI: {cni.bridge} + {cni.ipam})", started)
         with open(state.logs / "supervisor.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "netplane.cluster.supervisor", str(state.path)],
+                [sys.executable, "-m", "netplane.cluster.daemon", str(state.path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

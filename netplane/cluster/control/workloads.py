@@ -117,3 +117,18 @@ def service_manifest(
             ],
         },
     }
+
+
+def image_ref(image: str) -> str:
+    """The image as containerd reports it: `nginx` -> `docker.io/library/nginx:latest`."""
+    if not image:
+        return image
+    name, _, digest = image.partition("@")
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        name = f"docker.io/library/{name}"
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = f"docker.io/{name}"
+    if ":" not in name.rsplit("/", 1)[-1] and not digest:
+        name += ":latest"
+    return f"{name}@{digest}" if digest else name

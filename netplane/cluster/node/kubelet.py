@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from netplane.cluster import sandbox
-from netplane.cluster.children import Child
-from netplane.cluster.plumbing import NETNS_DIR
-from netplane.cluster.responders import is_dns_image, listeners
-from netplane.cluster.store import StateDir
-from netplane.cluster.topology import API_PORT, DNS_IP, Topology
+from netplane.cluster.control.topology import API_PORT, DNS_IP, Topology
+from netplane.cluster.node import sandbox
+from netplane.cluster.node.children import Child
+from netplane.cluster.node.plumbing import NETNS_DIR
+from netplane.cluster.node.responders import is_dns_image
+from netplane.cluster.statedir import StateDir
 from netplane.dns.search import ResolvConf, for_pod
 from netplane.model import parse_object
 
@@ -50,9 +50,12 @@ class Kubelet:
         topo: Topology,
         state: StateDir,
         cni: sandbox.CniChoice,
-        on_ready: Callable[[str], None],
+        on_event: Callable[[dict], None],
     ) -> None:
-        self.topo, self.state, self.cni, self.on_ready = topo, state, cni, on_ready
+        """ON_EVENT gets the node runtimes' reports: `{"ready": uid}` when a pod's
+        application listens, `{"uid", "container", "state", ...}` when a container process
+        starts, exits or is restarted."""
+        self.topo, self.state, self.cni, self.on_event = topo, state, cni, on_event
         self.runtimes: dict[str, Child] = {}
         self.dns: dict[str, Child] = {}
         self.agents: dict[str, Child] = {}
@@ -92,7 +95,7 @@ class Kubelet:
                     f"--net={NETNS_DIR / self.topo.node_ns(node.name)}",
                     sys.executable,
                     "-m",
-                    "netplane.cluster.runtime",
+                    "netplane.cluster.node.runtime",
                     "--node",
                     node.name,
                     "--state-dir",
@@ -122,8 +125,8 @@ class Kubelet:
             self.runtimes[node].send(m)
 
     def _runtime_line(self, msg: dict) -> None:
-        if "ready" in msg and msg["ready"] != "apiserver":
-            self.on_ready(msg["ready"])
+        if msg.get("ready") != "apiserver" and ("ready" in msg or "container" in msg):
+            self.on_event(msg)
 
     # -- pods ------------------------------------------------------------------------------
     def start_pod(self, uid: str, pod: dict) -> sandbox.Sandbox:
@@ -133,8 +136,8 @@ class Kubelet:
             spec["nodeName"], resolv_conf(pod),
         )  # fmt: skip
 
-    def run_app(self, sb: sandbox.Sandbox, pod: dict) -> None:
-        """Start what the pod's images run; on_ready(uid) fires when it listens."""
+    def run_app(self, sb: sandbox.Sandbox, pod: dict, env: dict[str, str]) -> None:
+        """Start what the pod's images run; on_event({"ready": uid}) fires when it listens."""
         containers = pod["spec"].get("containers", [])
         pod_name = f"{sb.namespace}/{sb.name}"
         if any(is_dns_image(c.get("image", "")) for c in containers):
@@ -163,15 +166,15 @@ class Kubelet:
                 self.dns[sb.uid] = child
             threading.Thread(target=self._wait_dns, args=(sb.uid, child), daemon=True).start()
             return
-        if not listeners(containers):
-            self.on_ready(sb.uid)
-            return
         msg = {
             "op": "add",
             "uid": sb.uid,
             "netns": sb.netns,
             "pod": pod_name,
             "containers": containers,
+            "env": env,
+            "restartPolicy": pod["spec"].get("restartPolicy", "Always"),
+            "logdir": str(self.state.pod_logs(sb.namespace, sb.name, sb.uid)),
         }
         with self._lock:
             self.apps[sb.uid] = (sb.node, msg)
@@ -186,7 +189,7 @@ class Kubelet:
                 try:
                     table = Path(f"/proc/{pid}/net/udp").read_text()
                     if any(line.split()[1].endswith(":0035") for line in table.splitlines()[1:]):
-                        self.on_ready(uid)
+                        self.on_event({"ready": uid})
                         return
                 except OSError:
                     pass

@@ -8,11 +8,10 @@ addresses and routes are never touched.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from pathlib import Path
 
 from netplane import netns
-from netplane.cluster.topology import Topology
+from netplane.cluster.control.topology import Topology
 
 NETNS_DIR = Path("/var/run/netns")
 ETC_NETNS = Path("/etc/netns")
@@ -22,28 +21,17 @@ class PlumbingError(RuntimeError):
     pass
 
 
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if check and proc.returncode:
-        raise PlumbingError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
-    return proc
-
-
 def list_netns(prefix: str) -> list[str]:
     if not NETNS_DIR.is_dir():
         return []
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
-def add_netns(name: str) -> None:
-    netns.create(name)
-
-
 def _attach(topo: Topology, ns: str, peer: str, address: str) -> None:
     """A host on the underlay: eth0 in NS, its peer enslaved to the underlay bridge, and
     the router as its default gateway."""
     netns.veth(ns, "eth0", topo.underlay_ns, peer)
-    ip("-n", topo.underlay_ns, "link", "set", peer, "master", "br0")
+    netns.ip("-n", topo.underlay_ns, "link", "set", peer, "master", "br0")
     netns.address(ns, "eth0", f"{address}/{topo.prefix_len}")
     netns.route(ns, "default", topo.router_ip)
 
@@ -75,9 +63,10 @@ def set_lb_route(topo: Topology, address: str, node_ip: str | None) -> None:
     """Where the laptop sends a LoadBalancer address: to the node that announces it (as
     MetalLB's layer-2 mode makes one node answer ARP for it); None removes the route."""
     if node_ip is None:
-        ip("-n", topo.laptop_ns, "route", "del", f"{address}/32", check=False)
+        with contextlib.suppress(netns.NetnsError):
+            netns.ip("-n", topo.laptop_ns, "route", "del", f"{address}/32")
     else:
-        ip("-n", topo.laptop_ns, "route", "replace", f"{address}/32", "via", node_ip)
+        netns.ip("-n", topo.laptop_ns, "route", "replace", f"{address}/32", "via", node_ip)
 
 
 def teardown(cluster_id: str) -> list[str]:
@@ -85,7 +74,8 @@ def teardown(cluster_id: str) -> list[str]:
     the cluster; returns what was removed."""
     removed = []
     for name in list_netns(f"{cluster_id}-"):
-        if ip("netns", "del", name, check=False).returncode == 0:
+        netns.delete(name)
+        if not (NETNS_DIR / name).exists():
             removed.append(name)
     if ETC_NETNS.is_dir():
         for d in ETC_NETNS.glob(f"{cluster_id}-*"):

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 
-from netplane.cluster.store import StateDir, default_state_dir
+from netplane.cluster.statedir import StateDir, default_state_dir
 
 
 class NotRunning(RuntimeError):

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from netplane.cluster.topology import API_PORT, DNS_IP, KUBERNETES_IP, Topology
+import platform
+
+from netplane.cluster.control.topology import API_PORT, DNS_IP, KUBERNETES_IP, Topology
+from netplane.cluster.control.workloads_controller import BUILTIN_NAMESPACES
 
 DNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.12.0"
+KUBELET_VERSION = "v1.33.2"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+ARCH = _ARCH.get(platform.machine(), platform.machine())
+# the lab's Raspberry Pi 4: 4 CPUs, ~3.7 GiB, 110 pods
+CAPACITY = {"cpu": "4", "ephemeral-storage": "30358348Ki", "hugepages-1Gi": "0",
+            "hugepages-2Mi": "0", "memory": "3885396Ki", "pods": "110"}  # fmt: skip
+ALLOCATABLE = {**CAPACITY, "ephemeral-storage": "27978427649", "memory": "3782996Ki"}
 
 
 def node_manifest(topo: Topology, index: int) -> dict:
     node = topo.nodes[index]
-    labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"}
+    labels = {
+        "beta.kubernetes.io/arch": ARCH,
+        "beta.kubernetes.io/os": "linux",
+        "kubernetes.io/arch": ARCH,
+        "kubernetes.io/hostname": node.name,
+        "kubernetes.io/os": "linux",
+    }
     if node.control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
+        labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -21,9 +38,31 @@ def node_manifest(topo: Topology, index: int) -> dict:
             "addresses": [
                 {"type": "InternalIP", "address": node.ip},
                 {"type": "Hostname", "address": node.name},
-            ]
+            ],
+            "capacity": dict(CAPACITY),
+            "allocatable": dict(ALLOCATABLE),
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "kubelet is posting ready status"},
+            ],
+            "nodeInfo": {
+                "architecture": ARCH,
+                "containerRuntimeVersion": "containerd://1.7.27",
+                "kernelVersion": platform.release(),
+                "kubeProxyVersion": "",
+                "kubeletVersion": KUBELET_VERSION,
+                "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+            },
         },
-    }
+    }  # fmt: skip
+
+
+def namespace_objects() -> list[dict]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        for name in BUILTIN_NAMESPACES
+    ]
 
 
 def builtin_objects(topo: Topology) -> list[dict]:
@@ -99,4 +138,4 @@ def builtin_objects(topo: Topology) -> list[dict]:
             },
         },
     }
-    return [api, api_slice, dns_svc, coredns]
+    return [*namespace_objects(), api, api_slice, dns_svc, coredns]

@@ -14,9 +14,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from netplane.cluster.plumbing import ETC_NETNS, NETNS_DIR, add_netns, ensure_etc_netns, ip
-from netplane.cluster.store import StateDir
-from netplane.cluster.topology import Topology
+from netplane import netns as nsutil
+from netplane.cluster.control.topology import Topology
+from netplane.cluster.node.plumbing import ETC_NETNS, NETNS_DIR, ensure_etc_netns
+from netplane.cluster.statedir import StateDir
 
 NETWORK = "netplane"
 REFERENCE_CNI = Path("/usr/lib/cni")
@@ -194,7 +195,7 @@ def create(
     netns = topo.pod_ns(namespace, name)
     container_id = hashlib.sha256(f"{uid}/{netns}".encode()).hexdigest()
     sb = Sandbox(uid, namespace, name, node, netns, container_id, "", "")
-    add_netns(netns)
+    nsutil.create(netns)
     try:
         result = _invoke(topo, state, cni, "ADD", sb)
         address = json.loads(result)["ips"][0]["address"].split("/")[0]
@@ -214,8 +215,7 @@ def remove(topo: Topology, state: StateDir, cni: CniChoice, sb: Sandbox) -> None
     try:
         _invoke(topo, state, cni, "DEL", sb, sb.result)
     finally:
-        if (NETNS_DIR / sb.netns).exists():
-            ip("netns", "del", sb.netns, check=False)
+        nsutil.delete(sb.netns)
         shutil.rmtree(ETC_NETNS / sb.netns, ignore_errors=True)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 
-from netplane.cluster.controller import OWNER
-
 
 def age(timestamp: str, now: datetime.datetime | None = None) -> str:
     """kubectl's HumanDuration."""
@@ -46,14 +44,45 @@ def _ready(pod: dict) -> bool:
 
 
 def pod_status(pod: dict) -> str:
-    if pod["metadata"].get("deletionTimestamp"):
-        return "Terminating"
+    """kubectl's STATUS column (printPod): the phase, overridden by what containers say."""
     status = pod.get("status", {})
-    if status.get("reason"):
-        return "ContainerCreating"
-    if status.get("phase") == "Pending" and pod["spec"].get("nodeName"):
-        return "ContainerCreating"
-    return status.get("phase", "Pending")
+    reason = status.get("phase", "Pending")
+    if status.get("reason") == "FailedCreatePodSandBox" or (
+        reason == "Pending" and pod["spec"].get("nodeName") and not status.get("containerStatuses")
+    ):
+        reason = "ContainerCreating"
+    running = False
+    for cs in reversed(status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if state.get("waiting", {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif "terminated" in state:
+            t = state["terminated"]
+            reason = t.get("reason") or (
+                f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t.get('exitCode', 0)}"
+            )
+        elif "running" in state and cs.get("ready"):
+            running = True
+    if running and reason == "Completed":
+        reason = "Running"
+    if pod["metadata"].get("deletionTimestamp"):
+        reason = "Terminating"
+    return reason
+
+
+def restarts(pod: dict) -> str:
+    return str(
+        sum(
+            cs.get("restartCount", 0) for cs in pod.get("status", {}).get("containerStatuses") or []
+        )
+    )
+
+
+def _ready_containers(pod: dict) -> int:
+    statuses = pod.get("status", {}).get("containerStatuses")
+    if statuses is None:
+        return len(pod["spec"].get("containers", [])) if _ready(pod) else 0
+    return sum(1 for cs in statuses if cs.get("ready"))
 
 
 def _selector(d: dict | None) -> str:
@@ -69,9 +98,9 @@ def pods_table(pods: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
         n = len(p["spec"].get("containers", []))
         row = [
             p["metadata"]["name"],
-            f"{n if _ready(p) else 0}/{n}",
+            f"{_ready_containers(p)}/{n}",
             pod_status(p),
-            "0",
+            restarts(p),
             age(p["metadata"].get("creationTimestamp", "")),
         ]
         if wide:
@@ -139,29 +168,19 @@ def slices_table(slices: list[dict], wide: bool, all_ns: bool) -> list[list[str]
     return rows
 
 
-def deployments_table(
-    deps: list[dict], pods: list[dict], wide: bool, all_ns: bool
-) -> list[list[str]]:
+def deployments_table(deps: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
     head = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     if wide:
         head += ["CONTAINERS", "IMAGES", "SELECTOR"]
     rows = [(["NAMESPACE"] if all_ns else []) + head]
     for d in deps:
-        meta = d["metadata"]
-        mine = [
-            p
-            for p in pods
-            if p["metadata"]["namespace"] == meta["namespace"]
-            and p["metadata"].get("annotations", {}).get(OWNER) == f"Deployment/{meta['name']}"
-            and not p["metadata"].get("deletionTimestamp")
-        ]
-        ready = sum(1 for p in mine if _ready(p))
+        meta, status = d["metadata"], d.get("status") or {}
         want = d["spec"].get("replicas", 1)
         row = [
             meta["name"],
-            f"{ready}/{want}",
-            str(len(mine)),
-            str(ready),
+            f"{status.get('readyReplicas', 0)}/{want}",
+            str(status.get("updatedReplicas", 0)),
+            str(status.get("availableReplicas", 0)),
             age(meta.get("creationTimestamp", "")),
         ]
         if wide:
@@ -175,43 +194,130 @@ def deployments_table(
     return rows
 
 
-def nodes_table(nodes: list[dict], wide: bool, kernel: str) -> list[list[str]]:
+def replicasets_table(sets: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
+    head = ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    if wide:
+        head += ["CONTAINERS", "IMAGES", "SELECTOR"]
+    rows = [(["NAMESPACE"] if all_ns else []) + head]
+    for rs in sets:
+        meta, status = rs["metadata"], rs.get("status") or {}
+        row = [
+            meta["name"],
+            str(rs["spec"].get("replicas", 1)),
+            str(status.get("replicas", 0)),
+            str(status.get("readyReplicas", 0)),
+            age(meta.get("creationTimestamp", "")),
+        ]
+        if wide:
+            cs = rs["spec"]["template"]["spec"]["containers"]
+            row += [
+                ",".join(c["name"] for c in cs),
+                ",".join(c["image"] for c in cs),
+                _selector(rs["spec"]["selector"].get("matchLabels")),
+            ]
+        rows.append(([meta["namespace"]] if all_ns else []) + row)
+    return rows
+
+
+def namespaces_table(spaces: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
+    rows = [["NAME", "STATUS", "AGE"]]
+    for ns in spaces:
+        phase = (ns.get("status") or {}).get("phase", "Active")
+        rows.append(
+            [ns["metadata"]["name"], phase, age(ns["metadata"].get("creationTimestamp", ""))]
+        )
+    return rows
+
+
+def events_table(events: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
+    rows = [
+        (["NAMESPACE"] if all_ns else []) + ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    ]
+    for e in sorted(events, key=lambda e: e.get("lastTimestamp") or ""):
+        obj = e.get("involvedObject") or {}
+        row = [
+            age(e.get("lastTimestamp") or ""),
+            e.get("type", ""),
+            e.get("reason", ""),
+            f"{obj.get('kind', '').lower()}/{obj.get('name', '')}",
+            e.get("message", ""),
+        ]
+        rows.append(([e["metadata"]["namespace"]] if all_ns else []) + row)
+    return rows
+
+
+def nodes_table(nodes: list[dict], wide: bool, all_ns: bool = False) -> list[list[str]]:
     head = ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
     if wide:
         head += ["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"]
     rows = [head]
     for n in nodes:
         labels = n["metadata"].get("labels", {})
+        info = n.get("status", {}).get("nodeInfo", {})
         roles = "control-plane" if "node-role.kubernetes.io/control-plane" in labels else "<none>"
         row = [
             n["metadata"]["name"],
             "Ready",
             roles,
             age(n["metadata"].get("creationTimestamp", "")),
-            "v1.33.2",
+            info.get("kubeletVersion", "v1.33.2"),
         ]
         if wide:
             ip = next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
-            row += [ip, "<none>", "netplane emulated node", kernel, "netplane-runtime"]
+            row += [
+                ip,
+                "<none>",
+                info.get("osImage", ""),
+                info.get("kernelVersion", ""),
+                info.get("containerRuntimeVersion", ""),
+            ]
         rows.append(row)
     return rows
 
 
-def endpoints_table(slices: list[dict], all_ns: bool) -> list[list[str]]:
-    """`get endpoints`: the ready addresses of each service, from its slices."""
-    by_svc: dict[tuple[str, str], list[str]] = {}
-    for s in slices:
-        meta = s["metadata"]
-        svc = meta.get("labels", {}).get("kubernetes.io/service-name", "")
-        if not svc:
-            continue
-        ports = [p.get("port") for p in s.get("ports") or []]
-        eps = by_svc.setdefault((meta["namespace"], svc), [])
-        for e in s.get("endpoints") or []:
-            if e.get("conditions", {}).get("ready", True):
-                eps.extend(f"{a}:{p}" for a in e["addresses"] for p in ports)
+def endpoints_table(endpoints: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
+    """`get endpoints`: the ready addresses of each service."""
     rows = [(["NAMESPACE"] if all_ns else []) + ["NAME", "ENDPOINTS", "AGE"]]
-    for (ns, svc), eps in sorted(by_svc.items()):
+    for ep in endpoints:
+        eps = [
+            f"{a['ip']}:{p['port']}"
+            for sub in ep.get("subsets") or []
+            for a in sub.get("addresses") or []
+            for p in sub.get("ports") or []
+        ]
         shown = ",".join(eps[:3]) + (f" + {len(eps) - 3} more..." if len(eps) > 3 else "")
-        rows.append(([ns] if all_ns else []) + [svc, shown or "<none>", ""])
+        meta = ep["metadata"]
+        row = [meta["name"], shown or "<none>", age(meta.get("creationTimestamp", ""))]
+        rows.append(([meta["namespace"]] if all_ns else []) + row)
     return rows
+
+
+TABLES = {
+    "Pod": pods_table,
+    "Service": services_table,
+    "EndpointSlice": slices_table,
+    "Endpoints": endpoints_table,
+    "Deployment": deployments_table,
+    "ReplicaSet": replicasets_table,
+    "Node": nodes_table,
+    "Namespace": namespaces_table,
+    "Event": events_table,
+}
+
+
+def with_label_columns(
+    rows: list[list[str]], items: list[dict], show_labels: bool, columns: list[str]
+) -> list[list[str]]:
+    """`-L key` adds a column per key (upper-cased last path part), `--show-labels` a LABELS
+    column, as kubectl's printers do."""
+    out = [list(r) for r in rows]
+    for key in columns:
+        out[0].append(key.rsplit("/", 1)[-1].upper())
+        for row, item in zip(out[1:], items, strict=False):
+            row.append((item["metadata"].get("labels") or {}).get(key, ""))
+    if show_labels:
+        out[0].append("LABELS")
+        for row, item in zip(out[1:], items, strict=False):
+            labels = item["metadata"].get("labels") or {}
+            row.append(",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>")
+    return out

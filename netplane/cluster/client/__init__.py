@@ -1,0 +1,1 @@
+"""kubectl-shaped client: commands, tables, templates, `up`/`down`."""

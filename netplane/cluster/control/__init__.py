@@ -1,0 +1,1 @@
+"""The pure control plane: objects in, objects out (no system calls)."""

@@ -1,0 +1,1 @@
+"""The cluster daemon: store, API, controller loop, pod lifecycle, LB routes."""

@@ -1,0 +1,1 @@
+"""Side effects on the nodes: namespaces, CNI sandboxes, kubelet, runtime."""

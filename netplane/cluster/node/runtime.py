@@ -1,0 +1,263 @@
+"""One per node, the stand-in for containerd + the pods' processes.
+
+Built-in applications (the color app, echo responders) of every pod of the node are served
+from one asyncio loop (a Python process per pod would cost ~20 MB and ~100 ms each);
+their sockets are created inside each pod's network namespace (setns on this thread, then
+back), so each pod answers on its own IP only. A container's `command`/`args` really run:
+as a process inside the pod's network namespace (`ip netns exec`, so the pod's resolv.conf
+applies), with the pod's environment, restarted by the pod's restartPolicy with kubelet's
+back-off (10 s doubling to 5 min). Everything a container writes, and each request a
+built-in application answers, goes to `<logdir>/<container>.log` in the CRI log format
+kubelet uses (`<RFC3339Nano time> stdout F <line>`), which `netplane logs` reads.
+
+Protocol (JSON lines): stdin `{"op": "add", "uid", "netns", "pod", "containers", "env",
+"restartPolicy", "logdir"}` or `{"op": "remove", "uid"}`; stdout `{"ready": uid}`,
+`{"failed": uid, "error"}`, `{"removed": uid}` and container changes
+`{"uid", "container", "state": running|terminated|waiting, "exitCode", "reason",
+"restartCount", "final"}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from netplane.cluster.node.responders import Listener, is_dns_image, listeners, start
+
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+BACKOFF = (10.0, 300.0)  # kubelet's CrashLoopBackOff
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def netns(name: str):
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET):
+            raise OSError(ctypes.get_errno(), f"setns into {name}")
+        yield
+    finally:
+        _libc.setns(own, CLONE_NEWNET)
+        os.close(target)
+        os.close(own)
+
+
+def bind(listener: Listener) -> socket.socket:
+    kind = socket.SOCK_DGRAM if listener.protocol == "UDP" else socket.SOCK_STREAM
+    sock = socket.socket(socket.AF_INET, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", listener.port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def cri_time() -> str:
+    t = time.time_ns()
+    stamp = datetime.datetime.fromtimestamp(t // 1_000_000_000, datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t % 1_000_000_000:09d}Z"
+
+
+class LogFile:
+    """A container's log in CRI format (the file is reopened per write: rare, small)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def write(self, line: str, stream: str = "stdout") -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{cri_time()} {stream} F {line.rstrip(chr(10))}\n")
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no container outlives its runtime
+
+
+def argv_of(container: dict) -> list[str]:
+    """command replaces the image's entrypoint, args its default command; the emulated
+    images have neither, so what is given is what runs."""
+    return [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+
+
+class Container:
+    def __init__(self, runtime: Runtime, pod: dict, container: dict) -> None:
+        self.runtime, self.pod, self.spec = runtime, pod, container
+        self.name = container["name"]
+        self.log = LogFile(Path(pod["logdir"]) / f"{self.name}.log")
+        self.restarts = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+
+    def emit(self, state: str, **extra) -> None:
+        self.runtime.emit(uid=self.pod["uid"], container=self.name, state=state,
+                          restartCount=self.restarts, **extra)  # fmt: skip
+
+    async def run(self) -> None:
+        policy = self.pod.get("restartPolicy", "Always")
+        delay = BACKOFF[0]
+        while not self.stopping:
+            started = time.monotonic()
+            code = await self._once()
+            if self.stopping:
+                return
+            again = policy == "Always" or (policy == "OnFailure" and code != 0)
+            self.emit("terminated", exitCode=code, final=not again)
+            if not again:
+                return
+            if time.monotonic() - started > 600:
+                delay = BACKOFF[0]
+            self.emit(
+                "waiting",
+                reason="CrashLoopBackOff",
+                message=f"back-off {delay:.0f}s restarting failed container={self.name} "
+                f"pod={self.pod['pod'].split('/')[1]}_{self.pod['pod'].split('/')[0]}",
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF[1])
+            self.restarts += 1
+
+    async def _once(self) -> int:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOSTNAME": self.pod["pod"].split("/", 1)[1],
+            **self.pod.get("env", {}),
+        }
+        for e in self.spec.get("env") or []:
+            env[e["name"]] = str(e.get("value", ""))
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                "ip",
+                "netns",
+                "exec",
+                self.pod["netns"],
+                *argv_of(self.spec),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as e:
+            self.log.write(f"failed to start: {e}", "stderr")
+            return 128
+        self.emit("running")
+        await asyncio.gather(
+            self._pump(self.proc.stdout, "stdout"), self._pump(self.proc.stderr, "stderr")
+        )
+        return await self.proc.wait()
+
+    async def _pump(self, stream, name: str) -> None:
+        while line := await stream.readline():
+            self.log.write(line.decode(errors="replace"), name)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.proc and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 1.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+        if self.task:
+            self.task.cancel()
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.servers: dict[str, list] = {}
+        self.containers: dict[str, list[Container]] = {}
+
+    def emit(self, **msg) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    async def add(self, msg: dict) -> None:
+        uid = msg["uid"]
+        if uid in self.servers:
+            self.emit(ready=uid)
+            return
+        try:
+            if not msg.get("netns"):  # the node itself (the API server stand-in)
+                socks = [(ls, bind(ls), None) for ls in msg.get("listeners", [])]
+            else:
+                socks = []
+                logs = {}
+                with netns(msg["netns"]):
+                    for c in msg.get("containers", []):
+                        if argv_of(c) or is_dns_image(c.get("image", "")):
+                            continue
+                        for ls in listeners([c]):
+                            logs.setdefault(
+                                c["name"], LogFile(Path(msg["logdir"]) / f"{c['name']}.log")
+                            )
+                            socks.append((ls, bind(ls), logs[c["name"]]))
+            self.servers[uid] = [
+                await start(ls, msg.get("pod", ""), s, log) for ls, s, log in socks
+            ]
+            runs = []
+            for c in msg.get("containers", []):
+                if argv_of(c):
+                    runs.append(Container(self, msg, c))
+                else:
+                    self.emit(uid=uid, container=c["name"], state="running", restartCount=0)
+            self.containers[uid] = runs
+            for c in runs:
+                c.task = asyncio.create_task(c.run())
+            self.emit(ready=uid)
+        except Exception as e:
+            self.emit(failed=uid, error=str(e))
+
+    async def remove(self, uid: str) -> None:
+        for server in self.servers.pop(uid, []):
+            server.close()
+        for c in self.containers.pop(uid, []):
+            await c.stop()
+        self.emit(removed=uid)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if msg["op"] == "add":
+                if msg.get("listeners"):
+                    msg["listeners"] = [Listener(*ls) for ls in msg["listeners"]]
+                await self.add(msg)
+            elif msg["op"] == "remove":
+                await self.remove(msg["uid"])
+        for uid in list(self.containers):
+            await self.remove(uid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--node", required=True)
+    parser.add_argument(
+        "--state-dir", required=True, help="Only marks the process as the cluster's."
+    )
+    parser.parse_args()
+    asyncio.run(Runtime().run())
+
+
+if __name__ == "__main__":
+    main()
