@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -135,10 +136,13 @@ def teardown(state: StateDir) -> int:
     topo = read_json(state.path / "topology.json", None)
     before = plumbing.list_netns(f"{topo['id']}-") if topo else []
     if api.alive(state):
+        daemon = read_json(state.pids / "supervisor.pid", {}).get("pid")
         api.call(state, {"op": "shutdown"})
         deadline = time.monotonic() + 60
         while state.socket.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        while daemon and Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the daemon exits right after its socket goes
     kill_recorded(state.pids, str(state.path))
     if topo:
         plumbing.teardown(topo["id"])

@@ -241,13 +241,13 @@ def port_forward(state: StateDir, cluster: str, target: str, ports: tuple[str, .
 
 
 def _accept(server: socket.socket, info: dict, port: int) -> None:
-    from netplane.cluster.node.runtime import netns
+    from netplane.netns import entered
 
     while True:
         conn, _ = server.accept()
         click.echo(f"Handling connection for {server.getsockname()[1]}")
         try:
-            with netns(info["netns"]):
+            with entered(info["netns"]):
                 upstream = socket.create_connection((info["ip"], port), timeout=5)
         except OSError as e:
             click.echo(f"error forwarding port {port}: {e}", err=True)

@@ -30,29 +30,14 @@ import signal
 import socket
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from netplane.cluster.node.responders import Listener, is_dns_image, listeners, start
+from netplane.netns import entered
 
-CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 BACKOFF = (10.0, 300.0)  # kubelet's CrashLoopBackOff
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def netns(name: str):
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET):
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(target)
-        os.close(own)
 
 
 def bind(listener: Listener) -> socket.socket:
@@ -201,7 +186,7 @@ class Runtime:
             else:
                 socks = []
                 logs = {}
-                with netns(msg["netns"]):
+                with entered(msg["netns"]):
                     for c in msg.get("containers", []):
                         if argv_of(c) or is_dns_image(c.get("image", "")):
                             continue
