@@ -20,9 +20,16 @@ from netplane.cluster.node.children import kill_recorded
 from netplane.cluster.node.sandbox import SandboxError, choose_cni
 from netplane.cluster.statedir import DEFAULT_ROOT, StateDir, read_json
 
+_last = [0.0]
 
-def _step(text: str, started: float) -> None:
-    click.echo(f" \u2713 {text} ({time.monotonic() - started:.1f}s)")
+
+def _step(text: str, started: float, took: float | None = None) -> None:
+    """One progress line with the step's own duration (not the time since start)."""
+    now = time.monotonic()
+    if took is None:
+        took = now - max(started, _last[0])
+    _last[0] = now
+    click.echo(f" \u2713 {text} ({took:.2f}s)")
 
 
 def _wait_phase(state: StateDir, proc: subprocess.Popen, timeout: float) -> dict:
@@ -111,12 +118,15 @@ def ensure_up(
             teardown(state)  # nothing is left half-built
             raise
         proxies = status["proxies"]
-        _step("Building the underlay, node routes and runtimes", started)
+        timings = status.get("timings", {})
+        _step("Building the underlay and node routes", started, timings.get("network"))
+        _step("Starting node runtimes and CNI agents", started, timings.get("runtimes"))
         _step(
             f"Starting kube-proxy replacement on {proxies} node(s)"
             if proxies
             else "Skipping proxies (netplane proxy run is not installed yet)",
             started,
+            timings.get("proxies"),
         )
     if docs:
         results = api.call(state, {"op": "apply", "objects": docs})["results"]
