@@ -12,52 +12,24 @@ After every step the three namespaces hold the same rules again.
 from __future__ import annotations
 
 import contextlib
-import re
 import resource
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 from netplane.bench import _workload as w
 from netplane.bench._netns import netns
 from netplane.bench._results import Series, Skipped
 from netplane.bench._scenario import FLUSH, ProbeService, cycle
 from netplane.proxy._iptables import Iptables
+from netplane.proxy._plan import SERVICE_CHAIN
 from netplane.proxy.render import ProxyConfig, format_restore, render_service
 from netplane.proxy.sync import Syncer
 from netplane.state import ClusterState
+from netplane.testing.kernel import FakeIptables
 
-# kube-proxy's per-service chain prefixes (a naming fact, see kube-proxy.md)
-SERVICE_CHAIN = re.compile(r"^KUBE-(SVC|SVL|EXT|FW|SEP)-")
 # kube-proxy restores everything in one call; on the nft variant that is superlinear
 # (measured-floors.md: 89 s at 5k services), so the peer's full restores stop here
 PEER_FULL_NFT_MAX_SERVICES = 2000
-
-
-@dataclass
-class Recording:
-    """An Iptables that remembers the restore inputs, so they can be replayed by hand."""
-
-    inner: Iptables
-    texts: list[str] = field(default_factory=list)
-
-    @property
-    def variant(self) -> str:
-        return self.inner.variant
-
-    def restore(self, text: str) -> None:
-        self.inner.restore(text)
-        self.texts.append(text)
-
-    def save(self, table: str | None = None) -> str:
-        return self.inner.save(table)
-
-    def chain_exists(self, table: str, chain: str) -> bool:
-        return self.inner.chain_exists(table, chain)
-
-    def take(self) -> list[str]:
-        texts, self.texts = self.texts, []
-        return texts
 
 
 def _cpu() -> float:
@@ -123,7 +95,7 @@ def run_inproc(
 
     with contextlib.ExitStack() as stack:
         np_ns, floor_ns, peer_ns = (stack.enter_context(netns()) for _ in range(3))
-        rec = Recording(Iptables(variant, "ipv4", netns=np_ns.name))
+        rec = FakeIptables(real=Iptables(variant, "ipv4", netns=np_ns.name))  # records
         floor = Iptables(variant, "ipv4", netns=floor_ns.name)
         peer = Iptables(variant, "ipv4", netns=peer_ns.name)
         syncer = Syncer(config, rec)  # no conntrack: nothing to clear in an idle namespace
@@ -191,14 +163,13 @@ def run_inproc(
                     [t for p in parts for t in p[3]],
                 )
             c0 = _cpu()
-            result = syncer.sync(state.snapshot(), None, full=True)  # the periodic resync
+            result = syncer.sync(state.snapshot(), None)  # the periodic sync: writes nothing
             texts = rec.take()
             full = _peer_full(texts, syncer.applied) if peer_full else []
             record("noop-resync", [result], _cpu() - c0, texts, full)
         for _ in range(flush_repeat):
             for ns in (np_ns, floor_ns, peer_ns):
                 ns.exec(f"iptables-{variant}-restore", "-w", "10", input=FLUSH)
-            syncer.needs_full = True  # what the daemon does when the canary is gone
             c0 = _cpu()
             result = syncer.sync(state.snapshot(), None, full=True)
             texts = rec.take()

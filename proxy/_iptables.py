@@ -1,7 +1,11 @@
 """Running iptables-restore / iptables-save, and choosing the legacy or nft variant.
 
-The only module that executes iptables binaries. Commands run in the caller's network
-namespace, or inside `netns` (tests) through `ip netns exec`.
+The only module that executes iptables binaries. `Runner` is the interface the syncer
+reaches the kernel through; `Iptables` is the real one (commands run in the caller's
+network namespace, or inside `netns` through `ip netns exec`), and
+`netplane.testing.kernel.FakeIptables` the one test double. Every call that can take
+long takes a `stop` event: setting it kills the tool, which commits nothing (a restore
+is applied by one atomic kernel call at COMMIT, or not at all).
 """
 
 from __future__ import annotations
@@ -12,13 +16,20 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from netplane.proxy._fingerprint import Fingerprint
+from netplane.proxy._plan import count_ours
+from netplane.proxy.backend import SyncInterrupted
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("legacy", "nft")
-OURS = re.compile(r"KUBE-|netplane")
+TIMEOUT = 600.0  # seconds for one tool run (a hung xtables lock holder must not hang us)
+_POLL = 0.05  # seconds between looks at the stop event while a tool runs
 
 
 class RestoreError(RuntimeError):
@@ -29,49 +40,96 @@ class RestoreError(RuntimeError):
         self.line = line
 
 
+class Runner(Protocol):
+    """How the iptables backend reaches the kernel (see the module docstring)."""
+
+    variant: str  # legacy | nft
+    family: str  # ipv4 | ipv6
+
+    def restore(self, text: str, stop: threading.Event | None = None) -> None:
+        """Apply TEXT (`--noflush --counters`, one transaction per table)."""
+        ...
+
+    def restore_stream(self, pieces: Iterable[str], stop: threading.Event | None = None) -> int:
+        """`restore("".join(PIECES))`, parsed while PIECES are produced; returns bytes sent."""
+        ...
+
+    def save(self, table: str | None = None, stop: threading.Event | None = None) -> str:
+        """`iptables-save` (of TABLE, or all)."""
+        ...
+
+    def list_rules(self, table: str, chain: str) -> list[str] | None:
+        """`iptables -S CHAIN` lines (`-A ...` only), or None when the chain does not exist.
+        Cheap on the nft variant whatever the table size; legacy reads the whole table."""
+        ...
+
+    def fingerprint(self) -> Hashable | None:
+        """O(1): a value that changes whenever the tables change (None: unknown)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Iptables:
-    """One binary family: (variant, IP family), optionally inside a named netns."""
+    """The real runner for one binary family: (variant, IP family), optionally in a netns."""
 
     variant: str = "nft"  # legacy | nft
     family: str = "ipv4"  # ipv4 | ipv6
     netns: str | None = None
     wait: int = 30  # seconds to wait for the xtables lock (one lock for all namespaces)
+    _fingerprint: Fingerprint | None = field(default=None, init=False, repr=False, compare=False)
 
     def _cmd(self, tool: str) -> list[str]:
         base = "ip6tables" if self.family == "ipv6" else "iptables"
         argv = [f"{base}-{self.variant}{tool}"]
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
-    def _run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    def _run(
+        self, argv: list[str], input: str | None = None, stop: threading.Event | None = None
+    ) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr); a STOP request kills the tool (SyncInterrupted)."""
         try:
-            return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:  # missing binary, hung lock holder
-            raise RestoreError(f"{' '.join(argv[:1])}: {e}") from e
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as e:  # missing binary
+            raise RestoreError(f"{argv[0]}: {e}") from e
+        deadline = time.monotonic() + TIMEOUT
+        data = input
+        while True:
+            try:
+                out, err = proc.communicate(data, timeout=_POLL if stop else TIMEOUT)
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                data = None  # already being sent: communicate() keeps it
+                interrupted = stop is not None and stop.is_set()
+                if interrupted or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.communicate()
+                    if interrupted:
+                        raise SyncInterrupted(f"{argv[0]} stopped") from None
+                    raise RestoreError(f"{argv[0]}: no answer in {TIMEOUT:.0f} s") from None
 
     def _restore_argv(self) -> list[str]:
         return [*self._cmd("-restore"), "--noflush", "--counters", "-w", str(self.wait)]
 
-    def restore(self, text: str) -> None:
-        """Apply TEXT as one `--noflush --counters` transaction per table."""
-        proc = self._run(self._restore_argv(), text)
-        if proc.returncode != 0:
-            raise self._failure(proc.stderr, text)
+    def restore(self, text: str, stop: threading.Event | None = None) -> None:
+        code, _, err = self._run(self._restore_argv(), text, stop)
+        if code != 0:
+            raise self._failure(err, text)
 
-    def restore_stream(self, pieces: Iterable[str]) -> int:
+    def restore_stream(self, pieces: Iterable[str], stop: threading.Event | None = None) -> int:
         """Like `restore("".join(PIECES))`, but iptables-restore starts at once and parses
         each piece while the caller produces the next; returns the bytes sent.
 
         Nothing reaches the kernel before a table's COMMIT, so this is as atomic as
         `restore`. A writer thread feeds the pipe (its blocking writes release the GIL)
         so that producing pieces never waits for iptables-restore to read. Stops taking
-        pieces once iptables-restore has failed. Subclasses that override `restore`
-        (recorders, test doubles) get the joined text through it instead.
+        pieces once iptables-restore has failed.
         """
-        if type(self).restore is not Iptables.restore:
-            text = "".join(pieces)
-            self.restore(text)
-            return len(text.encode())
         sent: list[bytes] = []
         with tempfile.TemporaryFile() as err:  # a file: a chatty stderr cannot block it
             try:
@@ -88,13 +146,15 @@ class Iptables:
                 for piece in pieces:
                     if feed.broken:
                         break
+                    if stop is not None and stop.is_set():
+                        raise SyncInterrupted("restore stopped before its COMMIT")
                     data = piece.encode()
                     sent.append(data)
                     feed.put(data)
-                if not feed.close(600):  # it stopped reading (a hung lock holder?)
-                    raise subprocess.TimeoutExpired(proc.args, 600)
-                proc.wait(600)
-            except BaseException as e:  # a failing producer or a hung lock: commit nothing
+                if not feed.close(TIMEOUT):  # it stopped reading (a hung lock holder?)
+                    raise subprocess.TimeoutExpired(proc.args, TIMEOUT)
+                _wait(proc, stop)
+            except BaseException as e:  # a failing producer, a stop, a hung lock: commit nothing
                 proc.kill()
                 feed.close()
                 proc.wait()
@@ -118,19 +178,39 @@ class Iptables:
                 detail = f" (input line {line}: {lines[line - 1]!r})"
         return RestoreError(f"{self._cmd('-restore')[-1]} failed: {err}{detail}", line)
 
-    def save(self, table: str | None = None) -> str:
+    def save(self, table: str | None = None, stop: threading.Event | None = None) -> str:
         argv = self._cmd("-save") + (["-t", table] if table else [])
-        proc = self._run(argv)
-        if proc.returncode != 0:
-            raise RestoreError(f"{argv[-3 if table else -1]} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        code, out, err = self._run(argv, stop=stop)
+        if code != 0:
+            raise RestoreError(f"{' '.join(argv[-3 if table else -1 :])} failed: {err.strip()}")
+        return out
 
-    def command(self, *args: str) -> subprocess.CompletedProcess:
-        """`iptables ARGS` (no check: callers look at the return code)."""
-        return self._run([*self._cmd(""), "-w", str(self.wait), *args])
+    def list_rules(self, table: str, chain: str) -> list[str] | None:
+        code, out, _ = self._run([*self._cmd(""), "-w", str(self.wait), "-t", table, "-S", chain])
+        if code != 0:
+            return None
+        return [line for line in out.splitlines() if line.startswith("-A ")]
 
-    def chain_exists(self, table: str, chain: str) -> bool:
-        return self.command("-t", table, "-S", chain).returncode == 0
+    def fingerprint(self) -> Hashable | None:
+        probe = self._fingerprint
+        if probe is None:
+            probe = Fingerprint(self.variant, self.family, self.netns)
+            object.__setattr__(self, "_fingerprint", probe)
+        return probe.read()
+
+
+def _wait(proc: subprocess.Popen, stop: threading.Event | None) -> None:
+    """Wait for PROC (at most TIMEOUT); a STOP request raises SyncInterrupted."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            proc.wait(_POLL if stop else TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop.is_set():
+                raise SyncInterrupted("restore stopped") from None
+            if time.monotonic() > deadline:
+                raise
 
 
 class _Feeder:
@@ -165,13 +245,6 @@ class _Feeder:
                 self._stdin.close()
             except BrokenPipeError:
                 self.broken = True
-
-
-def count_ours(save_output: str) -> int:
-    """Chains and rules that kube-proxy or netplane created in an iptables-save dump."""
-    return sum(
-        1 for line in save_output.splitlines() if line[:1] in (":", "-") and OURS.search(line)
-    )
 
 
 def system_is_nft(netns: str | None = None) -> bool:

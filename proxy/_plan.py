@@ -4,22 +4,39 @@ No side effects here, so every decision about *what* to write is unit-testable b
 at text. Two rules make every intermediate kernel state consistent, however the work is
 split into transactions: a chain is created before anything jumps to it, and deleted only
 in the transaction that removes (or after the one that removed) the last jump to it.
+Reading back is planned here too: `parse_chains` + `drift` say how the kernel's rules
+differ from what was written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from netplane.proxy.render import BUILTIN_JUMPS, Tables, format_restore
+from netplane.proxy.backend import Drift
+from netplane.proxy.render import BUILTIN_JUMPS, TOP_LEVEL_CHAINS, Tables, format_restore
 
-# Chains owned by one service; only these are ever garbage-collected, never kubelet's
-# KUBE-FIREWALL / KUBE-KUBELET-CANARY or another program's chains.
-SERVICE_CHAIN = re.compile(r"^KUBE-(SVC|SVL|EXT|FW|SEP)-")
-_TARGET = re.compile(r"\s-[jg]\s+(\S+)")
-OURS_CHAIN = re.compile(r"^(KUBE-|NETPLANE-)")  # everything `cleanup` removes
 CANARY = "KUBE-PROXY-CANARY"
+# Chains owned by one service (kube-proxy's prefixes).
+SERVICE_CHAIN = re.compile(r"^KUBE-(SVC|SVL|EXT|FW|SEP)-")
+# Per table, the top-level chains we write (and kube-proxy writes); the mangle table only
+# holds the canary.
+_TOP_LEVEL = {
+    **{t: frozenset(c) for t, c in TOP_LEVEL_CHAINS.items()},
+    "mangle": frozenset({CANARY}),
+}
+_TARGET = re.compile(r"\s-[jg]\s+(\S+)")
+
+
+def ours(table: str, chain: str) -> bool:
+    """The one definition of "our chains": what the syncer writes, verifies and
+    garbage-collects and what `netplane proxy cleanup` removes. kube-proxy's top-level
+    chains and per-service chains; never kubelet's (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+    KUBE-MARK-DROP) or another program's, whatever their prefix."""
+    return chain in _TOP_LEVEL.get(table, ()) or SERVICE_CHAIN.match(chain) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,93 +110,68 @@ def missing_jumps(saved: Saved, jumps: Iterable[Jump] = JUMPS) -> dict[str, list
     return out
 
 
-def append_lines(texts: list[str], extra: Mapping[str, Sequence[str]]) -> list[str]:
-    """Add EXTRA lines to the last transaction of each table (to the last call if none).
-
-    Jumps go in the same call as the chains they point to: on the legacy variant every
-    restore call rewrites the whole table, so a separate call would double the cost.
-    """
-    texts = list(texts)
-    for table, lines in extra.items():
-        if not lines:
-            continue
-        block = "".join(f"{line}\n" for line in lines)
-        for i in range(len(texts) - 1, -1, -1):
-            start = texts[i].find(f"*{table}\n")
-            if start >= 0:
-                end = texts[i].index("COMMIT\n", start)
-                texts[i] = texts[i][:end] + block + texts[i][end:]
-                break
-        else:
-            if not texts:
-                texts.append("")
-            texts[-1] += f"*{table}\n{block}COMMIT\n"
-    return texts
+def builtin_chains(jumps: Iterable[Jump] = JUMPS) -> list[tuple[str, str]]:
+    """(table, built-in chain) pairs our jumps live in, for looking them up one by one."""
+    return sorted({(j.table, j.chain) for j in jumps})
 
 
 def targets(lines: Iterable[str]) -> set[str]:
     return {m.group(1) for line in lines for m in _TARGET.finditer(" " + line)}
 
 
-def changed_chains(desired: Tables, applied: Tables, whole: Sequence[str] = ("filter",)) -> Tables:
-    """Chains whose lines differ from the last applied state (every chain of WHOLE tables)."""
-    out: Tables = {}
-    for table, chains in desired.items():
-        old = applied.get(table, {})
-        if table in whole:
-            out[table] = dict(chains)
-        else:
-            out[table] = {c: lines for c, lines in chains.items() if old.get(c) != lines}
-    return out
+# ---- what to write -------------------------------------------------------------------
+
+Known = Mapping[str, Mapping[str, tuple[str, ...] | None]]  # table -> chain -> lines | None
 
 
-def changes(
-    desired: Tables,
-    applied: Tables,
-    previous: Mapping[str, Mapping[str, tuple[str, ...] | None]] | None = None,
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One iptables-restore call, and what the kernel holds once it succeeded.
+
+    `text` is the restore input, or its pieces produced lazily (a streamed full sync: then
+    `written` and `deleted` are filled in when the last piece has been produced).
+    """
+
+    text: str | Iterator[str]
+    written: Mapping[str, Mapping[str, tuple[str, ...]]]  # table -> chain -> lines
+    deleted: Mapping[str, Sequence[str]]
+    jumps: bool = False  # adds built-in chain jumps (or the canary)
+
+
+def diff(
+    desired: Tables, known: Known, candidates: Mapping[str, Iterable[str]] | None = None
 ) -> tuple[Tables, dict[str, list[str]]]:
-    """(chains to write, chains to delete) to go from APPLIED to DESIRED.
+    """(chains to write, chains to delete) to bring the kernel from KNOWN to DESIRED.
 
-    PREVIOUS, when given, holds per table the only chains that can differ, with their
-    lines before the change (None: did not exist); tables not in it are compared whole.
-    The syncer knows which services it re-rendered: comparing 60,000 unchanged chains
-    is not needed.
+    KNOWN holds our chains in the kernel: their lines as written, or None when the chain
+    exists with contents we do not know (it is rewritten). CANDIDATES, per table, limits
+    the comparison to the chains that can differ (the syncer knows which services it
+    re-rendered: comparing 60,000 unchanged chains is not needed); tables it does not
+    name are compared whole.
     """
     write: Tables = {}
     deleted: dict[str, list[str]] = {}
     for table, chains in desired.items():
-        if previous is None or table not in previous:
-            old = applied.get(table, {})
-            write[table] = changed_chains({table: chains}, {table: old})[table]
-            deleted[table] = sorted(set(old) - set(chains))
-            continue
-        before = previous[table]
-        write[table] = {c: chains[c] for c in before if c in chains and before[c] != chains[c]}
-        deleted[table] = sorted(
-            c for c, lines in before.items() if c not in chains and lines is not None
-        )
+        have = known.get(table, {})
+        names = candidates.get(table) if candidates and table in candidates else None
+        if names is None:
+            names = chains.keys() | have.keys()
+        write[table] = {
+            c: chains[c]
+            for c in names
+            if c in chains and (old := have.get(c)) is not chains[c] and old != chains[c]
+        }
+        deleted[table] = sorted(c for c in names if c not in chains and c in have)
     return write, deleted
 
 
-def stale_chains(desired: Tables, existing: Mapping[str, Iterable[str]], everything: bool = False):
-    """Chains to delete: in EXISTING but not desired (only service chains unless EVERYTHING)."""
-    return {
-        table: sorted(
-            c
-            for c in chains
-            if c not in desired.get(table, {}) and (everything or SERVICE_CHAIN.match(c))
-        )
-        for table, chains in existing.items()
-        if table in desired
-    }
-
-
-def single(write: Tables, deleted: Mapping[str, Sequence[str]]) -> list[str]:
-    """Everything in one transaction per table (legacy, and small nft updates)."""
+def single(write: Tables, deleted: Mapping[str, Sequence[str]]) -> list[Transaction]:
+    """Everything in one transaction (legacy, and small nft updates); none if nothing to do."""
     write = {t: c for t, c in write.items() if c or deleted.get(t)}
-    if not write and not any(deleted.values()):
+    gone = {t: list(d) for t, d in deleted.items() if d}
+    if not write and not gone:
         return []
-    return [format_restore(write, deleted={t: d for t, d in deleted.items() if d})]
+    return [Transaction(format_restore(write, deleted=gone), write, gone)]
 
 
 def chunked(
@@ -188,14 +180,15 @@ def chunked(
     existing: Mapping[str, Iterable[str]],
     groups: Iterable[Iterable[str]],
     chunk: int,
-) -> list[str]:
+) -> list[Transaction]:
     """Split a big nat update into transactions of about CHUNK services each.
 
     iptables-nft-restore is superlinear in the chains of one call, so a 10k-service load is
     cut into pieces: (1) top-level nat chains whose jump targets already exist are written,
     and missing ones are created empty; (2) per chunk, its services' own chains (nothing
     jumps to new ones yet); (3) the remaining top-level chains, the filter table and the
-    deletion of stale chains. Each step only adds jumps to chains that exist.
+    deletion of stale chains. Each step only adds jumps to chains that exist, and each is a
+    consistent state on its own: a sync that fails at step k can go on from step k.
     """
     nat = dict(write.get("nat", {}))
     groups = [[c for c in g if c in nat] for g in groups]
@@ -214,16 +207,48 @@ def chunked(
                 first[c] = ()  # create it empty so that others may jump to it
         else:
             first[c] = lines
-    texts = []
+    out = []
     if first:
-        texts.append(format_restore({"nat": first}))
+        out.append(Transaction(format_restore({"nat": first}), {"nat": first}, {}))
     for i in range(0, len(groups), chunk):
         part = {c: nat[c] for g in groups[i : i + chunk] for c in g}
-        texts.append(format_restore({"nat": part}))
+        out.append(Transaction(format_restore({"nat": part}), {"nat": part}, {}))
     rest: Tables = {t: c for t, c in write.items() if t != "nat"}
     rest["nat"] = last
-    texts.extend(single(rest, deleted))
-    return texts
+    out.extend(single(rest, deleted))
+    return out
+
+
+def with_jumps(txs: list[Transaction], extra: Mapping[str, Sequence[str]]) -> list[Transaction]:
+    """Add EXTRA lines to the last transaction of each table (to the last one if none).
+
+    Jumps go in the same call as the chains they point to: on the legacy variant every
+    restore call rewrites the whole table, so a separate call would double the cost.
+    """
+    txs = list(txs)
+    for table, lines in extra.items():
+        if not lines:
+            continue
+        block = "".join(f"{line}\n" for line in lines)
+        for i in range(len(txs) - 1, -1, -1):
+            text = txs[i].text
+            assert isinstance(text, str)
+            start = text.find(f"*{table}\n")
+            if start >= 0:
+                end = text.index("COMMIT\n", start)
+                txs[i] = dataclasses.replace(
+                    txs[i], text=text[:end] + block + text[end:], jumps=True
+                )
+                break
+        else:
+            if not txs:
+                txs.append(Transaction("", {}, {}))
+            last = txs[-1]
+            assert isinstance(last.text, str)
+            txs[-1] = dataclasses.replace(
+                last, text=f"{last.text}*{table}\n{block}COMMIT\n", jumps=True
+            )
+    return txs
 
 
 # (desired tables, chains to delete, built-in jumps to add), known once every service is rendered
@@ -264,10 +289,152 @@ def streamed_full(
     tail.append("COMMIT\n")
     others = {t: c for t, c in desired.items() if t != "nat"}
     other_deleted = {t: d for t, d in deleted.items() if t != "nat" and d}
-    texts = [format_restore(others, other_deleted)] if others or other_deleted else []
-    texts = append_lines(texts, {t: j for t, j in jumps.items() if t != "nat"})
-    yield "".join(tail) + "".join(texts)
+    txs = single(others, other_deleted)
+    txs = with_jumps(txs, {t: j for t, j in jumps.items() if t != "nat"})
+    yield "".join(tail) + "".join(str(tx.text) for tx in txs)
 
 
 def _declare(chains: Iterable[str]) -> str:
     return "".join(f":{c} - [0:0]\n" for c in chains)
+
+
+# ---- reading back ----------------------------------------------------------------------
+
+
+def parse_chains(text: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """An iptables-save dump as {table: {chain: its `-A` lines}}, every chain (empty ones
+    too, built-in ones with their rules)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    chains: dict[str, list[str]] = {}
+    current = ""
+    lines: list[str] = []
+    for line in text.split("\n"):
+        first = line[:1]
+        if first == "-":
+            if line.startswith("-A "):
+                end = line.find(" ", 3)
+                chain = line[3:] if end < 0 else line[3:end]
+                if chain != current:
+                    lines = chains.setdefault(chain, [])
+                    current = chain
+                lines.append(line)
+        elif first == ":":
+            chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif first == "*":
+            chains = out.setdefault(line[1:].strip(), {})
+            current = ""
+    return {t: {c: tuple(r) for c, r in table.items()} for t, table in out.items()}
+
+
+def saved_of(kernel: Mapping[str, Mapping[str, tuple[str, ...]]]) -> Saved:
+    """The `Saved` view (chain names, built-in chains' rules) of a `parse_chains` result."""
+    return Saved(
+        {t: frozenset(chains) for t, chains in kernel.items()},
+        {
+            t: tuple(line for c in _BUILTIN if c in chains for line in chains[c])
+            for t, chains in kernel.items()
+        },
+    )
+
+
+_BUILTIN = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+_MARK = re.compile(r"--(or|xor)-mark (\S+)")
+_RECENT = re.compile(r"-m recent --name (\S+) (--set|--rcheck --seconds \d+ --reap)")
+_PROBABILITY = re.compile(r"--probability (\d+\.\d+)")
+_FULL_MASK = {"ipv4": "255.255.255.255", "ipv6": ":".join(["ffff"] * 8)}
+_REJECT = {"ipv4": "icmp-port-unreachable", "ipv6": "icmp6-port-unreachable"}
+
+
+def canonical(line: str, family: str) -> str:
+    """LINE as iptables-save prints it back (the renderer writes kube-proxy's spelling).
+
+    Known differences, checked on both variants and families by the tests: MARK's
+    `--or-mark`/`--xor-mark` print as `--set-xmark`, `-m recent` gains its default mask
+    and `--rsource` after the name, REJECT its default `--reject-with`, and the statistic
+    probability is stored as a fraction of 2^31 and printed with 11 decimals.
+    """
+    if "-mark " in line:
+        line = _MARK.sub(lambda m: f"--set-xmark {m[2]}/{m[2] if m[1] == 'or' else '0x0'}", line)
+    if " -m recent " in line:
+        mask = _FULL_MASK[family]
+        line = _RECENT.sub(
+            lambda m: f"-m recent {m[2]} --name {m[1]} --mask {mask} --rsource", line
+        )
+    if "--probability " in line:
+        line = _PROBABILITY.sub(
+            lambda m: f"--probability {math.floor(float(m[1]) * 2**31 + 0.5) / 2**31:.11f}", line
+        )
+    if line.endswith(" -j REJECT"):
+        line += f" --reject-with {_REJECT[family]}"
+    return line
+
+
+def drift(
+    desired: Tables, kernel: Mapping[str, Mapping[str, tuple[str, ...]]], family: str
+) -> list[Drift]:
+    """How KERNEL (a `parse_chains` read-back) differs from DESIRED: our chains missing,
+    flushed or changed, stale service chains, missing built-in jumps and canary."""
+    out: list[Drift] = []
+    for table, chains in desired.items():
+        have = kernel.get(table, {})
+        for chain, lines in chains.items():
+            got = have.get(chain)
+            if got is None:
+                out.append(Drift(table, chain, "missing"))
+            elif got != lines and got != tuple(canonical(line, family) for line in lines):
+                kind = "flushed" if not got else "changed"
+                out.append(Drift(table, chain, kind, f"{len(got)} rules, {len(lines)} written"))
+        out.extend(
+            Drift(table, chain, "stale")
+            for chain in sorted(have)
+            if chain not in chains and SERVICE_CHAIN.match(chain)
+        )
+    for table, lines in missing_jumps(saved_of(kernel)).items():
+        for line in lines:
+            if line.startswith(":"):
+                out.append(Drift(table, CANARY, "missing"))
+            else:
+                out.append(Drift(table, line.split()[1], "jump", line.rsplit(" ", 1)[-1]))
+    return out
+
+
+# ---- cleaning up -------------------------------------------------------------------------
+
+
+def count_ours(save_output: str) -> int:
+    """Our chains and the rules in or jumping to them, in an iptables-save dump."""
+    count = 0
+    for table, chains in parse_chains(save_output).items():
+        mine = {c for c in chains if ours(table, c)}
+        count += len(mine)
+        count += sum(len(lines) for c, lines in chains.items() if c in mine)
+        count += sum(
+            1
+            for c, lines in chains.items()
+            if c not in mine
+            for line in lines
+            if targets([line]) & mine
+        )
+    return count
+
+
+def cleanup_restore(dump: str) -> str:
+    """The restore input that removes our chains (`ours`) found in an iptables-save DUMP,
+    and the rules elsewhere that jump to them; nothing else."""
+    out = []
+    for table, chains in parse_chains(dump).items():
+        mine = sorted(c for c in chains if ours(table, c))
+        unjump = [
+            "-D" + line[2:]
+            for c, lines in chains.items()
+            if c not in mine
+            for line in lines
+            if targets([line]) & set(mine)
+        ]
+        if mine or unjump:
+            out.append(f"*{table}")
+            out += [f":{c} - [0:0]" for c in mine]
+            out += unjump
+            out += [f"-X {c}" for c in mine]
+            out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""

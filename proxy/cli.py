@@ -74,7 +74,28 @@ def render(
 @click.option("--metrics-addr", default="127.0.0.1:10249", show_default=True)
 @click.option("--healthz-addr", default="0.0.0.0:10256", show_default=True)
 @click.option("--min-sync-period", type=float, default=1.0, show_default=True)
-@click.option("--sync-period", type=float, default=30.0, show_default=True)
+@click.option(
+    "--sync-period",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds between periodic syncs (partial: they write only what changed).",
+)
+@click.option(
+    "--full-sync-period",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds between full rewrites of every chain (0: only at start and after failures).",
+)
+@click.option(
+    "--verify-period",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between read-backs of the rules (drift is repaired); foreign writes "
+    "trigger one within a second anyway.",
+)
 def run(**options) -> None:
     """Run the proxy daemon: follow the manifests and keep the kernel's rules in sync.
 
@@ -93,7 +114,11 @@ def run(**options) -> None:
     show_default=True,
 )
 def cleanup(iptables_variant: str) -> None:
-    """Remove every chain and rule netplane added to iptables (both families)."""
+    """Remove netplane's (and kube-proxy's) chains and the rules jumping to them.
+
+    Both families; kubelet's KUBE-FIREWALL / KUBE-KUBELET-CANARY and other programs'
+    chains stay.
+    """
     from netplane.proxy.sync import cleanup as do_cleanup
 
     do_cleanup(iptables_variant)

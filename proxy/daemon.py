@@ -1,10 +1,17 @@
-"""`netplane proxy run`: manifests -> ClusterState -> ChangeTracker -> sync loop.
+"""`netplane proxy run`: manifests -> ClusterState -> ChangeTracker -> sync loop -> backend.
 
-The loop syncs when something changed (no more often than --min-sync-period, so bursts of
-changes are batched into one restore), does a full sync every --sync-period and after a
-failure, and watches the canary chains to notice an external flush. SIGTERM/SIGINT stop it
-and leave the rules in place: the next daemon's first sync writes the same rules, so a
-restart never interrupts traffic.
+The loop owns the schedule, the backend (proxy/backend.py) the kernel:
+- a sync when something changed, no more often than --min-sync-period (bursts are batched
+  into one transaction); every --sync-period a sync with nothing to write (it refreshes
+  /healthz). These syncs are partial: they write only what changed.
+- a full sync at start, after a failed transaction (continuing from the failed chunk, with
+  back-off), and every --full-sync-period (an hour: kube-proxy's own rhythm).
+- every second an O(1) look at the kernel (`kernel_changed`); when somebody else wrote to
+  our tables, or every --verify-period anyway, the rules are read back and what drifted is
+  repaired. When the foreign writes turn out harmless (a CNI plugin adding its own rules),
+  the next read-back they trigger waits ten times the last one's cost.
+SIGTERM/SIGINT stop it between two transactions and leave the rules in place: the next
+daemon's first sync writes the same rules, so a restart never interrupts traffic.
 """
 
 from __future__ import annotations
@@ -13,21 +20,23 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netplane.kube import source_from_options
 from netplane.proxy._conntrack import Conntrack
 from netplane.proxy._iptables import Iptables, detect_variant
+from netplane.proxy.backend import Backend, SyncError, SyncInterrupted, VerifyResult
 from netplane.proxy.metrics import Metrics, healthz, serve
 from netplane.proxy.render import ProxyConfig
-from netplane.proxy.sync import Syncer, SyncError
+from netplane.proxy.sync import Syncer
 from netplane.sources import start_source
 from netplane.state import ChangeTracker, ClusterState
 
 log = logging.getLogger(__name__)
 
-CANARY_INTERVAL = 5.0  # seconds between checks for an external flush
 TICK = 0.25  # longest sleep, so a stop request is noticed quickly
+PROBE_PERIOD = 1.0  # seconds between O(1) looks for foreign writes
+MAX_BACKOFF = 30.0  # seconds, between failed syncs that got nowhere
 
 
 @dataclass
@@ -36,71 +45,138 @@ class SyncLoop:
 
     state: ClusterState
     tracker: ChangeTracker
-    syncer: Syncer
+    backend: Backend
     metrics: Metrics
     node: str
     min_sync_period: float = 1.0
     sync_period: float = 30.0
+    full_sync_period: float = 3600.0  # 0: only when needed
+    verify_period: float = 60.0
+    probe_period: float = PROBE_PERIOD
+    _failures: int = 0  # consecutive failed syncs that got nowhere
+    _retry_at: float = float("-inf")
+    _unprogrammed: dict = field(default_factory=dict)  # first change times of failed syncs
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set() and not self.state.wait_synced(TICK):
             pass
-        last_start = last_full = next_canary = float("-inf")
-        while not stop.is_set():
-            now = time.monotonic()
-            full = self.syncer.needs_full or now - last_full >= self.sync_period
-            if full or self.tracker.pending():
-                delay = last_start + self.min_sync_period - now
-                if delay > 0:
-                    stop.wait(min(delay, TICK))
+        now = time.monotonic()
+        last_start = float("-inf")
+        last_sync = last_full = now
+        next_probe = now + self.probe_period
+        next_verify = now + self.verify_period
+        quiet_until = float("-inf")  # no probe-triggered read-back before this
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                hourly = 0 < self.full_sync_period <= now - last_full
+                if (
+                    self.backend.needs_full
+                    or hourly
+                    or self.tracker.pending()
+                    or now - last_sync >= self.sync_period
+                ):
+                    start_at = max(last_start + self.min_sync_period, self._retry_at)
+                    if now < start_at:
+                        stop.wait(min(start_at - now, TICK))
+                        continue
+                    last_start = now
+                    full = hourly or self.backend.needs_full
+                    if self.sync_once(hourly, stop):
+                        last_sync = now
+                        if full:
+                            last_full = now
                     continue
-                last_start = now
-                if self.sync_once(full) and full:
-                    last_full = now
-                continue
-            if now >= next_canary:
-                next_canary = now + CANARY_INTERVAL
-                if self.syncer.in_sync and not self.syncer.canary_present():
-                    log.warning("canary chain is gone (tables flushed externally): full resync")
-                    self.syncer.needs_full = True
-                    continue
-            self.tracker.wait(min(TICK, max(0.0, last_full + self.sync_period - now)))
+                if now >= next_probe:
+                    next_probe = now + self.probe_period
+                    changed = now >= quiet_until and self.backend.kernel_changed()
+                    if changed or now >= next_verify:
+                        found = self.verify_once(stop)
+                        next_verify = time.monotonic() + self.verify_period
+                        if changed and found is not None and not found.drift:
+                            quiet_until = time.monotonic() + 10 * found.seconds
+                        continue
+                wait = min(TICK, next_probe - now, last_sync + self.sync_period - now)
+                self.tracker.wait(max(0.0, wait))
+        except SyncInterrupted as e:
+            log.info("stopped during a sync (%s); the rules in place are consistent", e)
 
-    def sync_once(self, full: bool) -> bool:
+    def sync_once(self, full: bool = False, stop: threading.Event | None = None) -> bool:
         changes = self.tracker.pop()
+        for key, first in changes.first_change.items():
+            self._unprogrammed.setdefault(key, first)
         snapshot = self.state.snapshot()
         start = time.monotonic()
-        try:
-            result = self.syncer.sync(snapshot, changes, full=full)
-        except SyncError as e:
-            (self.metrics.partial_failures if e.partial else self.metrics.failures).inc()
-            log.error("sync failed, the next one will be full: %s", e)
-            return False
-        done = time.monotonic()
         m = self.metrics
+        try:
+            result = self.backend.sync(snapshot, changes, full=full, stop=stop)
+        except SyncError as e:
+            m.failures.inc()
+            if e.partial:
+                m.partial_failures.inc()
+            self._failures = 1 if e.progress else self._failures + 1
+            delay = min(MAX_BACKOFF, self.min_sync_period * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+            log.error("sync failed (the next one, in %.1f s, is full): %s", delay, e)
+            return False
+        self._failures = 0
+        self._retry_at = float("-inf")
+        done = time.monotonic()
         m.sync.observe(done - start)
         (m.full if result.full else m.partial).observe(done - start)
         m.endpoint_changes.inc(len(changes.endpoints))
         m.service_changes.inc(len(changes.services))
-        for first in changes.first_change.values():
+        for first in self._unprogrammed.values():
             m.programming.observe(max(0.0, done - first))
+        self._unprogrammed.clear()
         for table, count in result.rules.items():
             m.rules.labels(table).set(count)
         m.update_no_local(snapshot, result.keys, self.node)
         m.last_success = time.time()
         m.last.set(m.last_success)
-        log.info(
-            "%s sync: %d services rendered, %d chains written, %d deleted, %d restores, "
-            "%.3f s (%.3f s compute)",
-            "full" if result.full else "partial",
-            len(result.keys),
-            result.chains_written,
-            result.chains_deleted,
-            result.restores,
-            result.total_seconds,
-            result.compute_seconds,
-        )
+        if result.restores or result.full:
+            log.info(
+                "%s sync: %d services rendered, %d chains written, %d deleted, %d restores, "
+                "%.3f s (%.3f s compute)",
+                "resumed full" if result.resumed else "full" if result.full else "partial",
+                len(result.keys),
+                result.chains_written,
+                result.chains_deleted,
+                result.restores,
+                result.total_seconds,
+                result.compute_seconds,
+            )
         return True
+
+    def verify_once(self, stop: threading.Event | None = None) -> VerifyResult | None:
+        """Read back and repair; None when the repair failed (the next sync is full)."""
+        m = self.metrics
+        try:
+            result = self.backend.verify(stop)
+        except SyncError as e:
+            m.failures.inc()
+            m.partial_failures.inc()
+            log.error("repairing drifted rules failed (the next sync is full): %s", e)
+            return None
+        m.verify.observe(result.seconds)
+        for d in result.drift:
+            m.drift.labels(d.table, d.kind).inc()
+        if result.drift:
+            log.info("repaired %d chains in %.3f s", result.repaired, result.seconds)
+        else:
+            log.debug("verified %d bytes of rules in %.3f s", result.read_bytes, result.seconds)
+        return result
+
+
+def make_backend(
+    name: str, config: ProxyConfig, iptables_variant: str = "auto"
+) -> tuple[Backend, str]:
+    """The backend NAME for CONFIG's family, and a word for the log about it."""
+    if name != "iptables":
+        raise ValueError(f"unsupported backend {name!r}")
+    variant = detect_variant(iptables_variant, config.family)
+    runner = Iptables(variant, config.family)
+    return Syncer(config, runner, Conntrack(config.family)), f"{variant} variant"
 
 
 def run_daemon(
@@ -115,16 +191,16 @@ def run_daemon(
     healthz_addr: str = "0.0.0.0:10256",
     min_sync_period: float = 1.0,
     sync_period: float = 30.0,
+    full_sync_period: float = 3600.0,
+    verify_period: float = 60.0,
     kubeconfig: str | None = None,
     in_cluster: bool = False,
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    # First, so that a usage error comes before any iptables work. Nodes: for their IPs.
+    # First, so that a usage error comes before any kernel work. Nodes: for their IPs.
     source = source_from_options(
         manifests, kubeconfig, in_cluster, {"Service", "EndpointSlice", "Node"}
     )
-    if backend != "iptables":
-        raise ValueError(f"unsupported backend {backend!r}")
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
@@ -136,11 +212,11 @@ def run_daemon(
     config = ProxyConfig(
         node_name=node, family=family, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all
     )
-    variant = detect_variant(iptables_variant, family)
-    syncer = Syncer(config, Iptables(variant, family), Conntrack(family))
+    kernel, detail = make_backend(backend, config, iptables_variant)
     state = ClusterState()
     tracker = state.tracker()
     metrics = Metrics()
+    metrics.watch_source(source)
     servers = []
     for addr in dict.fromkeys((metrics_addr, healthz_addr)):
         try:
@@ -156,16 +232,28 @@ def run_daemon(
             return 1
     _, stop_source = start_source(source, state)
     log.info(
-        "proxy for node %s: %s (%s variant), source %s, metrics %s, healthz %s",
+        "proxy for node %s: %s, %s backend (%s), source %s, metrics %s, healthz %s",
         node,
         family,
-        variant,
+        backend,
+        detail,
         manifests or ("in-cluster API" if in_cluster else kubeconfig),
         metrics_addr,
         healthz_addr,
     )
+    loop = SyncLoop(
+        state,
+        tracker,
+        kernel,
+        metrics,
+        node,
+        min_sync_period=min_sync_period,
+        sync_period=sync_period,
+        full_sync_period=full_sync_period,
+        verify_period=verify_period,
+    )
     try:
-        SyncLoop(state, tracker, syncer, metrics, node, min_sync_period, sync_period).run(stop)
+        loop.run(stop)
     finally:
         stop_source.set()
         for server in servers:

@@ -66,7 +66,7 @@ class Metrics:
         )
         self.failures = Counter(
             p + "sync_proxy_rules_iptables_restore_failures",
-            "Cumulative proxy iptables restore failures",
+            "Cumulative proxy iptables restore failures (every failed restore, partial or not)",
             registry=r,
         )
         self.partial_failures = Counter(
@@ -96,6 +96,24 @@ class Metrics:
             ["traffic_policy"],
             registry=r,
         )
+        self.verify = Histogram(
+            "netplane_proxy_verify_duration_seconds",
+            "Reading the rules back and comparing them with what was written, in seconds",
+            registry=r,
+            buckets=_SYNC_BUCKETS,
+        )
+        self.drift = Counter(
+            "netplane_proxy_drift",
+            "Chains (and built-in jumps) found different from what was written, and repaired",
+            ["table", "kind"],
+            registry=r,
+        )
+        self.source_stale = Gauge(
+            "netplane_source_stale",
+            "1 while the object source is missing or unreadable and its last good objects "
+            "are served",
+            registry=r,
+        )
         self._no_local: dict[ServiceKey, frozenset[str]] = {}
         self.last_success: float | None = None  # time.time() of the last successful sync
 
@@ -108,6 +126,10 @@ class Metrics:
                 self._no_local.pop(key, None)
         for policy in ("internal", "external"):
             self.no_local.labels(policy).set(sum(policy in p for p in self._no_local.values()))
+
+    def watch_source(self, source: object) -> None:
+        """Report SOURCE's staleness (its `stale` attribute: a reason, or None) on scrape."""
+        self.source_stale.set_function(lambda: 1.0 if getattr(source, "stale", None) else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -188,5 +210,7 @@ def serve(
 
     host, port = parse_addr(addr)
     server = _Server((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name=f"http-{addr}", daemon=True).start()
+    threading.Thread(  # a short poll: shutdown() waits for it, and stopping must be prompt
+        target=server.serve_forever, args=(0.05,), name=f"http-{addr}", daemon=True
+    ).start()
     return server

@@ -1,23 +1,34 @@
-"""The syncer: cluster snapshot + changes -> iptables-restore transactions in the kernel.
+"""The iptables backend: cluster snapshot + changes -> iptables-restore transactions.
 
-It keeps what it last applied and each service's rendered rules, so a sync renders only the
-services the ChangeTracker reported and writes only the chains whose lines changed (when
-only endpoints changed, KUBE-SERVICES is not rewritten). A full sync (at start, after a
-failure, when asked) rewrites every chain and garbage-collects stale service chains found
-in the kernel. On the nft variant big writes are cut into chunks (see `_plan.chunked`).
+It keeps each service's rendered rules and what it knows the kernel holds of our chains
+(`_known`: the lines as written, or None for a chain that exists with contents it does
+not know). Every sync is the same three steps: render the services that changed, compare
+the desired chains with `_known` (`_plan.diff`), and apply the difference as one or more
+transactions (`_apply`), recording each committed transaction in `_known` as it goes.
+- partial sync (the default): only the chains of re-rendered services are compared, so an
+  endpoint change writes that service's chains and nothing else;
+- full sync (at start, after a failed partial restore, when asked): `_known` is rebuilt
+  from `iptables-save` (chain names only), so every chain is rewritten and stale service
+  chains are deleted; on the nft variant big writes are cut into chunks (`_plan.chunked`);
+- resumed full sync: after a chunk failed, the next sync writes what is still unknown,
+  from the failed chunk on, instead of starting over;
+- verify: `iptables-save` read back and compared (`_plan.drift`); drifted chains are
+  marked unknown and rewritten, nothing else.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 from netplane.proxy import _plan
 from netplane.proxy._conntrack import Conntrack, Flow, flows, stale
-from netplane.proxy._iptables import VARIANTS, Iptables, RestoreError, count_ours
+from netplane.proxy._iptables import VARIANTS, Iptables, RestoreError, Runner
+from netplane.proxy.backend import SyncError, SyncInterrupted, SyncResult, VerifyResult
 from netplane.proxy.render import (
+    EMPTY_RULES,
     TOP_LEVEL_CHAINS,
     ProxyConfig,
     ServiceRules,
@@ -30,42 +41,26 @@ from netplane.state import Changes, ServiceKey, Snapshot
 
 log = logging.getLogger(__name__)
 
-_EMPTY = ServiceRules()
 CHUNK_SERVICES = 250  # per iptables-nft-restore call; proxy/README.md has the sweep
 STREAM_BATCH = 250  # services rendered per piece streamed into iptables-restore
+_TABLES = ("nat", "filter")
 
-Rendered = list[tuple[ServiceKey, ServiceRules | None, ServiceRules]]  # (key, old, new)
+Rendered = list[tuple[ServiceKey, ServiceRules, ServiceRules]]  # (key, old, new)
 
-
-class SyncError(RuntimeError):
-    """A restore failed; `partial` tells which kind (metrics count them apart)."""
-
-    def __init__(self, message: str, partial: bool) -> None:
-        super().__init__(message)
-        self.partial = partial
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    full: bool
-    keys: frozenset[ServiceKey]  # services rendered in this sync
-    restores: int  # iptables-restore calls
-    bytes: int  # sent to iptables-restore
-    chains_written: int
-    chains_deleted: int
-    compute_seconds: float  # render + assemble + plan (pure Python)
-    total_seconds: float
-    rules: dict[str, int] = field(default_factory=dict)  # table -> rules now in place
-
-
-_CANARY_TABLES = ("mangle", "nat", "filter")
+# What the next sync must do besides the changes (Syncer._pending).
+_FULL = "full"  # rebuild _known from the kernel and rewrite everything
+_RESUME = "resume"  # write every chain whose contents are not known (a full sync's rest)
 
 
 class Syncer:
+    """The iptables `Backend` (proxy/backend.py) for one IP family."""
+
+    name = "iptables"
+
     def __init__(
         self,
         config: ProxyConfig,
-        iptables: Iptables,
+        iptables: Runner,
         conntrack: Conntrack | None = None,
         chunk: int | None = None,
     ) -> None:
@@ -77,191 +72,229 @@ class Syncer:
             chunk if chunk is not None else (CHUNK_SERVICES if iptables.variant == "nft" else 0)
         )
         self._rules: dict[ServiceKey, ServiceRules] = {}
+        self._rendered_all = False  # _rules covers every service of the last snapshot
         self._flows: dict[ServiceKey, frozenset[Flow]] = {}
         self._desired: Tables | None = None  # what the snapshot asks for
-        self._counts: dict[str, int] = {"nat": 0, "filter": 0}  # rules per table in _desired
-        self._applied: Tables | None = None  # what the last successful sync wrote
-        self.needs_full = True
+        self._counts: dict[str, int] = {t: 0 for t in _TABLES}  # rules per table in _desired
+        self._known: dict[str, dict[str, tuple[str, ...] | None]] = {t: {} for t in _TABLES}
+        self._jumps: dict[str, list[str]] | None = None  # built-in jumps to add (None: look)
+        self._pending: str | None = _FULL
+        self._fingerprint: object = None  # the kernel's, after our last write or read-back
+
+    # ---- state -------------------------------------------------------------------------
 
     @property
-    def applied(self) -> Tables | None:
-        """A copy of what the last successful sync left in the kernel (None: unknown).
-
-        A copy because the syncer patches its tables in place on the next sync.
-        """
-        if self._applied is None:
-            return None
-        return {table: dict(chains) for table, chains in self._applied.items()}
+    def needs_full(self) -> bool:
+        return self._pending is not None
 
     @property
     def in_sync(self) -> bool:
         """The last sync succeeded (so the kernel holds what the syncer last wrote)."""
-        return self._applied is not None
+        return self._pending is None
 
-    def canary_present(self) -> bool:
-        """False when someone flushed one of our tables.
+    @property
+    def applied(self) -> Tables | None:
+        """A copy of what the last successful sync left in the kernel (None: not in sync)."""
+        if self._pending is not None:
+            return None
+        return {t: dict(chains) for t, chains in self._known.items()}  # type: ignore[misc]
 
-        Checked in every table that has one (mangle first: it is the cheapest to list): legacy
-        iptables commits each table separately, so a flush can land between two commits of a
-        resync and leave one table's canary standing over another table's empty chains.
-        """
-        return all(self.iptables.chain_exists(t, _plan.CANARY) for t in _CANARY_TABLES)
+    # ---- sync --------------------------------------------------------------------------
 
     def sync(
-        self, snapshot: Snapshot, changes: Changes | None = None, full: bool = False
+        self,
+        snapshot: Snapshot,
+        changes: Changes | None = None,
+        *,
+        full: bool = False,
+        stop: threading.Event | None = None,
     ) -> SyncResult:
         """Bring the kernel to SNAPSHOT, rendering only the services CHANGES names.
 
-        CHANGES=None renders every service. A full sync (FULL, the first one, or the one
-        after a failure) writes every chain; otherwise only the chains that changed.
+        CHANGES=None renders every service. FULL (or a pending full sync) rewrites every
+        chain; a pending resume writes what a failed full sync left unknown; otherwise
+        only the chains that changed.
         """
         start = time.monotonic()
-        full = full or self.needs_full or self._applied is None
-        if changes is None or changes.nodes or not self._rules:
+        fresh = full or self._pending == _FULL
+        resumed = not fresh and self._pending == _RESUME
+        if changes is None or changes.nodes or not self._rendered_all:
             keys = frozenset(snapshot.services) | frozenset(self._rules)
         else:
             keys = changes.services | changes.endpoints
-        if full and not (
-            self.chunk and len(set(snapshot.services) | set(self._rules)) > self.chunk
-        ):
-            return self._sync_streamed(snapshot, keys, start)  # one call: stream it
-        with paused_gc():  # ~200k acyclic objects per full render: collections only cost
-            desired, previous = self._desired_state(snapshot, keys)
-        jumps = None
-        if full:
-            try:
-                saved = _plan.parse_save(self.iptables.save(), all_rules=False)
-            except RestoreError as e:
-                raise SyncError(str(e), partial=False) from e
-            existing = {t: saved.chains.get(t, frozenset()) for t in desired}
-            write = desired
-            deleted = _plan.stale_chains(desired, existing)
-            jumps = _plan.missing_jumps(saved)
+        if fresh:
+            self._pending = _FULL  # until the last transaction is in
+            saved = self._read_names(stop)
+            self._known = {
+                t: dict.fromkeys((c for c in saved.chains.get(t, ()) if _plan.ours(t, c)), None)
+                for t in _TABLES
+            }
+            self._jumps = _plan.missing_jumps(saved)
+        if fresh and not (self.chunk and len(snapshot.services) > self.chunk):
+            txs: list[_plan.Transaction] = [self._streamed(snapshot, keys)]
         else:
-            existing = {t: self._applied.get(t, {}).keys() for t in desired}
-            write, deleted = _plan.changes(desired, self._applied, previous)
-        if self.chunk and len(write.get("nat", ())) > self.chunk:
-            groups = (self._rules[k].nat_chains for k in sorted(self._rules))
-            texts = _plan.chunked(write, deleted, existing, groups, self.chunk)
-        else:
-            texts = _plan.single(write, deleted)
-        if jumps:
-            texts = _plan.append_lines(texts, jumps)
-        compute = time.monotonic() - start
-        self.needs_full = True  # until this sync is known to have succeeded
-        try:
-            for text in texts:
-                self.iptables.restore(text)
-        except RestoreError as e:
-            self._applied = None
-            raise SyncError(str(e), partial=not full) from e
-        self._applied = desired
-        self.needs_full = False
+            with paused_gc():  # ~200k acyclic objects per full render: collections only cost
+                desired, candidates = self._desired_state(snapshot, keys)
+            if fresh or resumed:
+                candidates = None  # compare every chain
+            write, deleted = _plan.diff(desired, self._known, candidates)
+            txs = self._plan(write, deleted)
+        kind = "full" if fresh else "resume" if resumed else "partial"
+        spent = [time.monotonic() - start]
+        restores, sent, written, gone = self._apply(txs, kind, stop, spent)
+        self._pending = None
+        self._fingerprint = self.iptables.fingerprint()
         self._clear_stale_udp(snapshot, keys)
         return SyncResult(
-            full=full,
+            full=fresh or resumed,
             keys=keys,
-            restores=len(texts),
-            bytes=sum(len(t.encode()) for t in texts),
-            chains_written=sum(len(c) for c in write.values()),
-            chains_deleted=sum(len(d) for d in deleted.values()),
-            compute_seconds=compute,
+            restores=restores,
+            bytes=sent,
+            chains_written=written,
+            chains_deleted=gone,
+            compute_seconds=spent[0],
             total_seconds=time.monotonic() - start,
             rules=dict(self._counts),
+            resumed=resumed,
         )
 
-    def _sync_streamed(
-        self, snapshot: Snapshot, keys: frozenset[ServiceKey], start: float
-    ) -> SyncResult:
-        """A one-call full sync whose restore input is rendered while iptables-restore
-        parses it, so the cold render (~0.3 s of CPU at 10k services) runs beside the
-        parse instead of before it. Same bookkeeping and failure handling as `sync`.
-        """
+    def _read_names(self, stop: threading.Event | None) -> _plan.Saved:
         try:
-            saved = _plan.parse_save(self.iptables.save(), all_rules=False)
+            return _plan.parse_save(self.iptables.save(stop=stop), all_rules=False)
         except RestoreError as e:
             raise SyncError(str(e), partial=False) from e
-        compute = [0.0]
-        counts: dict[str, int] = {}
-        pieces = _timed(self._full_pieces(snapshot, keys, saved, counts), compute)
-        self.needs_full = True  # until this sync is known to have succeeded
-        with paused_gc():  # ~200k acyclic objects per full render: collections only cost
-            try:
-                sent = _restore_stream(self.iptables, pieces)
-            except RestoreError as e:
-                self._applied = None
-                for _ in pieces:  # finish rendering: the bookkeeping must cover every service
-                    pass
-                raise SyncError(str(e), partial=False) from e
-        self._applied = self._desired
-        self.needs_full = False
-        self._clear_stale_udp(snapshot, keys)
-        return SyncResult(
-            full=True,
-            keys=keys,
-            restores=1,
-            bytes=sent,
-            chains_written=counts["written"],
-            chains_deleted=counts["deleted"],
-            compute_seconds=compute[0],
-            total_seconds=time.monotonic() - start,
-            rules=dict(self._counts),
-        )
 
-    def _full_pieces(
+    def _plan(self, write: Tables, deleted: dict[str, list[str]]) -> list[_plan.Transaction]:
+        """Transactions for WRITE/DELETED (chunked when big on nft), plus missing jumps."""
+        if self.chunk and len(write.get("nat", ())) > self.chunk:
+            groups = (self._rules[k].nat_chains for k in sorted(self._rules))
+            txs = _plan.chunked(write, deleted, self._known, groups, self.chunk)
+        else:
+            txs = _plan.single(write, deleted)
+        if self._jumps is None:
+            self._jumps = self._look_up_jumps()
+        return _plan.with_jumps(txs, self._jumps) if self._jumps else txs
+
+    def _look_up_jumps(self) -> dict[str, list[str]]:
+        """The missing built-in jumps, listing only the chains they live in (after a failed
+        transaction that carried some: it may have committed one table and not another)."""
+        chains: dict[str, frozenset[str]] = {}
+        rules: dict[str, tuple[str, ...]] = {}
+        for table, chain in [*_plan.builtin_chains(), ("mangle", _plan.CANARY)]:
+            lines = self.iptables.list_rules(table, chain)
+            if lines is not None:
+                chains[table] = chains.get(table, frozenset()) | {chain}
+                rules[table] = rules.get(table, ()) + tuple(lines)
+        return _plan.missing_jumps(_plan.Saved(chains, rules))
+
+    def _apply(
         self,
-        snapshot: Snapshot,
-        keys: frozenset[ServiceKey],
-        saved: _plan.Saved,
-        counts: dict[str, int],
-    ) -> Iterator[str]:
-        """Render KEYS in batches (every service's chains are written: a full sync), then
-        assemble; `_plan.streamed_full` makes restore text of it as it comes."""
+        txs: Iterable[_plan.Transaction],
+        kind: str,
+        stop: threading.Event | None,
+        spent: list[float],
+    ) -> tuple[int, int, int, int]:
+        """Run TXS in order, recording each committed one in `_known`; returns (restores,
+        bytes, chains written, chains deleted). A failure leaves the failed transaction's
+        chains unknown and what comes next pending (`_RESUME` when this sync got somewhere
+        in a full or resumed sync, `_FULL` otherwise)."""
+        restores = sent = written = gone = 0
+        for tx in txs:
+            if stop is not None and stop.is_set():
+                self._pending = self._pending or _RESUME
+                raise SyncInterrupted(f"stopped after {restores} transactions")
+            try:
+                if isinstance(tx.text, str):
+                    self.iptables.restore(tx.text, stop=stop)
+                    sent += len(tx.text.encode())
+                else:
+                    sent += self.iptables.restore_stream(_timed(tx.text, spent), stop=stop)
+            except (RestoreError, SyncInterrupted) as e:
+                self._forget(tx)
+                if isinstance(e, SyncInterrupted):
+                    self._pending = self._pending or _RESUME
+                    raise
+                if kind != "partial" and restores:
+                    self._pending = _RESUME
+                else:
+                    self._pending = _FULL
+                raise SyncError(str(e), partial=kind == "partial", progress=restores > 0) from e
+            restores += 1
+            for table, chains in tx.written.items():
+                self._known.setdefault(table, {}).update(chains)
+                written += len(chains)
+            for table, names in tx.deleted.items():
+                for c in names:
+                    self._known.get(table, {}).pop(c, None)
+                gone += len(names)
+            if tx.jumps:
+                self._jumps = {}
+        return restores, sent, written, gone
+
+    def _forget(self, tx: _plan.Transaction) -> None:
+        """After TX failed (or was cut short): its chains' contents are unknown."""
+        if not isinstance(tx.text, str):  # a streamed one: rendering may not have finished
+            self._rendered_all = False
+        for table, chains in tx.written.items():
+            self._known.setdefault(table, {}).update(dict.fromkeys(chains, None))
+        for table, names in tx.deleted.items():
+            self._known.setdefault(table, {}).update(dict.fromkeys(names, None))
+        if tx.jumps:
+            self._jumps = None
+
+    def _streamed(self, snapshot: Snapshot, keys: frozenset[ServiceKey]) -> _plan.Transaction:
+        """A one-call full sync whose input is rendered while iptables-restore parses it,
+        so the cold render (~0.3 s of CPU at 10k services) runs beside the parse."""
+        written: dict[str, dict[str, tuple[str, ...]]] = {}
+        deleted: dict[str, list[str]] = {}
 
         def batches() -> Iterator[dict[str, tuple[str, ...]]]:
             order = sorted(keys | self._rules.keys())
-            for i in range(0, len(order), STREAM_BATCH):
-                batch = order[i : i + STREAM_BATCH]
-                self._store(self._render(snapshot, [k for k in batch if k in keys]))
-                yield {
-                    c: lines
-                    for k in batch
-                    if k in self._rules
-                    for c, lines in self._rules[k].nat_chains.items()
-                }
+            with paused_gc():  # ~200k acyclic objects per full render: collections only cost
+                for i in range(0, len(order), STREAM_BATCH):
+                    batch = order[i : i + STREAM_BATCH]
+                    self._store(self._render(snapshot, [k for k in batch if k in keys]))
+                    yield {
+                        c: lines
+                        for k in batch
+                        if k in self._rules
+                        for c, lines in self._rules[k].nat_chains.items()
+                    }
+            self._rendered_all = True
 
         def finish() -> _plan.Finish:
             desired = self._assemble()
-            existing = {t: saved.chains.get(t, frozenset()) for t in desired}
-            deleted = _plan.stale_chains(desired, existing)
-            counts["written"] = sum(len(c) for c in desired.values())
-            counts["deleted"] = sum(len(d) for d in deleted.values())
-            return desired, deleted, _plan.missing_jumps(saved)
+            write, gone = _plan.diff(desired, self._known)
+            written.update(write)
+            deleted.update(gone)
+            return desired, gone, self._jumps or {}
 
-        return _plan.streamed_full(TOP_LEVEL_CHAINS["nat"], batches(), finish)
+        head = TOP_LEVEL_CHAINS["nat"]
+        pieces = _plan.streamed_full(head, batches(), finish)
+        return _plan.Transaction(pieces, written, deleted, jumps=True)
+
+    # ---- rendering ---------------------------------------------------------------------
 
     def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> Rendered:
         """(key, old rules, new rules) of the services among KEYS whose rules changed."""
         rendered: Rendered = []
         for key in keys:
-            old = self._rules.get(key)
-            if key not in snapshot.services:
-                if old is not None:
-                    rendered.append((key, old, _EMPTY))
-                continue
-            try:
-                new = render_service(snapshot, key, self.config)
-            except (ValueError, KeyError) as e:  # one bad service must not stop the rest
-                log.error("service %s/%s: cannot program it: %s", *key, e)
-                continue
+            old = self._rules.get(key, EMPTY_RULES)
+            new = EMPTY_RULES
+            if key in snapshot.services:
+                try:
+                    new = render_service(snapshot, key, self.config)
+                except (ValueError, KeyError) as e:  # one bad service must not stop the rest
+                    log.error("service %s/%s: cannot program it: %s", *key, e)
+                    continue
             if new is not old:  # the renderer returns the very same object when unchanged
                 rendered.append((key, old, new))
         return rendered
 
     def _store(self, rendered: Rendered) -> None:
         for key, _, new in rendered:
-            if new is _EMPTY:
-                del self._rules[key]
+            if new is EMPTY_RULES:
+                self._rules.pop(key, None)
             else:
                 self._rules[key] = new
 
@@ -272,9 +305,9 @@ class Syncer:
 
     def _desired_state(
         self, snapshot: Snapshot, keys: frozenset[ServiceKey]
-    ) -> tuple[Tables, dict[str, dict[str, tuple[str, ...] | None]] | None]:
-        """Render KEYS and update the desired tables; also the previous lines of the chains
-        that may have changed (None: compare everything).
+    ) -> tuple[Tables, dict[str, set[str]] | None]:
+        """Render KEYS and update the desired tables; also the chains that may have changed
+        per table (None: compare everything).
 
         When no service's lines in the shared chains changed (the common case: endpoints
         moved), the tables are patched in place with the services' own chains instead of
@@ -283,22 +316,66 @@ class Syncer:
         """
         rendered = self._render(snapshot, keys)
         self._store(rendered)
-        if self._desired is None or any(
-            old is None or old.shared != new.shared for _, old, new in rendered
-        ):
+        self._rendered_all = self._rendered_all or keys >= snapshot.services.keys()
+        if self._desired is None or any(old.shared != new.shared for _, old, new in rendered):
             return self._assemble(), None
         nat = self._desired["nat"]
-        previous: dict[str, tuple[str, ...] | None] = {}
+        candidates: set[str] = set()
         for _, old, new in rendered:
             for chain in old.nat_chains:
                 if chain not in new.nat_chains:
-                    previous.setdefault(chain, nat.get(chain))
+                    candidates.add(chain)
                     self._counts["nat"] -= len(nat.pop(chain, ()))
             for chain, lines in new.nat_chains.items():
-                previous.setdefault(chain, nat.get(chain))
+                candidates.add(chain)
                 self._counts["nat"] += len(lines) - len(nat.get(chain, ()))
                 nat[chain] = lines
-        return self._desired, {"nat": previous}
+        return self._desired, {"nat": candidates}
+
+    # ---- the kernel, read back ---------------------------------------------------------
+
+    def kernel_changed(self) -> bool:
+        fingerprint = self.iptables.fingerprint()
+        return fingerprint is not None and fingerprint != self._fingerprint
+
+    def verify(self, stop: threading.Event | None = None) -> VerifyResult:
+        """Read our tables back, compare with what we wrote, rewrite what drifted."""
+        start = time.monotonic()
+        if self._pending is not None or self._desired is None:
+            return VerifyResult((), 0, 0, 0.0)  # the next sync rewrites everything anyway
+        fingerprint = self.iptables.fingerprint()  # before reading: a later write shows
+        try:
+            text = self.iptables.save(stop=stop)
+        except RestoreError as e:
+            log.warning("cannot read the rules back: %s", e)
+            return VerifyResult((), 0, 0, time.monotonic() - start)
+        kernel = _plan.parse_chains(text)
+        drift = _plan.drift(self._desired, kernel, self.config.family)
+        repaired = 0
+        if drift:
+            log.warning(
+                "rules drifted from what was written (%d): %s%s; repairing those",
+                len(drift),
+                ", ".join(map(str, drift[:10])),
+                ", ..." if len(drift) > 10 else "",
+            )
+            candidates: dict[str, set[str]] = {t: set() for t in _TABLES}
+            for d in drift:
+                if d.kind == "jump" or d.table not in candidates:
+                    continue
+                candidates[d.table].add(d.chain)
+                self._known[d.table][d.chain] = None
+            self._jumps = _plan.missing_jumps(_plan.saved_of(kernel))
+            write, deleted = _plan.diff(self._desired, self._known, candidates)
+            _, _, repaired, _ = self._apply(self._plan(write, deleted), "partial", stop, [0.0])
+            fingerprint = self.iptables.fingerprint()
+        self._fingerprint = fingerprint
+        return VerifyResult(tuple(drift), repaired, len(text), time.monotonic() - start)
+
+    # ---- the rest ----------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        cleanup_runner(self.iptables)
 
     def _clear_stale_udp(self, snapshot: Snapshot, keys: frozenset[ServiceKey]) -> None:
         for key in keys:
@@ -328,51 +405,30 @@ def _timed(pieces: Iterator[str], spent: list[float]) -> Iterator[str]:
         yield piece
 
 
-def _restore_stream(iptables: Iptables, pieces: Iterator[str]) -> int:
-    """Stream when the runner can (Iptables); anything else gets the joined text."""
-    stream = getattr(iptables, "restore_stream", None)
-    if stream is not None:
-        return stream(pieces)
-    text = "".join(pieces)
-    iptables.restore(text)
-    return len(text.encode())
+def cleanup_runner(runner: Runner) -> int:
+    """Remove our chains (`_plan.ours`) and the jumps to them from RUNNER's tables; returns
+    how many rules and chains went (kubelet's and other programs' chains stay)."""
+    dump = runner.save()
+    text = _plan.cleanup_restore(dump)
+    if not text:
+        return 0
+    count = _plan.count_ours(dump)
+    runner.restore(text)
+    return count
 
 
 def cleanup(variant: str = "auto") -> None:
-    """Remove every KUBE-* / netplane chain and the rules jumping to them (both families).
+    """`netplane proxy cleanup`: our chains, both families, in the caller's namespace.
 
-    Runs in the caller's network namespace. 'auto' cleans whichever variants hold rules.
+    'auto' cleans whichever variants hold rules.
     """
     variants = VARIANTS if variant == "auto" else (variant,)
     for v in variants:
         for family in ("ipv4", "ipv6"):
-            ipt = Iptables(v, family)
             try:
-                dump = ipt.save()
+                count = cleanup_runner(Iptables(v, family))
             except RestoreError as e:
                 log.debug("skipping %s %s: %s", v, family, e)
                 continue
-            text = cleanup_restore(dump)
-            if text:
-                log.info("removing %d netplane rules/chains (%s, %s)", count_ours(dump), v, family)
-                ipt.restore(text)
-
-
-def cleanup_restore(dump: str) -> str:
-    """Pure: the restore input that undoes everything of ours found in an iptables-save DUMP."""
-    saved = _plan.parse_save(dump)
-    out = []
-    for table, chains in saved.chains.items():
-        ours = sorted(c for c in chains if _plan.OURS_CHAIN.match(c))
-        unjump = [
-            "-D" + line[2:]
-            for line in saved.rules.get(table, ())
-            if line.split()[1] not in ours and _plan.targets([line]) & set(ours)
-        ]
-        if ours or unjump:
-            out.append(f"*{table}")
-            out += [f":{c} - [0:0]" for c in ours]
-            out += unjump
-            out += [f"-X {c}" for c in ours]
-            out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
+            if count:
+                log.info("removed %d netplane rules/chains (%s, %s)", count, v, family)

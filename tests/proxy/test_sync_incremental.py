@@ -5,46 +5,23 @@ model kernel to exactly that state."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from netplane.proxy._iptables import Iptables, RestoreError
+from netplane.proxy import _plan
 from netplane.proxy.daemon import SyncLoop
 from netplane.proxy.metrics import Metrics
 from netplane.proxy.render import ProxyConfig, assemble, render_service
 from netplane.proxy.sync import Syncer
 from netplane.state import ClusterState
+from netplane.testing.kernel import FakeIptables
 
 CONFIG = ProxyConfig("node-a", cluster_cidr="10.244.0.0/16")
 
 
-@dataclass(frozen=True)
-class ModelIptables(Iptables):
-    """Applies restore inputs to an in-memory {table: {chain: [rules]}}."""
-
-    tables: dict = field(default_factory=lambda: {"nat": {}, "filter": {}, "mangle": {}})
-    texts: list = field(default_factory=list)
-
-    def restore(self, text: str) -> None:
-        self.texts.append(text)
-        table = None
-        for line in text.splitlines():
-            if line.startswith("*"):
-                table = self.tables.setdefault(line[1:], {})
-            elif line.startswith(":"):
-                table[line[1:].split()[0]] = []
-            elif line.startswith("-A "):
-                table[line.split()[1]].append(line)
-            elif line.startswith("-X "):
-                del table[line.split()[1]]
-
-    def save(self, table: str | None = None) -> str:
-        return "".join(f"*{t}\n" + "".join(f":{c} - [0:0]\n" for c in chains) + "COMMIT\n"
-                       for t, chains in self.tables.items())  # fmt: skip
-
-    def ours(self) -> dict:
-        return {t: {c: tuple(r) for c, r in chains.items()}
-                for t, chains in self.tables.items() if t != "mangle"}  # fmt: skip
+def ours(kernel: FakeIptables) -> dict:
+    """The fake kernel's nat and filter chains that the syncer owns."""
+    return {t: {c: tuple(r) for c, r in kernel.tables[t].items() if _plan.ours(t, c)}
+            for t in ("nat", "filter")}  # fmt: skip
 
 
 def objects(i: int, endpoints: int, node_port: bool = False):
@@ -64,7 +41,7 @@ def test_random_changes_match_a_fresh_render() -> None:
     tracker = state.tracker()
     for i in range(20):
         state.apply(objects(i, rng.randint(0, 4)))
-    ipt = ModelIptables()
+    ipt = FakeIptables()
     syncer = Syncer(CONFIG, ipt, chunk=3)
     assert syncer.sync(state.snapshot(), tracker.pop()).full
     for step in range(60):
@@ -82,7 +59,7 @@ def test_random_changes_match_a_fresh_render() -> None:
             CONFIG, [render_service(snapshot, k, CONFIG) for k in sorted(snapshot.services)]
         )
         assert syncer.applied == fresh, step
-        assert ipt.ours() == fresh, step
+        assert ours(ipt) == fresh, step
         assert result.rules == {t: sum(map(len, c.values())) for t, c in fresh.items()}
 
 
@@ -91,10 +68,10 @@ def test_endpoint_change_sends_only_that_service() -> None:
     tracker = state.tracker()
     for i in range(50):
         state.apply(objects(i, 3))
-    ipt = ModelIptables()
+    ipt = FakeIptables()
     syncer = Syncer(CONFIG, ipt)
     syncer.sync(state.snapshot(), tracker.pop())
-    ipt.texts.clear()
+    ipt.take()
     state.apply(objects(7, 2)[1:])
     result = syncer.sync(state.snapshot(), tracker.pop())
     assert result.keys == {("ns", "svc-7")} and result.restores == 1
@@ -103,29 +80,19 @@ def test_endpoint_change_sends_only_that_service() -> None:
     assert result.chains_deleted == 1
 
 
-@dataclass(frozen=True)
-class RefusingIptables(ModelIptables):
-    refuse: list = field(default_factory=list)
-
-    def restore(self, text: str) -> None:
-        if self.refuse:
-            self.refuse.pop()
-            raise RestoreError("iptables-restore: line 3 failed", 3)
-        super().restore(text)
-
-
 def test_loop_counts_failures_and_recovers_with_a_full_sync() -> None:
     state = ClusterState()
     tracker = state.tracker()
     state.apply(objects(1, 2))
-    ipt = RefusingIptables()
+    ipt = FakeIptables()
     metrics = Metrics()
     loop = SyncLoop(state, tracker, Syncer(CONFIG, ipt), metrics, "node-a")
     assert loop.sync_once(full=True)
     state.apply(objects(1, 1)[1:])
-    ipt.refuse.append(1)
+    ipt.fail_next()
     assert not loop.sync_once(full=False)
-    assert metrics.partial_failures._value.get() == 1 and loop.syncer.needs_full
+    assert metrics.partial_failures._value.get() == 1 and metrics.failures._value.get() == 1
+    assert loop.backend.needs_full
     assert loop.sync_once(full=False)  # forced full by the failure
-    assert metrics.full._sum.get() > 0 and ipt.ours()["nat"] == loop.syncer.applied["nat"]
+    assert metrics.full._sum.get() > 0 and ours(ipt)["nat"] == loop.backend.applied["nat"]
     assert metrics.last_success is not None

@@ -10,8 +10,8 @@ from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, Servi
 from netplane.proxy import _plan
 from netplane.proxy._conntrack import Flow, flows, stale
 from netplane.proxy.metrics import healthz, no_local_endpoints
-from netplane.proxy.sync import cleanup_restore
 from netplane.state import ClusterState
+from netplane.testing.kernel import FakeIptables
 
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 
@@ -41,55 +41,29 @@ def tables(names: list[str], endpoints: int = 2) -> tuple[dict, list]:
     return {"nat": nat, "filter": filt}, [list(g) for g in groups]
 
 
-class Kernel:
-    """A model of iptables-restore --noflush: enough to check that no jump ever dangles."""
+class Kernel(FakeIptables):
+    """The fake kernel, loaded with plans' transactions; it refuses any inconsistent state."""
 
-    def __init__(self) -> None:
-        self.chains: dict[str, dict[str, list[str]]] = {"nat": {}, "filter": {}}
-
-    def restore(self, text: str) -> None:
-        table = ""
-        staged: dict[str, list[str]] = {}
-        deleted: list[str] = []
-        for line in text.splitlines():
-            if line.startswith("*"):
-                table, staged, deleted = (
-                    line[1:],
-                    {c: list(r) for c, r in self.chains[line[1:]].items()},
-                    [],
-                )
-            elif line.startswith(":"):
-                staged[line[1:].split()[0]] = []
-            elif line.startswith("-A "):
-                chain = line.split()[1]
-                assert chain in staged, f"append to missing chain: {line}"
-                for target in _plan.targets([line]):
-                    if target.startswith("KUBE-"):
-                        assert target in staged, f"jump to missing chain: {line}"
-                staged[chain].append(line)
-            elif line.startswith("-X "):
-                deleted.append(line.split()[1])
-            elif line == "COMMIT":
-                for c in deleted:
-                    assert not staged[c], f"deleting non-empty {c}"
-                    del staged[c]
-                for rules in staged.values():
-                    for r in rules:
-                        for target in _plan.targets([r]):
-                            assert not target.startswith("KUBE-") or target in staged, r
-                self.chains[table] = staged
+    def load(self, txs) -> None:
+        for tx in txs:
+            self.restore(tx.text if isinstance(tx.text, str) else "".join(tx.text))
 
     def as_tables(self) -> dict:
-        return {t: {c: tuple(r) for c, r in chains.items()} for t, chains in self.chains.items()}
+        return {t: {c: tuple(r) for c, r in chains.items() if c.startswith("KUBE-")}
+                for t, chains in self.tables.items() if t in ("nat", "filter")}  # fmt: skip
 
 
-def test_changed_chains_only_lists_differences_but_filter_whole() -> None:
+def test_diff_lists_differences_and_unknown_chains() -> None:
     old, _ = tables(["A", "B"])
     new, _ = tables(["A", "B"])
     new["nat"]["KUBE-SVC-A"] = ("-A KUBE-SVC-A -j KUBE-SEP-Ax0",)
-    write = _plan.changed_chains(new, old)
-    assert set(write["nat"]) == {"KUBE-SVC-A"}
-    assert set(write["filter"]) == set(new["filter"])
+    known = {t: dict(c) for t, c in old.items()}
+    known["filter"]["KUBE-FORWARD"] = None  # exists, contents unknown
+    write, deleted = _plan.diff(new, known)
+    assert set(write["nat"]) == {"KUBE-SVC-A"} and set(write["filter"]) == {"KUBE-FORWARD"}
+    assert deleted == {"nat": [], "filter": []}
+    write, _ = _plan.diff(new, known, {"nat": {"KUBE-SVC-B"}})  # candidates limit nat only
+    assert write["nat"] == {} and set(write["filter"]) == {"KUBE-FORWARD"}
 
 
 def test_endpoint_change_does_not_rewrite_kube_services() -> None:
@@ -97,24 +71,22 @@ def test_endpoint_change_does_not_rewrite_kube_services() -> None:
     new, _ = tables(["A", "B"], endpoints=2)
     new["nat"]["KUBE-SVC-A"] = ("-A KUBE-SVC-A -j KUBE-SEP-Ax0",)
     del new["nat"]["KUBE-SEP-Ax1"]
-    write = _plan.changed_chains(new, old)
-    deleted = {t: sorted(set(old[t]) - set(new[t])) for t in new}
-    [text] = _plan.single(write, deleted)
-    assert ":KUBE-SERVICES" not in text.split("*filter")[0] + text.split("COMMIT")[-1]
-    nat = next(block for block in text.split("COMMIT") if "*nat" in block)
-    assert ":KUBE-SERVICES" not in nat
-    assert "-X KUBE-SEP-Ax1" in nat and ":KUBE-SEP-Ax1 - [0:0]" in nat
+    write, deleted = _plan.diff(new, old)
+    [tx] = _plan.single(write, deleted)
+    assert "*filter" not in tx.text
+    assert ":KUBE-SERVICES" not in tx.text
+    assert "-X KUBE-SEP-Ax1" in tx.text and ":KUBE-SEP-Ax1 - [0:0]" in tx.text
+    assert tx.written == {"nat": {"KUBE-SVC-A": new["nat"]["KUBE-SVC-A"]}}
+    assert tx.deleted == {"nat": ["KUBE-SEP-Ax1"]}
     kernel = Kernel()
-    kernel.restore(_plan.single(old, {})[0])
-    kernel.restore(text)
+    kernel.load(_plan.single(old, {}))
+    kernel.load([tx])
     assert kernel.as_tables() == new
 
 
-def test_nothing_changed_writes_only_the_small_filter_table() -> None:
+def test_nothing_changed_writes_nothing() -> None:
     old, _ = tables(["A"])
-    write = _plan.changed_chains(old, old)
-    assert write["nat"] == {}
-    assert "*nat" not in _plan.single(write, {"nat": [], "filter": []})[0]
+    assert _plan.single(*_plan.diff(old, old)) == []
 
 
 def _full_load_start(preexisting: bool):
@@ -126,27 +98,30 @@ def _full_load_start(preexisting: bool):
     kernel = Kernel()
     if preexisting:
         old, _ = tables([*names[:10], "GONE1", "GONE2"], endpoints=3)
-        kernel.restore(_plan.single(old, {})[0])
-    existing = {t: set(c) for t, c in kernel.chains.items()}
-    return desired, groups, kernel, existing, _plan.stale_chains(desired, existing)
+        kernel.load(_plan.single(old, {}))
+    known = {t: dict.fromkeys((c for c in chains if _plan.ours(t, c)), None)
+             for t, chains in kernel.tables.items() if t in desired}  # fmt: skip
+    return desired, groups, kernel, known, _plan.diff(desired, known)[1]
 
 
 @pytest.mark.parametrize("preexisting", [False, True])
 def test_chunked_full_load_never_jumps_to_a_missing_chain(preexisting: bool) -> None:
-    desired, groups, kernel, existing, deleted = _full_load_start(preexisting)
-    texts = _plan.chunked(desired, deleted, existing, groups, chunk=5)
-    assert len(texts) >= 6  # top-level, 5 chunks, the rest
-    for text in texts:
-        kernel.restore(text)  # asserts consistency after every transaction
+    desired, groups, kernel, known, deleted = _full_load_start(preexisting)
+    txs = _plan.chunked(desired, deleted, known, groups, chunk=5)
+    assert len(txs) >= 6  # top-level, 5 chunks, the rest
+    kernel.load(txs)  # refuses any transaction that would leave a jump dangling
     assert kernel.as_tables() == desired
     if preexisting:
-        assert "KUBE-SVC-GONE1" not in kernel.chains["nat"]
+        assert "KUBE-SVC-GONE1" not in kernel.tables["nat"]
 
 
 def test_chunks_hold_whole_services() -> None:
     desired, groups = tables([f"S{i}" for i in range(12)], endpoints=3)
-    texts = _plan.chunked(desired, {}, {"nat": set()}, groups, chunk=4)
-    for text in texts:
+    txs = _plan.chunked(desired, {}, {"nat": set()}, groups, chunk=4)
+    for tx in txs:
+        text = tx.text
+        written = {c for chains in tx.written.values() for c in chains}
+        assert written == set(re.findall(r"^:(\S+)", text, re.M))
         declared = set(re.findall(r"^:(KUBE-S(?:VC|EP)-S[x\d]+)", text, re.M))
         services = {re.sub(r"^KUBE-S(?:VC|EP)-(S\d+)(x\d+)?$", r"\1", c) for c in declared}
         for s in services:
@@ -158,11 +133,12 @@ def test_small_updates_stay_one_transaction() -> None:
     assert len(_plan.chunked(desired, {}, {"nat": set()}, groups, chunk=500)) == 1
 
 
-def test_stale_chains_only_service_chains() -> None:
-    desired, _ = tables(["A"])
-    existing = {"nat": {"KUBE-SVC-OLD", "KUBE-SEP-OLD", "KUBE-MARK-DROP", "KUBE-KUBELET-CANARY",
-                        "KUBE-SVC-A", "PREROUTING"}}  # fmt: skip
-    assert _plan.stale_chains(desired, existing) == {"nat": ["KUBE-SEP-OLD", "KUBE-SVC-OLD"]}
+def test_ours_is_kube_proxys_chains_not_kubelets() -> None:
+    for chain in ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-SVC-X", "KUBE-SEP-Y", "KUBE-FW-Z"):
+        assert _plan.ours("nat", chain), chain
+    assert _plan.ours("mangle", "KUBE-PROXY-CANARY") and _plan.ours("filter", "KUBE-FORWARD")
+    for chain in ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-MARK-DROP", "DOCKER", "CNI-X"):
+        assert not _plan.ours("nat", chain) and not _plan.ours("filter", chain), chain
 
 
 SAVE = """# Generated by iptables-save
@@ -197,8 +173,10 @@ def test_parse_save_and_missing_jumps() -> None:
     assert saved.rules["nat"][0].startswith("-A PREROUTING")
     jumps = _plan.missing_jumps(saved)
     assert "mangle" not in jumps
-    texts = _plan.append_lines(["*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"], jumps)
-    [text] = texts  # a table not in the input goes into the last call
+    start = _plan.Transaction("*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n", {}, {})
+    [tx] = _plan.with_jumps([start], jumps)
+    text = tx.text  # a table not in the input goes into the last call
+    assert tx.jumps
     assert text.index("*filter\n") > text.index("*nat\n")
     nat = text.split("*nat\n")[1].split("COMMIT")[0]
     assert nat.startswith(":KUBE-SERVICES - [0:0]\n-I ")  # inserts after the declarations
@@ -214,12 +192,27 @@ def test_missing_jumps_none_when_complete() -> None:
     assert _plan.missing_jumps(saved) == {}
 
 
+KUBELET = """*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A OUTPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -j DROP
+COMMIT
+"""
+
+
 def test_cleanup_restore_removes_ours_keeps_others() -> None:
-    text = cleanup_restore(SAVE)
+    text = _plan.cleanup_restore(SAVE + KUBELET)
     assert "-D PREROUTING -m comment" in text and "-X KUBE-SVC-X" in text
     assert "-X KUBE-PROXY-CANARY" in text
     assert "DOCKER" not in text and "MINE" not in text
-    assert cleanup_restore("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n") == ""
+    assert "KUBE-FIREWALL" not in text and "KUBE-KUBELET-CANARY" not in text
+    assert _plan.cleanup_restore("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n") == ""
+    assert _plan.cleanup_restore(KUBELET) == ""
+    assert _plan.count_ours(SAVE) == 6  # 4 chains (canary too), 1 rule, the jump to one
 
 
 def _udp_state(endpoints: list[str], node_port: int = 0) -> ClusterState:
@@ -284,7 +277,7 @@ def test_streamed_full_sync_declares_every_chain_before_a_jump(preexisting: bool
     text = "".join(pieces)
     assert text.count("*nat\n") == 1 and text.count("COMMIT\n") == 2  # nat, filter
     assert "-I PREROUTING -j KUBE-SERVICES\nCOMMIT\n*filter" in text
-    kernel.restore(text)  # asserts that every jump's target is declared before it
+    kernel.restore(text)  # refused if a jump came before its target's declaration
     assert kernel.as_tables() == desired
     if preexisting:
-        assert "-X KUBE-SVC-GONE1" in text and "KUBE-SVC-GONE1" not in kernel.chains["nat"]
+        assert "-X KUBE-SVC-GONE1" in text and "KUBE-SVC-GONE1" not in kernel.tables["nat"]
