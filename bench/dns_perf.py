@@ -154,7 +154,8 @@ def _floor_server(manifests: str, host: str, port: int, ready) -> None:
     from dnslib.server import BaseResolver, DNSServer
 
     from netplane.dns.answer import resolve
-    from netplane.dns.records import ZoneConfig, build_index
+    from netplane.dns.catalog import build_catalog
+    from netplane.dns.records import ZoneConfig
     from netplane.dns.wire import rr
     from netplane.model import load_path
     from netplane.state import ClusterState
@@ -162,7 +163,7 @@ def _floor_server(manifests: str, host: str, port: int, ready) -> None:
     state = ClusterState()
     state.apply(load_path(manifests).objects)
     state.mark_synced()
-    index = build_index(state.snapshot(), ZoneConfig(), serial=1)
+    index = build_catalog(state.snapshot(), ZoneConfig(), serial=1)
 
     class Resolver(BaseResolver):
         def resolve(self, request, handler):
@@ -224,8 +225,9 @@ def engine_cost(manifests: Path, lines: list[str]) -> dict:
     hits: best of 5 passes over the mix with a warm cache; misses: a cold cache."""
     from dnslib import DNSRecord
 
-    from netplane.dns.records import ZoneConfig, build_index
-    from netplane.dns.server import Engine
+    from netplane.dns.catalog import build_catalog
+    from netplane.dns.engine import Engine
+    from netplane.dns.records import ZoneConfig
     from netplane.model import load_path
     from netplane.state import ClusterState
 
@@ -235,30 +237,30 @@ def engine_cost(manifests: Path, lines: list[str]) -> dict:
     state.apply(load_path(manifests).objects)
     state.mark_synced()
     t1 = clock()
-    index = build_index(state.snapshot(), ZoneConfig(), serial=1)
+    index = build_catalog(state.snapshot(), ZoneConfig(), serial=1)
     t2 = clock()
-    engine = Engine(ZoneConfig(), None)
+    engine = Engine(ZoneConfig())
     engine.install(index)
     wires = [bytes(DNSRecord.question(*line.split()).pack()) for line in lines]
     addr = ("127.0.0.1", 5353)
     for w in wires:  # warm the compiled-answer cache
-        engine.respond(w, addr, None)
+        engine.respond(w, addr)
     best = float("inf")
     for _ in range(5):
         start = clock()
         for w in wires:
-            engine.respond(w, addr, None)
+            engine.respond(w, addr)
         best = min(best, clock() - start)
-    cold = Engine(ZoneConfig(), None)
+    cold = Engine(ZoneConfig())
     cold.install(index)
     start = clock()
     for w in wires[:2000]:
-        cold.respond(w, addr, None)
+        cold.respond(w, addr)
     miss = (clock() - start) / 2000
     return {
         "load_cpu_s": round(t1 - t0, 2),
         "index_build_cpu_s": round(t2 - t1, 2),
-        "index_names": len(index.names),
+        "reverse_names": len(index.reverse),
         "hit_us_per_query": round(1e6 * best / len(wires), 2),
         "miss_us_per_query": round(1e6 * miss, 1),
     }
@@ -275,17 +277,28 @@ def find_coredns() -> str | None:
 
 def coredns_zone_files(manifests: Path, work: Path, host: str, port: int) -> Path:
     """The same names as zone files (CoreDNS's `file` plugin), and a Corefile serving them."""
-    from netplane.dns.records import SOA, SRV, TXT, ZoneConfig, build_index
+    from netplane.dns.records import (
+        SOA,
+        SRV,
+        TXT,
+        ZoneConfig,
+        service_records,
+        static_records,
+    )
     from netplane.model import load_path
     from netplane.state import ClusterState
 
     state = ClusterState()
     state.apply(load_path(manifests).objects)
     state.mark_synced()
-    index = build_index(state.snapshot(), ZoneConfig(), serial=1)
+    snap = state.snapshot()
+    names = static_records(ZoneConfig(), snap.services, 1)
+    for key, svc in snap.services.items():
+        for name, records in service_records(svc, snap.slices_for(key), ZONE).items():
+            names[name] = tuple(dict.fromkeys((*names.get(name, ()), *records)))
     soa = "ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
     zones = {"cluster.local": [], "10.in-addr.arpa": []}
-    for name, records in index.names.items():
+    for name, records in names.items():
         zone = "cluster.local" if name.endswith("cluster.local") else "10.in-addr.arpa"
         for r in records:
             if r.rtype == SOA:

@@ -1,19 +1,20 @@
-"""One question -> one answer, from an `Index`: pure, no I/O, no wire format.
+"""One question -> one answer, from a `Catalog`: pure, no I/O, no wire format.
 
-Decides NXDOMAIN versus NODATA, chases in-zone CNAMEs, adds SRV/NS targets to the
-additional section and synthesises insecure pod names. Returns None for names the zone
-does not own, which the server forwards (or refuses).
+Decides NXDOMAIN versus NODATA, chases in-zone CNAMEs (and says which out-of-zone target
+is left for the upstream), adds SRV/NS targets to the additional section. Answers for the
+reverse zones of the service (and pod) CIDRs authoritatively. Returns None for names we
+do not own, which the server forwards (or refuses).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from netplane.dns.records import AAAA, CNAME, NS, SOA, SRV, A, Index, Record
+from netplane.dns.catalog import Catalog
+from netplane.dns.records import AAAA, CNAME, NS, SRV, A, Record, soa
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-ANY = 255
+IXFR, AXFR, ANY = 251, 252, 255
 RRs = tuple[tuple[str, Record], ...]
 
 
@@ -24,53 +25,39 @@ class Answer:
     authority: RRs = ()
     additional: RRs = ()
     depends: frozenset[str] = frozenset()  # names whose change invalidates this answer
+    chase: str = ""  # an out-of-zone CNAME target the upstream may resolve further
 
 
-def _insecure_pod(zone: str, qname: str) -> tuple[Record, ...] | None:
-    parts = qname[: -len(zone) - 1].split(".")
-    if len(parts) == 2 and parts[1] == "pod":
-        return ()  # <ns>.pod.<zone> exists
-    if len(parts) != 3 or parts[2] != "pod":
-        return None
-    dashed = parts[0]
-    text = dashed.replace("-", ".") if dashed.count("-") == 3 else dashed.replace("-", ":")
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return (Record(AAAA if ip.version == 6 else A, str(ip)),)
-
-
-def _lookup(index: Index, qname: str) -> tuple[Record, ...] | None:
-    records = index.names.get(qname)
-    zone = index.config.zone
-    if records is None and index.config.pods == "insecure" and qname.endswith(f".pod.{zone}"):
-        records = _insecure_pod(zone, qname)
-    return records
-
-
-def in_zone(index: Index, qname: str) -> bool:
-    zone = index.config.zone
+def in_zone(catalog: Catalog, qname: str) -> bool:
+    zone = catalog.config.zone
     return qname == zone or qname.endswith("." + zone)
 
 
-def _negative(index: Index, rcode: int, depends: set[str]) -> Answer:
-    zone = index.config.zone
-    soa = tuple((zone, r) for r in index.names.get(zone, ()) if r.rtype == SOA)
-    return Answer(rcode, authority=soa, depends=frozenset({*depends, zone}))
+def _negative(catalog: Catalog, rcode: int, depends: set[str], zone: str = "") -> Answer:
+    """NXDOMAIN/NODATA with the zone's SOA. The SOA's serial is not a dependency: a
+    cached negative answer may carry the serial it was made with for its TTL."""
+    zone = zone or catalog.config.zone
+    authority = ((zone, soa(zone, catalog.config.ttl, catalog.serial)),)
+    return Answer(rcode, authority=authority, depends=frozenset(depends))
 
 
-def _addresses(index: Index, name: str, depends: set[str]) -> RRs:
+def _addresses(catalog: Catalog, name: str, depends: set[str]) -> RRs:
     depends.add(name)
-    return tuple((name, r) for r in index.names.get(name, ()) if r.rtype in (A, AAAA))
+    return tuple((name, r) for r in catalog.get(name) or () if r.rtype in (A, AAAA))
 
 
-def resolve(index: Index, qname: str, qtype: int) -> Answer | None:
+def resolve(catalog: Catalog, qname: str, qtype: int) -> Answer | None:
     """The authoritative answer for (qname, qtype), or None when the name is not ours."""
-    records = _lookup(index, qname)
+    records = catalog.get(qname)
     depends = {qname}
     if records is None:
-        return _negative(index, NXDOMAIN, depends) if in_zone(index, qname) else None
+        if in_zone(catalog, qname):
+            return _negative(catalog, NXDOMAIN, depends)
+        reverse = catalog.reverse_authority(qname)
+        if reverse is None:
+            return None
+        zone, whole_address = reverse
+        return _negative(catalog, NXDOMAIN if whole_address else NOERROR, depends, zone)
     answer: list[tuple[str, Record]] = []
     name = qname
     for _ in range(8):  # follow in-zone CNAMEs, bounded against loops
@@ -80,17 +67,27 @@ def resolve(index: Index, qname: str, qtype: int) -> Answer | None:
         answer.append((name, cname))
         name = cname.value
         depends.add(name)
-        records = _lookup(index, name) if in_zone(index, name) else None
+        records = catalog.get(name)
         if records is None:
-            return Answer(NOERROR, tuple(answer), depends=frozenset(depends))
+            if in_zone(catalog, name):  # a dangling in-zone alias
+                return Answer(NXDOMAIN, tuple(answer), _negative(catalog, 0, set()).authority,
+                              depends=frozenset(depends))  # fmt: skip
+            return Answer(NOERROR, tuple(answer), depends=frozenset(depends), chase=name)
     matching = [(name, r) for r in records if qtype == ANY or r.rtype == qtype]
     if not matching and not answer:
-        return _negative(index, NOERROR, depends)
+        return _negative(catalog, NOERROR, depends, _owner_zone(catalog, qname))
     answer += matching
     additional: list[tuple[str, Record]] = []
     for _, r in matching:
         if r.rtype == SRV:
-            additional += _addresses(index, r.value[3], depends)
+            additional += _addresses(catalog, r.value[3], depends)
         elif r.rtype == NS:
-            additional += _addresses(index, r.value, depends)
+            additional += _addresses(catalog, r.value, depends)
     return Answer(NOERROR, tuple(answer), (), tuple(dict.fromkeys(additional)), frozenset(depends))
+
+
+def _owner_zone(catalog: Catalog, name: str) -> str:
+    if in_zone(catalog, name):
+        return catalog.config.zone
+    reverse = catalog.reverse_authority(name)
+    return reverse[0] if reverse else catalog.config.zone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -35,6 +36,15 @@ def _addr(default_port: int | None = None, allow_off: bool = False):
     return convert
 
 
+def _cidrs(ctx, param, values):
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r}: {e}") from None
+    return tuple(values)
+
+
 @click.group()
 def dns() -> None:
     """Cluster DNS: the Kubernetes DNS specification served from the cluster's objects."""
@@ -56,10 +66,23 @@ def dns() -> None:
     "--workers", default=os.cpu_count() or 1, type=click.IntRange(1, 64), show_default=True
 )
 @click.option("--host-resolv", default="/etc/resolv.conf", help="Search domains for --autopath.")
+@click.option(
+    "--cache-size", default=16, type=click.IntRange(0, 65536), show_default=True,
+    help="Answer cache per worker, in MiB.",
+)  # fmt: skip
+@click.option(
+    "--service-cidr", multiple=True, default=("10.96.0.0/12",), callback=_cidrs,
+    show_default=True, help="Reverse zone answered authoritatively (repeat for dual stack).",
+)  # fmt: skip
+@click.option(
+    "--pod-cidr", multiple=True, callback=_cidrs,
+    help="Pod network, also answered authoritatively in reverse when --pods is on.",
+)  # fmt: skip
 def serve(manifests, kubeconfig, in_cluster, listen, zone, ttl, pods, upstream, autopath,
-          metrics_addr, health_addr, ready_addr, workers, host_resolv) -> None:  # fmt: skip
+          metrics_addr, health_addr, ready_addr, workers, host_resolv, cache_size,
+          service_cidr, pod_cidr) -> None:  # fmt: skip
     """Answer for the cluster zone over UDP and TCP, following the objects' changes."""
-    from netplane.dns.supervisor import ServeOptions, kinds_needed
+    from netplane.dns.options import ServeOptions, kinds_needed
     from netplane.dns.supervisor import serve as run
 
     if autopath and pods != "verified":
@@ -67,12 +90,13 @@ def serve(manifests, kubeconfig, in_cluster, listen, zone, ttl, pods, upstream, 
     source_from_options(manifests, kubeconfig, in_cluster, kinds_needed(pods))  # fail early
     host_search = _host(host_resolv).searches if autopath else ()
     dns_ips = (listen[0],) if listen[0] not in ("0.0.0.0", "::") else ()
+    reverse = service_cidr + (pod_cidr if pods != "disabled" else ())
     opts = ServeOptions(
         manifests=manifests,
         kubeconfig=kubeconfig,
         in_cluster=in_cluster,
         listen=listen,
-        zone=ZoneConfig(zone.rstrip(".").lower(), ttl, pods, dns_ips),
+        zone=ZoneConfig(zone.rstrip(".").lower(), ttl, pods, dns_ips, reverse),
         upstreams=tuple(upstream),
         autopath=autopath,
         host_search=host_search,
@@ -80,6 +104,7 @@ def serve(manifests, kubeconfig, in_cluster, listen, zone, ttl, pods, upstream, 
         health=health_addr,
         ready=ready_addr,
         workers=workers,
+        cache_bytes=cache_size << 20,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
     sys.exit(run(opts))

@@ -1,10 +1,10 @@
-"""Names outside the zone: forwarded to upstream servers, answers cached for their TTL.
+"""The I/O half of forwarding: asking upstream servers, with a cache of their replies.
 
 Like CoreDNS's `forward` + `cache` plugins: upstreams are tried in order, a truncated
 upstream answer is retried over TCP, positive answers live for their smallest TTL and
 negative ones for the SOA minimum (RFC 2308), both capped. Remaining TTLs are counted
-down in what the cache hands out. Without upstreams the server answers REFUSED instead:
-it is never an open recursive resolver.
+down in what the cache hands out. What to ask and how to answer is decided elsewhere
+(upstream.py); without upstreams the engine answers REFUSED: never an open resolver.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from dnslib import QTYPE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from netplane.dns.answer import NXDOMAIN, SERVFAIL
-from netplane.dns.wire import OPT_RR, RA, RD, Query
 
 log = logging.getLogger(__name__)
 MAX_TTL = 3600
@@ -56,10 +55,6 @@ class Forwarder:
         self._lock = threading.Lock()
         self.hits = {"success": 0, "denial": 0}
         self.misses = 0
-
-    def resolve(self, query: Query, limit: int) -> bytes:
-        """The response bytes for `query` (SERVFAIL when every upstream failed)."""
-        return respond(query, self.lookup(query.qname, query.qtype, query.qclass), limit)
 
     def lookup(self, qname: str, qtype: int, qclass: int = 1) -> DNSRecord | None:
         """The upstream's reply, from the cache while its TTL lasts; None on failure."""
@@ -140,26 +135,3 @@ def _aged(reply: DNSRecord, age: int) -> DNSRecord:
         if r.rtype != QTYPE.OPT:
             r.ttl = max(0, r.ttl - age)
     return copy
-
-
-def respond(query: Query, reply: DNSRecord | None, limit: int) -> bytes:
-    """`reply`'s sections under the client's own ID, flags and question (SERVFAIL if None)."""
-    rcode = SERVFAIL if reply is None else reply.header.rcode
-    flags = 0x8000 | RA | (query.flags & RD) | rcode
-    sections = (
-        ([], [], [])
-        if reply is None
-        else (reply.rr, reply.auth, [r for r in reply.ar if r.rtype != QTYPE.OPT])
-    )
-    body = DNSRecord(DNSHeader(id=0), q=DNSQuestion(DNSLabel(query.qname), query.qtype))
-    body.rr, body.auth, body.ar = (list(s) for s in sections)
-    packed = body.pack()
-    qlen = len(query.question)
-    tail = packed[12 + qlen :] + (OPT_RR if query.edns_size else b"")
-    counts = (1, len(body.rr), len(body.auth), len(body.ar) + (1 if query.edns_size else 0))
-    out = query.id + struct.pack("!HHHHH", flags, *counts) + query.question + tail
-    if len(out) > limit:
-        counts = (1, 0, 0, 1 if query.edns_size else 0)
-        head = struct.pack("!HHHHH", flags | 0x0200, *counts)
-        out = query.id + head + query.question + (OPT_RR if query.edns_size else b"")
-    return out

@@ -4,7 +4,8 @@ The hot loop only bumps plain dict counters (a prometheus_client call per query 
 cost more than the query). Each worker ships its `Stats` totals to the supervisor, whose
 collector merges them and exposes them with prometheus_client, like CoreDNS's
 `prometheus` plugin: coredns_dns_requests_total, coredns_dns_responses_total,
-coredns_dns_request_duration_seconds, coredns_cache_hits_total, coredns_cache_misses_total.
+coredns_dns_request_duration_seconds, coredns_cache_hits_total, coredns_cache_misses_total;
+and netplane_dns_worker_restarts_total, which CoreDNS (one process) has no need for.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class Stats:
             self.synced,
         )
 
+    def merge(self, other: Stats) -> None:
+        """Add another worker's totals (a dead worker's counts must not vanish)."""
+        self.counts.update(other.counts)
+        self.duration_sum.update(other.duration_sum)
+        self.cache_hits.update(other.cache_hits)
+        self.cache_misses += other.cache_misses
+
     def observe(self, transport: int, qtype: int, rcode: int, seconds: float) -> None:
         """transport: 1 udp/IPv4, 2 udp/IPv6, 3 tcp/IPv4, 4 tcp/IPv6."""
         self.counts[(transport, qtype, rcode, bisect.bisect_left(BUCKETS, seconds))] += 1
@@ -58,7 +66,14 @@ class StatsCollector(Collector):
 
     def __init__(self, server: str) -> None:
         self.server = server
-        self.workers: dict[int, Stats] = {}
+        self.workers: dict[int, Stats] = {}  # by worker pid: the latest totals
+        self.retired = Stats()  # workers that exited: counters never go backwards
+        self.restarts = 0
+
+    def retire(self, pid: int) -> None:
+        stats = self.workers.pop(pid, None)
+        if stats is not None:
+            self.retired.merge(stats)
 
     def collect(self):
         s = self.server
@@ -89,7 +104,7 @@ class StatsCollector(Collector):
         sums: Counter = Counter()
         hit_counts: Counter = Counter()
         missed = 0
-        for st in list(self.workers.values()):
+        for st in [self.retired, *list(self.workers.values())]:
             for (transport, qtype, rcode, bucket), n in st.counts.items():
                 t = QTYPES.get(qtype, "other")
                 proto, family = ("udp", "tcp")[transport > 2], str(2 - transport % 2)
@@ -113,4 +128,9 @@ class StatsCollector(Collector):
         for kind in ("success", "denial"):
             hits.add_metric([s, kind], hit_counts[kind])
         misses.add_metric([s], missed)
-        yield from (req, resp, hist, hits, misses)
+        restarts = CounterMetricFamily(
+            "netplane_dns_worker_restarts",
+            "DNS worker processes that died and were replaced.",
+            value=self.restarts,
+        )
+        yield from (req, resp, hist, hits, misses, restarts)

@@ -1,21 +1,20 @@
-"""Cluster objects -> DNS records: a pure function, no I/O (CoreDNS's `kubernetes` plugin).
+"""Cluster objects -> DNS records: pure functions, no I/O (CoreDNS's `kubernetes` plugin).
 
-Each Service (with its EndpointSlices) and each Pod contributes a small map of
-name -> records; the `Index` merges the contributions and, on a change, rebuilds only the
-contributions of the owners that changed into a new map built aside, so the server can
-swap one reference while queries keep being answered from the old one.
+Each Service (with its EndpointSlices) publishes a small map of name -> records; each
+verified Pod one name per IP. Nothing is precomputed for the whole zone: like CoreDNS,
+which reads its informer caches at query time, the `Catalog` (catalog.py) keeps the
+objects and derives a service's records only when a name under it is asked (and the
+answer is cached). That keeps start-up at one pass over the objects (the reverse map).
 Names are lower-case, without the trailing dot.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from netplane.model import EndpointSlice, Pod, Service
-from netplane.state import Changes, Snapshot
 
 A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 16, 28, 33
 SPEC_VERSION = "1.1.0"
@@ -40,9 +39,13 @@ class ZoneConfig:
     ttl: int = 5
     pods: str = "disabled"  # disabled | insecure | verified
     dns_ips: tuple[str, ...] = ()  # glue for ns.dns.<zone> when kube-system/kube-dns is absent
+    # reverse zones answered authoritatively (NXDOMAIN + SOA for unknown addresses), as
+    # CoreDNS does for the zones of its `kubernetes` block: the service CIDR, and the pod
+    # CIDR when pod records are on
+    reverse_cidrs: tuple[str, ...] = ("10.96.0.0/12",)
 
 
-Owner = tuple[str, ...]  # ("svc", ns, name) | ("pod", ns, name) | ("static",)
+Owner = tuple[str, ...]  # ("svc", ns, name) | ("pod", ns, name)
 Contribution = dict[str, tuple[Record, ...]]  # name -> records; () marks an empty non-terminal
 
 
@@ -82,8 +85,8 @@ def _srv(out: Contribution, port_name: str, proto: str, base: str, targets: list
         _add(out, name, Record(SRV, (0, weight, port, target)))
 
 
-def _ready_addresses(svc: Service, slices: Iterable[EndpointSlice]) -> list[tuple[str, str]]:
-    """(address, hostname-or-dashed) for each endpoint the headless name publishes."""
+def ready_addresses(svc: Service, slices: Iterable[EndpointSlice]) -> list[tuple[str, str]]:
+    """(address, hostname-or-dashed) for each endpoint the service's names publish."""
     seen: dict[str, str] = {}
     for sl in slices:
         if sl.address_type not in ("IPv4", "IPv6"):
@@ -96,21 +99,32 @@ def _ready_addresses(svc: Service, slices: Iterable[EndpointSlice]) -> list[tupl
     return list(seen.items())
 
 
+def service_base(namespace: str, name: str, zone: str) -> str:
+    return f"{name}.{namespace}.svc.{zone}".lower()
+
+
 def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) -> Contribution:
-    """Everything one Service publishes: its name, SRV, PTR and, if headless, endpoints."""
+    """Everything one Service publishes: its name, SRV, endpoint names and PTRs.
+
+    Endpoint names (`<hostname-or-dashed>.<svc>...`) and their PTRs exist for the ready
+    endpoints of every service, headless or not, as CoreDNS answers them; a headless
+    service's own name lists those endpoints, a ClusterIP service's its cluster IPs.
+    """
     slices = tuple(slices)
     out: Contribution = {}
-    base = f"{svc.name}.{svc.namespace}.svc.{zone}".lower()
+    base = service_base(svc.namespace, svc.name, zone)
     if svc.type == "ExternalName":
         if svc.external_name:
             out[base] = (Record(CNAME, svc.external_name.rstrip(".").lower()),)
-    elif svc.headless:
-        addresses = _ready_addresses(svc, slices)
-        for addr, host in addresses:
-            target = f"{host}.{base}"
+        return out
+    addresses = ready_addresses(svc, slices)
+    for addr, host in addresses:
+        target = f"{host}.{base}"
+        _add(out, target, _ip_record(addr))
+        _add(out, reverse_name(addr), Record(PTR, target))
+    if svc.headless:
+        for addr, _ in addresses:
             _add(out, base, _ip_record(addr))
-            _add(out, target, _ip_record(addr))
-            _add(out, reverse_name(addr), Record(PTR, target))
         hosts = sorted({f"{host}.{base}" for _, host in addresses})
         ports = sorted({(p.name, p.protocol, p.port) for s in slices for p in s.ports if p.port})
         for port_name, proto, port in ports:
@@ -118,7 +132,7 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) ->
     elif svc.cluster_ips:
         for ip in svc.cluster_ips:
             _add(out, base, _ip_record(ip))
-            _add(out, reverse_name(ip), Record(PTR, base))
+            out[reverse_name(ip)] = (Record(PTR, base),)  # the cluster IP names the service
         for p in svc.ports:
             _srv(out, p.name, p.protocol, base, [(p.port, base)])
     for name in list(out):
@@ -126,131 +140,36 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) ->
     return out
 
 
-def pod_records(pod: Pod, zone: str) -> Contribution:
-    """Verified pod names: `a-b-c-d.<ns>.pod.<zone>` for each IP of a pod that exists."""
-    out: Contribution = {}
-    if pod.host_network:
-        return out
-    for ip in pod.pod_ips:
-        name = f"{dashed(ip)}.{pod.namespace}.pod.{zone}".lower()
-        _add(out, name, _ip_record(ip))
-        _with_ancestors(out, name, zone)
-    return out
+def service_ips(svc: Service | None, slices: Iterable[EndpointSlice]) -> set[str]:
+    """Every address a service's PTR records cover (cluster IPs and ready endpoints)."""
+    if svc is None or svc.type == "ExternalName":
+        return set()
+    ips = {addr for addr, _ in ready_addresses(svc, slices)}
+    return ips | set(svc.cluster_ips if not svc.headless else ())
+
+
+def pod_ips(pod: Pod | None) -> tuple[str, ...]:
+    """The IPs a pod's verified names and autopath know it by (not host-network pods)."""
+    if pod is None or pod.host_network or pod.terminating:
+        return ()
+    return pod.pod_ips
 
 
 def static_records(config: ZoneConfig, services: Mapping, serial: int) -> Contribution:
-    """The apex (SOA, NS with glue), dns-version and the pod.<zone> subtree root."""
+    """The apex (SOA, NS with glue), dns-version and the fixed subtree roots."""
     zone = config.zone
     kube_dns = services.get(("kube-system", "kube-dns"))
     glue = kube_dns.cluster_ips if kube_dns and kube_dns.cluster_ips else config.dns_ips
     ns_name = f"ns.dns.{zone}"
-    out: Contribution = {
-        zone: (
-            Record(SOA, (ns_name, f"hostmaster.{zone}", serial, 7200, 1800, 86400, config.ttl)),
-            Record(NS, ns_name),
-        ),
+    return {
+        zone: (soa(zone, config.ttl, serial), Record(NS, ns_name)),
         ns_name: tuple(_ip_record(ip) for ip in glue),
         f"dns.{zone}": (),
         f"dns-version.{zone}": (Record(TXT, SPEC_VERSION),),
         f"svc.{zone}": (),
         f"pod.{zone}": (),
     }
-    return out
 
 
-@dataclass(frozen=True, slots=True)
-class Index:
-    """name -> records for the whole zone (plus reverse names), and where each came from."""
-
-    config: ZoneConfig
-    names: Mapping[str, tuple[Record, ...]]
-    owners: Mapping[str, frozenset[Owner]]
-    contributions: Mapping[Owner, Contribution]
-    serial: int
-    synced: bool
-    changed: frozenset[str] = frozenset()  # names whose records differ from the previous index
-
-    def get(self, name: str) -> tuple[Record, ...] | None:
-        return self.names.get(name)
-
-
-def _contribution(owner: Owner, snap: Snapshot, config: ZoneConfig, serial: int) -> Contribution:
-    if owner[0] == "static":
-        return static_records(config, snap.services, serial)
-    key = (owner[1], owner[2])
-    if owner[0] == "svc":
-        svc = snap.services.get(key)
-        return service_records(svc, snap.slices_for(key), config.zone) if svc else {}
-    pod = snap.pods.get(key)
-    return pod_records(pod, config.zone) if pod and config.pods == "verified" else {}
-
-
-def _merge(owner_ids: frozenset[Owner], contributions: Mapping[Owner, Contribution], name: str):
-    if len(owner_ids) == 1:
-        return contributions[next(iter(owner_ids))][name]
-    records: list[Record] = []
-    for owner in sorted(owner_ids):
-        for r in contributions[owner].get(name, ()):
-            if r not in records:
-                records.append(r)
-    return tuple(records)
-
-
-def build_index(snap: Snapshot, config: ZoneConfig, serial: int) -> Index:
-    """The full index from a snapshot."""
-    owners: list[Owner] = [("static",)]
-    owners += [("svc", *k) for k in snap.services]
-    if config.pods == "verified":
-        owners += [("pod", *k) for k in snap.pods]
-    return _rebuild(Index(config, {}, {}, {}, serial, snap.synced), snap, owners, serial)
-
-
-def update_index(index: Index, snap: Snapshot, changes: Changes, serial: int) -> Index:
-    """A new index with only the changed owners rebuilt; `index` itself is left untouched."""
-    owners: set[Owner] = {("static",)}
-    owners |= {("svc", *k) for k in changes.services | changes.endpoints}
-    if index.config.pods == "verified":
-        owners |= {("pod", *k) for k in changes.pods}
-    return _rebuild(index, snap, owners, serial)
-
-
-def _rebuild(index: Index, snap: Snapshot, changed: Iterable[Owner], serial: int) -> Index:
-    contributions = dict(index.contributions)
-    added: dict[str, set[Owner]] = defaultdict(set)
-    removed: dict[str, set[Owner]] = defaultdict(set)
-    touched: set[str] = set()
-    with_data: set[str] = set()  # names where a changed owner has (or had) records
-    for owner in changed:
-        old = contributions.pop(owner, {})
-        new = _contribution(owner, snap, index.config, serial)
-        if new:
-            contributions[owner] = new
-        for name in old.keys() - new.keys():
-            removed[name].add(owner)
-        for name in new.keys() - old.keys():
-            added[name].add(owner)
-        touched.update(n for n in old.keys() & new.keys() if old[n] != new[n])
-        with_data.update(n for n, r in old.items() if r)
-        with_data.update(n for n, r in new.items() if r)
-    owners = dict(index.owners)
-    for name in removed.keys() | added.keys():  # one set operation per name, not per owner
-        now = (owners.get(name, frozenset()) - removed.get(name, set())) | added.get(name, set())
-        if now:
-            owners[name] = frozenset(now)
-        else:
-            owners.pop(name, None)
-    names = dict(index.names)
-    changed_names = set()
-    for name in touched | removed.keys() | added.keys():
-        if name in owners and name in names and name not in with_data:
-            continue  # only empty non-terminal claims changed: the records did not
-        merged = _merge(owners[name], contributions, name) if name in owners else None
-        if merged != names.get(name):
-            changed_names.add(name)
-        if merged is None:
-            names.pop(name, None)
-        else:
-            names[name] = merged
-    return Index(
-        index.config, names, owners, contributions, serial, snap.synced, frozenset(changed_names)
-    )
+def soa(zone: str, ttl: int, serial: int) -> Record:
+    return Record(SOA, (f"ns.dns.{zone}", f"hostmaster.{zone}", serial, 7200, 1800, 86400, ttl))

@@ -1,59 +1,51 @@
-"""`netplane dns serve`: worker processes plus the health, readiness and metrics endpoints.
+"""`netplane dns serve`: one source, one catalog, forked workers that are restarted.
 
-One worker per core, each a full server (own source, state, index and sockets bound with
-SO_REUSEPORT, so the kernel spreads clients over them): Python runs one core per process,
-and independent workers share nothing on the hot path. Workers send their counters to
-this supervisor, which serves /health, /ready (only once every worker has loaded the
-objects) and /metrics, and stops everything when one worker dies or on SIGTERM/SIGINT.
+The supervisor is the only process that talks to the API server (one list and one watch
+per kind for the whole pod) and the only one that builds the catalog. Workers are forked
+from it, so they start with the catalog already in memory and share its pages; later
+changes go to them as small deltas over their pipes. SO_REUSEPORT spreads the clients
+over the workers.
+
+Before the first complete load the workers answer SERVFAIL (never a wrong NXDOMAIN);
+once the catalog is built a new generation is forked with it and the first one retired.
+A worker that dies is replaced at once (counted in
+`netplane_dns_worker_restarts_total`); only CRASH_LIMIT deaths within CRASH_WINDOW
+seconds stop the server, with /health saying why. /ready is 200 once every worker
+answers from a complete catalog.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
-import multiprocessing
+import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing import Pipe
 from multiprocessing.connection import wait
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from netplane.dns.autopath import Autopath
-from netplane.dns.forward import Forwarder
+from netplane.dns.catalog import Catalog, build_catalog, delta
 from netplane.dns.metrics import StatsCollector
-from netplane.dns.records import ZoneConfig
-from netplane.dns.server import Engine, follow, serve_tcp, serve_udp, tcp_socket, udp_socket
+from netplane.dns.options import ServeOptions, kinds_needed
+from netplane.dns.server import run_worker
 from netplane.kube.options import source_from_options
 from netplane.sources import ManifestSource, Source, start_source
 from netplane.state import ClusterState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    manifests: str | None
-    listen: tuple[str, int]
-    zone: ZoneConfig
-    upstreams: tuple[tuple[str, int], ...] = ()
-    autopath: bool = False
-    host_search: tuple[str, ...] = ()
-    metrics: tuple[str, int] | None = ("0.0.0.0", 9153)
-    health: tuple[str, int] | None = ("0.0.0.0", 8080)
-    ready: tuple[str, int] | None = ("0.0.0.0", 8181)
-    workers: int = 1
-    poll_interval: float = 0.05
-    log_level: int = logging.WARNING
-    kubeconfig: str | None = None
-    in_cluster: bool = False
-
-
-def kinds_needed(pods: str) -> set[str]:
-    """What the API source must watch: pods only when pod names or autopath need them."""
-    return {"Service", "EndpointSlice"} | ({"Pod"} if pods == "verified" else set())
+CRASH_LIMIT = 5  # worker deaths ...
+CRASH_WINDOW = 60.0  # ... within this many seconds stop the server
+GIVE_UP_LINGER = 3.0  # /health answers 503 this long before the process exits
+RETIRE_DEADLINE = 5.0  # a retired worker gets SIGKILL after this
+PR_SET_PDEATHSIG = 1
 
 
 def _source(opts: ServeOptions) -> Source:
@@ -62,67 +54,245 @@ def _source(opts: ServeOptions) -> Source:
     return source_from_options(None, opts.kubeconfig, opts.in_cluster, kinds_needed(opts.zone.pods))
 
 
-def run_worker(opts: ServeOptions, conn, number: int) -> None:
-    """One serving process (the target of a spawned worker)."""
-    logging.basicConfig(level=opts.log_level, format=f"%(asctime)s worker{number} %(message)s")
-    stop = threading.Event()
-
-    def terminate(*_) -> None:
-        stop.set()
-        raise SystemExit(0)  # interrupts the blocking recvfrom() of the serving loop
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
-    host, port = opts.listen
-    try:
-        udp, tcp = udp_socket(host, port), tcp_socket(host, port)
-    except OSError as e:
-        conn.send(("error", f"cannot listen on {host}:{port}: {e}"))
-        return
-    state = ClusterState()
-    start_source(_source(opts), state)
-    forwarder = Forwarder(list(opts.upstreams)) if opts.upstreams else None
-    autopath = Autopath(opts.host_search) if opts.autopath else None
-    engine = Engine(opts.zone, forwarder, autopath)
-    for target, args in ((follow, (state, engine, stop)), (serve_tcp, (tcp, engine, stop))):
-        threading.Thread(target=target, args=args, daemon=True).start()
-    threading.Thread(target=_ship, args=(engine, conn, stop), daemon=True).start()
-    serve_udp(udp, engine, stop)
+@dataclass(eq=False)
+class Worker:
+    slot: int
+    pid: int
+    conn: object  # multiprocessing Connection
+    generation: int
+    up: bool = False
+    synced: bool = False
+    retired_at: float | None = None
 
 
-def _ship(engine: Engine, conn, stop: threading.Event) -> None:
-    while not stop.wait(0.25):
-        stats = engine.stats.copy()
-        if engine.forwarder is not None:
-            stats.cache_hits.update(engine.forwarder.hits)
-            stats.cache_misses = engine.forwarder.misses
-        try:
-            conn.send(("stats", stats))
-        except OSError:
+@dataclass
+class _Health:
+    healthy: bool = True
+    reason: str = ""
+    ready: bool = False
+    collector: StatsCollector = field(default_factory=lambda: StatsCollector(""))
+
+
+class Supervisor:
+    def __init__(self, opts: ServeOptions, health: _Health) -> None:
+        self.opts = opts
+        self.health = health
+        self.lock = threading.Lock()  # catalog + generation + worker list, against deltas
+        self.catalog: Catalog | None = None
+        self.generation = 0
+        self.workers: dict[int, Worker] = {}  # pid -> worker (current and retiring)
+        self.crashes: list[float] = []
+        self.failed: str = ""  # a fatal error reported by a worker
+
+    # ---- forking ---------------------------------------------------------------------
+
+    def fork(self, slot: int) -> Worker:
+        """A new worker for `slot` with the current catalog (call with the lock held)."""
+        parent, child = Pipe()
+        gc.freeze()  # the child must never collect (and so write to) the shared heap
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            status = 1
+            try:
+                _into_child(child.fileno())
+                status = run_worker(self.opts, self.catalog, child, slot)
+            except BaseException:
+                log.exception("worker %d failed", slot)
+            finally:
+                os._exit(status)
+        gc.unfreeze()
+        child.close()
+        worker = Worker(slot, pid, parent, self.generation)
+        self.workers[pid] = worker
+        return worker
+
+    def current(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.retired_at is None]
+
+    def publish(self, catalog: Catalog, d=None) -> None:
+        """Install a new catalog: a first (or rebuilt) one starts a new generation of
+        workers; a delta goes to every worker of the current generation."""
+        with self.lock:
+            self.catalog = catalog
+            if d is None:
+                self.generation += 1
+                return
+            for w in self.current():
+                if w.generation == self.generation:
+                    with contextlib.suppress(OSError):
+                        w.conn.send(("delta", d))
+
+    # ---- the main loop ---------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        with self.lock:
+            for slot in range(self.opts.workers):
+                self.fork(slot)
+        while not stop.is_set():
+            self._messages()
+            self._reap()
+            if self.failed or not self.health.healthy:
+                break
+            self._roll()
+            current = self.current()
+            self.health.ready = len(current) == self.opts.workers and all(
+                w.up and w.synced and w.generation == self.generation for w in current
+            )
+        if not self.health.healthy:
+            log.error("%s", self.health.reason)
+            self.health.ready = False
+        self.stop_all()
+        if not self.health.healthy:
+            stop.wait(GIVE_UP_LINGER)
+        return 1 if self.failed or not self.health.healthy else 0
+
+    def _messages(self) -> None:
+        conns = {w.conn: w for w in self.workers.values()}
+        for conn in wait(list(conns), timeout=0.1):
+            w = conns[conn]
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                continue  # it died: _reap replaces it
+            if kind == "up":
+                w.up, w.synced = True, payload
+            elif kind == "stats":
+                w.synced = payload.synced
+                self.health.collector.workers[w.pid] = payload
+            elif kind == "error":
+                log.error("%s", payload)
+                self.failed = payload
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            w.conn.close()
+            self.health.collector.retire(pid)
+            if w.retired_at is not None or self.failed:
+                continue
+            self._crashed(w, status)
+
+    def _crashed(self, w: Worker, status: int) -> None:
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+        how = (
+            f"killed by signal {os.WTERMSIG(status)}"
+            if os.WIFSIGNALED(status)
+            else f"exited with status {os.waitstatus_to_exitcode(status)}"
+        )
+        if len(self.crashes) >= CRASH_LIMIT:
+            self.health.healthy = False
+            self.health.reason = (
+                f"{len(self.crashes)} DNS worker crashes within {CRASH_WINDOW:.0f} s "
+                f"(the last {how}): giving up"
+            )
             return
+        self.health.collector.restarts += 1
+        with self.lock:
+            new = self.fork(w.slot)
+        log.warning("DNS worker %d (pid %d) %s; restarted as pid %d",
+                    w.slot, w.pid, how, new.pid)  # fmt: skip
+
+    def _roll(self) -> None:
+        """A new generation replaces the old one slot by slot once it is up."""
+        with self.lock:
+            current = self.current()
+            stale = [w for w in current if w.generation != self.generation]
+            if not stale:
+                return
+            fresh = {w.slot for w in current if w.generation == self.generation}
+            for w in stale:
+                if w.slot not in fresh:
+                    self.fork(w.slot)
+        now = time.monotonic()
+        by_slot = {w.slot: w for w in self.current() if w.generation == self.generation}
+        for w in stale:
+            new = by_slot.get(w.slot)
+            if new is not None and new.up:
+                w.retired_at = now
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+        for w in list(self.workers.values()):
+            if w.retired_at is not None and now - w.retired_at > RETIRE_DEADLINE:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            w.retired_at = w.retired_at or now
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGTERM)
+        deadline = now + RETIRE_DEADLINE
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        for w in list(self.workers.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(w.pid, 0)
+        self.workers.clear()
 
 
-class _Endpoints:
-    """What the HTTP handlers report; updated by the supervisor loop."""
+def _into_child(keep_fd: int) -> None:
+    """Right after fork: keep only our pipe and stdio, die with the supervisor."""
+    for fd in (keep_fd,):
+        os.set_inheritable(fd, False)
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
 
-    def __init__(self, server: str) -> None:
-        self.collector = StatsCollector(server)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
-        self.ready = False
+
+def follow(state: ClusterState, sup: Supervisor, stop: threading.Event) -> None:
+    """Build the catalog once the objects are loaded, then send each change as a delta."""
+    config = sup.opts.zone
+    tracker = state.tracker()
+    while not state.wait_synced(0.2):
+        if stop.is_set():
+            return
+    tracker.pop()
+    serial = int(time.time())
+    snap = state.snapshot()
+    catalog = build_catalog(snap, config, serial)
+    sup.publish(catalog)
+    log.info("catalog built: %d services, %d reverse names", len(snap.services),
+             len(catalog.reverse))  # fmt: skip
+    while not stop.is_set():
+        if not tracker.wait(0.5):
+            continue
+        changes = tracker.pop()
+        serial = max(serial + 1, int(time.time()))
+        new_snap = state.snapshot()
+        d = delta(catalog, snap, new_snap, changes, serial)
+        catalog, snap = catalog.apply(d), new_snap
+        sup.publish(catalog, d)
 
 
-def _http(addr: tuple[str, int], endpoints: _Endpoints, path: str) -> ThreadingHTTPServer:
+def _http(addr: tuple[str, int], health: _Health, path: str, registry) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path != path:
                 self.send_error(404)
                 return
             status, body, ctype = 200, b"OK", "text/plain"
-            if path == "/ready" and not endpoints.ready:
+            if path == "/health" and not health.healthy:
+                status, body = 503, health.reason.encode()
+            elif path == "/ready" and not health.ready:
                 status, body = 503, b"not ready: objects not loaded yet"
             elif path == "/metrics":
-                body, ctype = generate_latest(endpoints.registry), CONTENT_TYPE_LATEST
+                body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -132,74 +302,43 @@ def _http(addr: tuple[str, int], endpoints: _Endpoints, path: str) -> ThreadingH
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(addr, Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True  # on this class only, not the stdlib's
+
+    server = Server(addr, Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 def serve(opts: ServeOptions) -> int:
-    """Run until SIGTERM/SIGINT or a worker's death; returns the exit status."""
-    endpoints = _Endpoints(f"dns://{opts.listen[0]}:{opts.listen[1]}")
+    """Run until SIGTERM/SIGINT or a crash loop; returns the exit status."""
+    health = _Health(collector=StatsCollector(f"dns://{opts.listen[0]}:{opts.listen[1]}"))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(health.collector)
     servers = []
-    for addr, path in (
-        (opts.health, "/health"),
-        (opts.ready, "/ready"),
-        (opts.metrics, "/metrics"),
-    ):
+    endpoints = ((opts.health, "/health"), (opts.ready, "/ready"), (opts.metrics, "/metrics"))
+    for addr, path in endpoints:
         if addr is None:
             continue
         try:
-            servers.append(_http(addr, endpoints, path))
+            servers.append(_http(addr, health, path, registry))
         except OSError as e:
             log.error("cannot serve %s on %s:%d: %s", path, addr[0], addr[1], e)
             for server in servers:
                 server.shutdown()
             return 1
-    ctx = multiprocessing.get_context("spawn")
-    workers, conns = [], []
-    for i in range(opts.workers):
-        parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(
-            target=run_worker, args=(opts, child, i), name=f"dns-worker{i}", daemon=True
-        )
-        p.start()
-        workers.append(p)
-        conns.append(parent)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    status = 0
-    synced: dict[int, bool] = {}
+    sup = Supervisor(opts, health)
+    state = ClusterState()
+    sup.catalog = build_catalog(state.snapshot(), opts.zone, 0)  # unsynced: SERVFAIL
+    _, source_stop = start_source(_source(opts), state)
+    threading.Thread(target=follow, args=(state, sup, stop), daemon=True).start()
     try:
-        while not stop.is_set():
-            for conn in wait(conns, timeout=0.5):
-                i = conns.index(conn)
-                try:
-                    kind, payload = conn.recv()
-                except EOFError:
-                    continue
-                if kind == "error":
-                    log.error("%s", payload)
-                    status = 1
-                    stop.set()
-                    break
-                endpoints.collector.workers[i] = payload
-                synced[i] = payload.synced
-            endpoints.ready = len(synced) == len(workers) and all(synced.values())
-            if any(not p.is_alive() for p in workers):
-                log.error("a DNS worker exited; stopping")
-                status = status or 1
-                stop.set()
+        return sup.run(stop)
     finally:
-        for p in workers:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + 5
-        for p in workers:
-            p.join(max(0.1, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
+        source_stop.set()
+        stop.set()
         for s in servers:
             s.shutdown()
-    return status

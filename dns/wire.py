@@ -56,59 +56,66 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A response minus ID and question, for both with and without EDNS."""
+    """A response minus ID and question: what the answer cache holds.
 
-    heads: tuple[bytes, ...]  # flags+counts, indexed by edns*2 + rd
-    tails: tuple[bytes, ...]  # indexed by edns
-    tc_heads: tuple[bytes, ...]  # the truncated variant's flags+counts, same indexing
-    depends: frozenset[str]
+    Kept small (a cache entry is mostly this): the header variants are shared between
+    all answers with the same flags and counts, and the EDNS form appends OPT at send time.
+    """
+
+    heads: tuple[bytes, ...]  # flags+counts for RD 0/1 without EDNS, then with (arcount+1)
+    tail: bytes  # answer, authority and additional sections (names compressed)
+    cut: int  # len(tail) without the additional section (for truncation)
+    depends: tuple[str, ...]  # names whose change invalidates this answer
     rcode: int
+    chase: str = ""  # an out-of-zone CNAME target the upstreams may resolve further
+
+
+_HEADS: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
 
 
 def rr(name: str, record: Record, ttl: int) -> RR:
     return RR(name, record.rtype, ttl=ttl, rdata=_RDATA[record.rtype](record.value))
 
 
-def compile_answer(qname_wire: bytes, qtype: int, answer: Answer, ttl: int, ra: bool) -> Compiled:
-    """Pack an answer once with dnslib and keep the bytes after the question."""
+def compile_answer(qname_wire: bytes, qtype: int, answer: Answer, ttl: int) -> Compiled:
+    """Pack an answer once with dnslib and keep the bytes after the question.
+
+    Our own answers are authoritative (AA) and never claim recursion (RA clear), as
+    CoreDNS's `kubernetes` plugin answers; only relayed upstream answers set RA."""
     msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1, rcode=answer.rcode), q=DNSQuestion("x", qtype))
     msg.questions = [DNSQuestion(DNSLabel(_labels(qname_wire)), qtype)]
+    cut = 0
     for section, add in (
         (answer.answer, msg.add_answer),
         (answer.authority, msg.add_auth),
         (answer.additional, msg.add_ar),
     ):
+        if section and section is answer.additional:
+            cut = len(msg.pack()) - 12 - len(qname_wire) - 4
         for name, record in section:
             add(rr(name, record, ttl))
     wire = msg.pack()
     tail = wire[12 + len(qname_wire) + 4 :]
+    cut = cut if answer.additional else len(tail)
     counts = (1, len(answer.answer), len(answer.authority), len(answer.additional))
-    return _compiled(answer.rcode, counts, tail, answer.depends, ra)
+    depends = tuple(sorted(answer.depends))
+    return Compiled(_heads(QR | AA | answer.rcode, counts), tail, cut, depends, answer.rcode,
+                    answer.chase)  # fmt: skip
 
 
-def _compiled(rcode: int, counts, tail: bytes, depends, ra: bool, aa: bool = True) -> Compiled:
-    base = QR | (AA if aa else 0) | (RA if ra else 0) | rcode
+def _heads(flags: int, counts: tuple[int, int, int, int]) -> tuple[bytes, ...]:
     qd, an, ns, ar = counts
-
-    def head(flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
-        return tuple(
-            struct.pack("!HHHHH", flags | (RD if rd else 0), qd, an, ns, ar + edns)
-            for edns in (0, 1)
-            for rd in (0, 1)
-        )
-
-    return Compiled(
-        heads=head(base, an, ns, ar),
-        tails=(tail, tail + OPT_RR),
-        tc_heads=head(base | TC, 0, 0, 0),
-        depends=depends,
-        rcode=rcode,
+    heads = tuple(
+        struct.pack("!HHHHH", flags | (RD if rd else 0), qd, an, ns, ar + edns)
+        for edns in (0, 1)
+        for rd in (0, 1)
     )
+    return _HEADS.setdefault(heads, heads)
 
 
-def bare(rcode: int, ra: bool = False, aa: bool = False) -> Compiled:
+def bare(rcode: int, aa: bool = False) -> Compiled:
     """A response with no records (SERVFAIL, REFUSED, NOTIMP...)."""
-    return _compiled(rcode, (1, 0, 0, 0), b"", frozenset(), ra, aa)
+    return Compiled(_heads(QR | (AA if aa else 0) | rcode, (1, 0, 0, 0)), b"", 0, (), rcode)
 
 
 def _labels(qname_wire: bytes) -> list[bytes]:
@@ -121,13 +128,22 @@ def _labels(qname_wire: bytes) -> list[bytes]:
 
 
 def assemble(query_id: bytes, flags: int, question: bytes, c: Compiled, edns: int, limit: int):
-    """The response bytes; the truncated (TC) form when the full one exceeds `limit`."""
-    idx = (1 if edns else 0) * 2 + (1 if flags & RD else 0)
-    tail = c.tails[1 if edns else 0]
-    out = query_id + c.heads[idx] + question + tail
-    if len(out) > limit:
-        out = query_id + c.tc_heads[idx] + question + (OPT_RR if edns else b"")
-    return out
+    """The response bytes; when larger than `limit`, without the additional section, and
+    truncated (TC, no records) only when the answer itself does not fit (RFC 2181 s. 9)."""
+    if edns:
+        out = query_id + c.heads[3 if flags & RD else 2] + question + c.tail + OPT_RR
+    else:
+        out = query_id + c.heads[1 if flags & RD else 0] + question + c.tail
+    if len(out) <= limit:
+        return out
+    head = c.heads[(2 if edns else 0) + (1 if flags & RD else 0)]
+    word, qd, an, ns, _ = struct.unpack("!HHHHH", head)
+    opt = OPT_RR if edns else b""
+    arcount = 1 if edns else 0
+    out = query_id + struct.pack("!HHHHH", word, qd, an, ns, arcount) + question + c.tail[: c.cut]
+    if len(out) + len(opt) <= limit:
+        return out + opt
+    return query_id + struct.pack("!HHHHH", word | TC, qd, 0, 0, arcount) + question + opt
 
 
 def parse_question(data: bytes, qend: int) -> str | None:

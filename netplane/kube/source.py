@@ -50,6 +50,7 @@ RESOURCES = {
         ),
         Resource("Pod", "v1", "/api/v1/pods"),
         Resource("Node", "v1", "/api/v1/nodes"),
+        Resource("Namespace", "v1", "/api/v1/namespaces"),
     )
 }
 

@@ -31,6 +31,7 @@ COLLECTIONS = {
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/api/v1/pods": ("Pod", "v1"),
     "/api/v1/nodes": ("Node", "v1"),
+    "/api/v1/namespaces": ("Namespace", "v1"),
 }
 _KIND_PATH = {kind: path for path, (kind, _) in COLLECTIONS.items()}
 

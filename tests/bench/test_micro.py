@@ -85,14 +85,16 @@ def test_apply_and_pop_one_endpoint_change(benchmark, cluster):
 
 @pytest.fixture(scope="module")
 def dns_index(cluster):
-    records = pytest.importorskip("netplane.dns.records", reason="netplane.dns is not there yet")
-    return records.build_index(cluster.snapshot(), records.ZoneConfig(), 1)
+    catalog = pytest.importorskip("netplane.dns.catalog", reason="netplane.dns is not there yet")
+    records = pytest.importorskip("netplane.dns.records")
+    return catalog.build_catalog(cluster.snapshot(), records.ZoneConfig(), 1)
 
 
 @pytest.mark.benchmark(group="dns")
 def test_dns_build_index(benchmark, cluster):
-    records = pytest.importorskip("netplane.dns.records", reason="netplane.dns is not there yet")
-    index = benchmark(records.build_index, cluster.snapshot(), records.ZoneConfig(), 1)
+    catalog = pytest.importorskip("netplane.dns.catalog", reason="netplane.dns is not there yet")
+    records = pytest.importorskip("netplane.dns.records")
+    index = benchmark(catalog.build_catalog, cluster.snapshot(), records.ZoneConfig(), 1)
     assert index.get(f"{w.service_name(3)}.{w.NAMESPACE}.svc.cluster.local")
 
 

@@ -165,16 +165,6 @@ def test_health_ready_metrics(lab_server):
         assert name in text
 
 
-def test_servfail_before_first_load():
-    from netplane.dns.records import ZoneConfig
-    from netplane.dns.server import Engine
-
-    engine = Engine(ZoneConfig(), None)
-    q = dns.message.make_query("blue.default.svc.cluster.local.", "A")
-    out, _, _ = engine.respond(q.to_wire(), ("127.0.0.1", 1), None)
-    assert dns.message.from_wire(out).rcode() == dns.rcode.SERVFAIL
-
-
 def test_several_workers(start_server, k8s):
     srv = start_server(None, workers=2)
     for _ in range(20):
