@@ -131,8 +131,7 @@ def check_proxy(anchor: Anchor, timeout: float = 15.0) -> None:
     proxy = _goproxy()
     if proxy in ("off", "direct", ""):
         return
-    escaped = re.sub(r"[A-Z]", lambda m: "!" + m.group(0).lower(), anchor.module)
-    url = f"{proxy.rstrip('/')}/{escaped}/@v/{anchor.version}.info"
+    url = f"{proxy.rstrip('/')}/{_escape(anchor.module)}/@v/{anchor.version}.info"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             reply.read()
@@ -168,6 +167,29 @@ def _sibling_version(anchor: Anchor, required: str) -> str:
     return required
 
 
+def wrapper_files(anchor: Anchor, gomod: str) -> dict[str, str]:
+    """go.mod and tools.go of the wrapper module for ANCHOR, given the anchor's own go.mod:
+    it requires the anchor and points each sibling the anchor replaces locally at its
+    published version."""
+    replaces = [
+        f"\t{m} => {m} {_sibling_version(anchor, v)}" for m, v in _local_replacements(gomod).items()
+    ]
+    go_line = re.search(r"^go\s+(\S+)", gomod, re.MULTILINE)
+    go_mod = (
+        f"module netplane.anchors/{anchor.name}\n\ngo {go_line.group(1) if go_line else '1.22'}\n\n"
+        f"require {anchor.module} {anchor.version}\n"
+    )
+    if replaces:
+        go_mod += "\nreplace (\n" + "\n".join(replaces) + "\n)\n"
+    packages = sorted({a.package for a in ANCHORS.values() if a.module == anchor.module})
+    tools = (
+        "//go:build tools\n\npackage tools\n\nimport (\n"
+        + "".join(f'\t_ "{p}"\n' for p in packages)
+        + ")\n"
+    )
+    return {"go.mod": go_mod, "tools.go": tools}
+
+
 def _wrapper(anchor: Anchor, work: Path, env: dict[str, str]) -> Path:
     """A module requiring the anchor with its local replaces pointed at published versions."""
     src = work / f"{anchor.module.replace('/', '_')}-{anchor.version}"
@@ -178,25 +200,17 @@ def _wrapper(anchor: Anchor, work: Path, env: dict[str, str]) -> Path:
     modcache = subprocess.run(
         ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
-    escaped = re.sub(r"[A-Z]", lambda m: "!" + m.group(0).lower(), anchor.module)
-    gomod_path = Path(modcache) / "cache/download" / escaped / "@v" / f"{anchor.version}.mod"
-    gomod = gomod_path.read_text()
-    replaces = [
-        f"\t{m} => {m} {_sibling_version(anchor, v)}" for m, v in _local_replacements(gomod).items()
-    ]
-    go_line = re.search(r"^go\s+(\S+)", gomod, re.MULTILINE)
-    (src / "go.mod").write_text(
-        f"module netplane.anchors/{anchor.name}\n\ngo {go_line.group(1) if go_line else '1.22'}\n\n"
-        f"require {anchor.module} {anchor.version}\n\nreplace (\n" + "\n".join(replaces) + "\n)\n"
-    )
-    packages = sorted({a.package for a in ANCHORS.values() if a.module == anchor.module})
-    (src / "tools.go").write_text(
-        "//go:build tools\n\npackage tools\n\nimport (\n"
-        + "".join(f'\t_ "{p}"\n' for p in packages)
-        + ")\n"
-    )
+    gomod_path = Path(modcache) / "cache/download" / _escape(anchor.module) / "@v"
+    gomod = (gomod_path / f"{anchor.version}.mod").read_text()
+    for name, text in wrapper_files(anchor, gomod).items():
+        (src / name).write_text(text)
     _run(["go", "mod", "tidy", "-e"], src, env)
     return src
+
+
+def _escape(module: str) -> str:
+    """The module proxy's case encoding: every upper-case letter becomes `!` + lower case."""
+    return re.sub(r"[A-Z]", lambda m: "!" + m.group(0).lower(), module)
 
 
 @contextlib.contextmanager
