@@ -190,10 +190,28 @@ def cluster(quick: bool, output_dir: Path) -> None:
 @bench.command("proxy-sync")
 @click.option("--services", "scales", type=int, multiple=True, help="Service counts (repeatable).")
 @click.option("--variant", "variants", type=click.Choice(["legacy", "nft"]), multiple=True)
+@click.option(
+    "--peers",
+    default=None,
+    help="Run on a real API server beside these real peers (comma-separated, e.g. "
+    "kube-proxy-iptables,kube-proxy-nftables; `none`: netplane alone).",
+)
+@click.option("--changes", type=int, default=None, help="With --peers: endpoint changes per point.")
 @_quick
 @_output_dir
-def proxy_sync(scales, variants, quick, output_dir) -> None:
-    """The proxy's own sync benchmark (see bench/README.md, Proxy sync benchmark)."""
+def proxy_sync(scales, variants, peers, changes, quick, output_dir) -> None:
+    """The proxy's own sync benchmark, or with --peers netplane beside the real kube-proxy on
+    one real API server (see bench/README.md, Proxy sync benchmark)."""
+    if peers is not None:
+        from netplane.bench.proxy_peers import Plan, run
+
+        names = [] if peers == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+        try:
+            plan = Plan.make(quick, scales, names, changes)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--peers") from e
+        _run_checkpointed("proxy-peers", lambda checkpoint: run(plan, checkpoint), output_dir)
+        return
     _run_plugged("proxy-sync", "netplane.bench.proxy_sync", "the proxy sync benchmark",
                  output_dir, scales=list(scales) or None, variants=list(variants) or None,
                  quick=quick)  # fmt: skip
@@ -217,9 +235,10 @@ def proxy_sync(scales, variants, quick, output_dir) -> None:
     help="Also write PNG plots of all FILES here.",
 )
 def compare(files: tuple[Path, ...], alpha: float, plot_dir: Path | None) -> None:
-    """Medians and ratios of FILES against the first one, marking significant differences."""
+    """Medians and ratios of FILES against the first one, marking significant differences;
+    one FILE alone: its medians, contenders side by side."""
     from netplane.bench._results import ResultError, load_result
-    from netplane.bench.compare import format_table
+    from netplane.bench.compare import format_summary, format_table
 
     try:
         loaded = [(f.name, load_result(f)) for f in files]
@@ -227,10 +246,17 @@ def compare(files: tuple[Path, ...], alpha: float, plot_dir: Path | None) -> Non
         raise click.ClickException(str(e)) from e
     if len(loaded) > 1:
         click.echo(format_table(loaded[0], loaded[1:], alpha))
+    elif plot_dir is None:
+        click.echo(format_summary(*loaded[0]))
     if plot_dir is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise click.ClickException(
+                "plots need matplotlib, which the `bench` extra installs: "
+                "pip install 'netplane[bench]' (or just: pip install matplotlib)"
+            ) from e
         from netplane.bench.plots import all_plots
 
         for path in all_plots(loaded, plot_dir):
             click.echo(f"wrote {path}")
-    elif len(loaded) == 1:
-        raise click.UsageError("give two or more files to compare, or --plot-dir to plot one")

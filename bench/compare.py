@@ -4,6 +4,10 @@ Benchmarks on a shared 2-core machine are noisy, so a ratio alone says little. E
 carries its raw samples and two runs are compared with the Mann-Whitney U test (two-sided):
 it assumes no distribution shape, which suits latencies with long tails. A row is marked
 significant only when p < alpha AND enough samples exist for the test to mean anything.
+
+The test comes from scipy (the `bench` extra). Without it `compare` still prints medians and
+ratios, and says what to install for the p-values: reading results must work on a plain
+install, for example on the Raspberry Pi a result file was copied to.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 from netplane.bench._results import Result, Series
 
 MIN_SAMPLES = 3  # below this the U test cannot reach p < 0.05 on either side
+SCIPY_MISSING = (
+    "p-values need scipy, which the `bench` extra installs: "
+    "pip install 'netplane[bench]' (or just: pip install scipy)"
+)
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]  # (benchmark, metric, labels)
 
 
@@ -48,13 +56,21 @@ def index(result: Result) -> dict[SeriesKey, Series]:
 
 def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided p-value that A and B come from the same distribution (None: too few)."""
-    if len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES:
+    if len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES or not have_scipy():
         return None
     from scipy.stats import mannwhitneyu
 
     if len(set(a) | set(b)) == 1:
         return 1.0  # all identical: scipy warns and returns nan; they are the same
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def have_scipy() -> bool:
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def compare(base: Result, other: Result) -> list[Row]:
@@ -127,10 +143,13 @@ def format_table(
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    lines.append(
-        f"* = significant (Mann-Whitney U, two-sided, p < {alpha}); "
-        f"n/a = fewer than {MIN_SAMPLES} samples. Medians; ratio = other / base."
-    )
+    if have_scipy():
+        lines.append(
+            f"* = significant (Mann-Whitney U, two-sided, p < {alpha}); "
+            f"n/a = fewer than {MIN_SAMPLES} samples. Medians; ratio = other / base."
+        )
+    else:
+        lines.append(f"Medians; ratio = other / base. No significance marks: {SCIPY_MISSING}.")
     if any(r.emulated for _, r in (base, *others)):
         lines.append("EMULATED runs ran under qemu-user: their figures are not hardware figures.")
     return "\n".join(lines)
@@ -143,3 +162,42 @@ def median_by(result: Result, metric: str) -> Mapping[tuple[tuple[str, str], ...
         for s in result.series
         if s.metric == metric and s.values
     }
+
+
+def format_summary(name: str, result: Result, column: str = "impl") -> str:
+    """One run on its own: the median (and sample count) of every series, with the values
+    of the COLUMN label side by side (for the proxy-peers run: netplane beside kube-proxy)."""
+    columns: list[str] = []
+    rows: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Series]] = {}
+    for s in result.series:
+        if not s.values:
+            continue
+        col = str(s.labels.get(column, "value"))
+        if col not in columns:
+            columns.append(col)
+        rest = tuple((k, str(v)) for k, v in s.labels.items() if k != column)
+        rows.setdefault((s.metric, rest), {})[col] = s
+    table = [("series", *columns)]
+    for (metric, rest), cells in rows.items():
+        desc = " ".join([metric, *(f"{k}={v}" for k, v in rest)])
+        table.append(
+            (
+                desc,
+                *(_cell(cells[c]) if c in cells else "-" for c in columns),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = [f"{label(result, name)}: {result.benchmark}, medians"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    for s in result.skipped:
+        lines.append(f"  skipped {s.what}: {s.reason.splitlines()[0] if s.reason else ''}")
+    return "\n".join(lines)
+
+
+def _cell(s: Series) -> str:
+    median = format_value(statistics.median(s.values), s.unit)
+    if len(s.values) == 1:
+        return median
+    ordered = sorted(s.values)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return f"{median} (p90 {format_value(p90, s.unit)}, n={len(s.values)})"
