@@ -26,13 +26,13 @@ from netplane.bench._scenario import ABSENT, FLUSH, Expect, ProbeService, cycle
 NOOP_WINDOW = 0.5  # seconds of daemon CPU counted after rewriting an unchanged manifest
 
 
-def _cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """utime+stime of PID and of the children it waited for (iptables-restore), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def _peak_rss(pid: int) -> int:
+def process_peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
@@ -134,7 +134,7 @@ def run_e2e(
                         raise
             for _ in range(repeat):
                 for step in steps:
-                    t0, c0 = time.monotonic(), _cpu(daemon.proc.pid)
+                    t0, c0 = time.monotonic(), process_cpu(daemon.proc.pid)
                     for state, expect in step.transitions:
                         write(state)
                         t1 = ns.call(
@@ -148,11 +148,11 @@ def run_e2e(
                             cancel=ns.closing,
                         )
                     latency[step.change].append(t1 - t0)
-                    cpu[step.change].append(_cpu(daemon.proc.pid) - c0)
-                c0 = _cpu(daemon.proc.pid)
+                    cpu[step.change].append(process_cpu(daemon.proc.pid) - c0)
+                c0 = process_cpu(daemon.proc.pid)
                 write(ABSENT)  # unchanged content, new file: parsed again, nothing to sync
                 time.sleep(NOOP_WINDOW)
-                cpu["noop-resync"].append(_cpu(daemon.proc.pid) - c0)
+                cpu["noop-resync"].append(process_cpu(daemon.proc.pid) - c0)
             write(up)
             ns.call(
                 wait_for,
@@ -162,15 +162,15 @@ def run_e2e(
                 cancel=ns.closing,
             )
             for _ in range(flush_repeat):
-                t0, c0 = time.monotonic(), _cpu(daemon.proc.pid)
+                t0, c0 = time.monotonic(), process_cpu(daemon.proc.pid)
                 ns.exec(f"iptables-{variant}-restore", "-w", "10", input=FLUSH)
                 end = t0 + change_timeout
                 ns.call(wait_for, probe_ip, Expect("refused"), end, cancel=ns.closing)
                 t1 = ns.call(wait_for, probe_ip, Expect("open"), end, cancel=ns.closing)
                 latency["flush-resync"].append(t1 - t0)
-                cpu["flush-resync"].append(_cpu(daemon.proc.pid) - c0)
+                cpu["flush-resync"].append(process_cpu(daemon.proc.pid) - c0)
                 _await_canary(ns, variant, end)
-            peak = _peak_rss(daemon.proc.pid)
+            peak = process_peak_rss(daemon.proc.pid)
             daemon.check()
         except (ProbeTimeout, RuntimeError) as e:  # keep the other points' figures
             skipped.append(Skipped(f"e2e {variant} {services}x{endpoints}", str(e)))

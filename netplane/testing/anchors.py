@@ -121,8 +121,17 @@ def require(*names: str) -> dict[str, Path]:
     return {n: binary(n) for n in names}
 
 
+MIN_GO = "1.24"  # what Kubernetes v1.33 and CoreDNS 1.15 need
+
+
+def go() -> str:
+    """The Go toolchain: on PATH, or where the official tarball installs it (a PATH that lost
+    /usr/local/go/bin, as under sudo or a CI runner, still finds it)."""
+    return shutil.which("go") or shutil.which("go", path="/usr/local/go/bin") or ""
+
+
 def _goproxy() -> str:
-    env = subprocess.run(["go", "env", "GOPROXY"], capture_output=True, text=True, check=True)
+    env = subprocess.run([go(), "env", "GOPROXY"], capture_output=True, text=True, check=True)
     return env.stdout.strip().split(",")[0].split("|")[0]
 
 
@@ -196,15 +205,15 @@ def _wrapper(anchor: Anchor, work: Path, env: dict[str, str]) -> Path:
     if (src / "go.sum").is_file():
         return src
     src.mkdir(parents=True, exist_ok=True)
-    _run(["go", "mod", "download", "-json", f"{anchor.module}@{anchor.version}"], src, env)
+    _run([go(), "mod", "download", "-json", f"{anchor.module}@{anchor.version}"], src, env)
     modcache = subprocess.run(
-        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
+        [go(), "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
     gomod_path = Path(modcache) / "cache/download" / _escape(anchor.module) / "@v"
     gomod = (gomod_path / f"{anchor.version}.mod").read_text()
     for name, text in wrapper_files(anchor, gomod).items():
         (src / name).write_text(text)
-    _run(["go", "mod", "tidy", "-e"], src, env)
+    _run([go(), "mod", "tidy", "-e"], src, env)
     return src
 
 
@@ -243,7 +252,7 @@ def build_one(anchor: Anchor) -> float:
     if anchor.wrapper:
         src = _wrapper(anchor, cache_dir() / "src", env)
         _run(
-            ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp), anchor.package],
+            [go(), "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(tmp), anchor.package],
             src,
             env,
         )
@@ -254,7 +263,7 @@ def build_one(anchor: Anchor) -> float:
         env.pop("GOFLAGS")
         _run(
             [
-                "go",
+                go(),
                 "install",
                 "-trimpath",
                 f"-ldflags={ldflags}",
@@ -281,8 +290,11 @@ def _cache_lock() -> Iterator[None]:
 def build(names: Iterable[str] | None = None, force: bool = False) -> dict[str, float | None]:
     """Build what is missing or out of date; name -> seconds (None: reused from the cache)."""
     chosen = [ANCHORS[n] for n in (names or ANCHORS)]
-    if shutil.which("go") is None:
-        raise AnchorError("`go` is not on PATH: the anchors are built with the Go toolchain")
+    if not go():
+        raise AnchorError(
+            "no Go toolchain (`go` on PATH or /usr/local/go/bin/go): the anchors are built "
+            f"with Go >= {MIN_GO} (Debian 12's golang package is 1.19, too old)"
+        )
     taken: dict[str, float | None] = {}
     with _cache_lock():
         todo = [a for a in chosen if force or not is_built(a.name)]

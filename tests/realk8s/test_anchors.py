@@ -3,7 +3,6 @@ cache's reuse, and the message when the Go module proxy is unreachable."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 from dataclasses import replace
 
@@ -107,7 +106,7 @@ def test_a_changed_pin_means_not_built(cache, monkeypatch) -> None:
     assert not anchors.is_built("etcd")
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+@pytest.mark.skipif(not anchors.go(), reason="needs the Go toolchain")
 def test_build_reuses_the_cache_without_the_network(cache, monkeypatch) -> None:
     monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{_closed_port()}")
     _fake_built("kubectl", anchors.ANCHORS["kubectl"].pin)
@@ -120,7 +119,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when the block ends: connections refused
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+@pytest.mark.skipif(not anchors.go(), reason="needs the Go toolchain")
 def test_unreachable_module_proxy_says_so(cache, monkeypatch, capsys) -> None:
     port = _closed_port()
     monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{port}")
