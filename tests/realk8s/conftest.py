@@ -19,6 +19,7 @@ from netplane import netns
 from netplane.netns import unique_name
 from netplane.testing import anchors
 from netplane.testing.controlplane import ControlPlane, Node
+from netplane.testing.lab import Lab
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +85,11 @@ class Daemon:
 
 @dataclass
 class NetplaneNode:
-    """A node namespace with a pod bridge (netns.Lab) on the control plane's hub, running
+    """A node namespace with a pod bridge (Lab) on the control plane's hub, running
     `netplane proxy run` and `netplane dns serve` under the shipped ServiceAccounts."""
 
     cp: ControlPlane
-    lab: netns.Lab
+    lab: Lab
     node: Node
     proxy: Daemon
     dns: Daemon
@@ -110,7 +111,7 @@ class NetplaneNode:
 @pytest.fixture
 def netplane_node(shipped_rbac: ControlPlane, tmp_path: Path) -> Iterator[NetplaneNode]:
     cp = shipped_rbac
-    with netns.Lab(prefix="npk8sl") as lab:
+    with Lab(prefix="npk8sl") as lab:
         node = cp.add_node(unique_name("node"), namespace=lab.node)
         daemons: list[Daemon] = []
         try:

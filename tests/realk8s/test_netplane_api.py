@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from netplane import netns
+from netplane.testing.lab import probe, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,11 @@ def _service(node, ns: str, name: str, pods: list) -> str:
 
 
 def _answers(node, client, ip: str, count: int = 12) -> set[str]:
-    return {line.split()[0] for line in netns.probe(client.ns, ip, 80, count, timeout=2)}
+    return {line.split()[0] for line in probe(client.ns, ip, 80, count, timeout=2)}
 
 
 def _until(predicate, what: str, timeout: float = WAIT):
-    return netns.wait_for(predicate, timeout, interval=0.2, what=what)
+    return wait_for(predicate, timeout, interval=0.2, what=what)
 
 
 def test_kubectl_changes_reach_rules_dns_and_traffic(netplane_node, k8s_namespace) -> None:

@@ -508,7 +508,7 @@ class ControlPlane:
         """A node namespace on the hub (eth0 172.30.1.N/16) and, with REGISTER, its Node object
         (InternalIP, Hostname, spec.podCIDR 10.244.N.0/24), as kube-proxy looks itself up.
 
-        NAMESPACE attaches an existing namespace instead (a `netns.Lab` node, say): it gets the
+        NAMESPACE attaches an existing namespace instead (a `Lab` node, say): it gets the
         hub link only, and stays when the node is removed.
         """
         if name in self.nodes:

@@ -12,22 +12,10 @@ Loopback traffic only, nothing in the root namespace changes.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import socket
 import sys
 
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(name: str) -> None:
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+from netplane._setns import enter
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -61,7 +49,7 @@ def main() -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(512)
-    enter_netns(netns)
+    enter(netns)  # a single-threaded process: all of it moves
     print(listener.getsockname()[1], flush=True)
     asyncio.run(_serve(listener, host, port))
 
