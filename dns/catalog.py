@@ -19,6 +19,7 @@ from typing import Any
 
 from netplane.dns.records import (
     AAAA,
+    PTR,
     A,
     Contribution,
     Owner,
@@ -28,6 +29,7 @@ from netplane.dns.records import (
     reverse_name,
     service_base,
     service_ips,
+    service_name_records,
     service_records,
     static_records,
 )
@@ -113,12 +115,22 @@ class Catalog:
             if len(labels) == 1:
                 return () if labels[0] in self.namespaces else None
             key = (labels[-1], labels[-2])
+            if len(labels) == 2:  # the service's own name: the common case, made directly
+                svc = self.services.get(key)
+                if svc is None:
+                    return None
+                records = service_name_records(svc, self.slices.get(key, ()), zone)
+                if records is not None:
+                    return records
             return self._service_contribution(key).get(name)
         if name.endswith(".pod." + zone):
             return self._pod(name[: -len(zone) - 5].split("."))
         owners = self.reverse.get(name)
         if owners is not None:
             if len(owners) == 1:
+                svc = self.services.get(owners[0][1:])
+                if svc is not None and name in _cluster_ptrs(svc):  # a VIP: no endpoints needed
+                    return (Record(PTR, service_base(svc.namespace, svc.name, zone)),)
                 return self._service_contribution(owners[0][1:]).get(name)
             merged: list[Record] = []
             for owner in owners:
@@ -187,6 +199,10 @@ class Catalog:
             delta.serial,
             delta.synced,
         )
+
+
+def _cluster_ptrs(svc: Service) -> tuple[str, ...]:
+    return () if svc.headless else tuple(reverse_name(ip) for ip in svc.cluster_ips)
 
 
 def _layer(mapping: Mapping) -> Layered:

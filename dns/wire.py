@@ -9,6 +9,7 @@ dnslib builds the records (once per name) and parses anything unusual.
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import RR, DNSRecord
 from dnslib import SOA as SOA_RD
 from dnslib import SRV as SRV_RD
 from dnslib import TXT as TXT_RD
@@ -78,29 +79,86 @@ def rr(name: str, record: Record, ttl: int) -> RR:
 
 
 def compile_answer(qname_wire: bytes, qtype: int, answer: Answer, ttl: int) -> Compiled:
-    """Pack an answer once with dnslib and keep the bytes after the question.
+    """Pack an answer once and keep the bytes after the question.
 
     Our own answers are authoritative (AA) and never claim recursion (RA clear), as
     CoreDNS's `kubernetes` plugin answers; only relayed upstream answers set RA."""
-    msg = DNSRecord(DNSHeader(id=0, qr=1, aa=1, rcode=answer.rcode), q=DNSQuestion("x", qtype))
-    msg.questions = [DNSQuestion(DNSLabel(_labels(qname_wire)), qtype)]
-    cut = 0
-    for section, add in (
-        (answer.answer, msg.add_answer),
-        (answer.authority, msg.add_auth),
-        (answer.additional, msg.add_ar),
-    ):
-        if section and section is answer.additional:
-            cut = len(msg.pack()) - 12 - len(qname_wire) - 4
-        for name, record in section:
-            add(rr(name, record, ttl))
-    wire = msg.pack()
-    tail = wire[12 + len(qname_wire) + 4 :]
-    cut = cut if answer.additional else len(tail)
+    packer = _Packer(qname_wire)
+    for name, record in answer.answer:
+        packer.record(name, record, ttl)
+    for name, record in answer.authority:
+        packer.record(name, record, ttl)
+    cut = len(packer.out)
+    for name, record in answer.additional:
+        packer.record(name, record, ttl)
     counts = (1, len(answer.answer), len(answer.authority), len(answer.additional))
     depends = tuple(sorted(answer.depends))
-    return Compiled(_heads(QR | AA | answer.rcode, counts), tail, cut, depends, answer.rcode,
-                    answer.chase)  # fmt: skip
+    return Compiled(_heads(QR | AA | answer.rcode, counts), bytes(packer.out), cut, depends,
+                    answer.rcode, answer.chase)  # fmt: skip
+
+
+class _Packer:
+    """Records after a question at offset 12, names compressed (RFC 1035 4.1.4).
+
+    By hand rather than with dnslib: a cache miss costs ~5x less. SRV targets are written
+    uncompressed (RFC 2782), as dnslib and CoreDNS do."""
+
+    def __init__(self, qname_wire: bytes) -> None:
+        self.out = bytearray()
+        self.base = 12 + len(qname_wire) + 4
+        self.names: dict[str, int] = {}
+        labels = [label.decode("latin-1").lower() for label in _labels(qname_wire)]
+        offset = 12
+        for i, label in enumerate(labels):
+            self.names[".".join(labels[i:])] = offset
+            offset += 1 + len(label)
+
+    def name(self, name: str, compress: bool = True) -> None:
+        labels = name.split(".") if name else []
+        out = self.out
+        for i in range(len(labels)):
+            suffix = ".".join(labels[i:])
+            offset = self.names.get(suffix)
+            if offset is not None and compress:
+                out += struct.pack("!H", 0xC000 | offset)
+                return
+            here = self.base + len(out)
+            if here < 0x4000:
+                self.names.setdefault(suffix, here)
+            label = labels[i].encode("latin-1")
+            if not 0 < len(label) < 64:
+                raise ValueError(f"{name!r}: bad label length")
+            out.append(len(label))
+            out += label
+        out.append(0)
+
+    def record(self, owner: str, record: Record, ttl: int) -> None:
+        self.name(owner)
+        out = self.out
+        out += struct.pack("!HHIH", record.rtype, 1, ttl, 0)
+        start = len(out)
+        value = record.value
+        rtype = record.rtype
+        if rtype == A:
+            out += socket.inet_pton(socket.AF_INET, value)
+        elif rtype == AAAA:
+            out += socket.inet_pton(socket.AF_INET6, value)
+        elif rtype in (CNAME, PTR, NS):
+            self.name(value)
+        elif rtype == SRV:
+            out += struct.pack("!HHH", *value[:3])
+            self.name(value[3], compress=False)
+        elif rtype == SOA:
+            self.name(value[0])
+            self.name(value[1])
+            out += struct.pack("!IIIII", *value[2:])
+        elif rtype == TXT:
+            text = value.encode()
+            out.append(len(text))
+            out += text
+        else:
+            raise ValueError(f"cannot pack record type {rtype}")
+        struct.pack_into("!H", out, start - 2, len(out) - start)
 
 
 def _heads(flags: int, counts: tuple[int, int, int, int]) -> tuple[bytes, ...]:

@@ -104,6 +104,16 @@ def lab_objects():
         service("big", ips=None),
         endpoint_slice("big", addresses=[f"10.44.{i // 250}.{i % 250 + 1}" for i in range(200)]),
         pod("client", "default", "10.244.0.7"),
+        # the cases CoreDNS answers that netplane once did not (issue 13)
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "empty"}},
+        service(
+            "external", "testns", type="ExternalName", externalName="ext.interwebs.test", ips=()
+        ),
+        endpoint_slice("blue", addresses=[("10.244.1.5", ""), ("10.244.1.6", "named")]),
+        service("srvh", ips=None),
+        endpoint_slice(
+            "srvh", addresses=[(f"10.244.2.{i}", f"backend-host-number-{i}") for i in range(6)]
+        ),
     ]
 
 

@@ -75,15 +75,17 @@ def test_zone_transfers_are_refused(rdtype):
 
 
 def test_truncation_drops_additional_records_first():
-    """5 SRV + 5 additional A over UDP without EDNS: the SRVs fit alone, so no TC."""
-    sl = dataclasses.replace(SLICE, ports=(EndpointPort(80, name="http"),))
+    """6 SRV + 6 additional A over UDP without EDNS: the SRVs fit alone, so no TC."""
+    eps = tuple(Endpoint((f"10.1.0.{i}",), hostname=f"backend-host-number-{i}") for i in range(6))
+    sl = EndpointSlice("default", "h-1", "h", endpoints=eps, ports=(EndpointPort(80, name="http"),))
     engine = _engine(HDLS, sl)
-    full = _ask(engine, f"_http._tcp.h.default.svc.{Z}.", "SRV", tcp=True)
-    assert len(full.answer[0]) == 5 and len(full.additional) == 5
-    assert len(full.to_wire()) > 512
-    r = _ask(engine, f"_http._tcp.h.default.svc.{Z}.", "SRV", use_edns=False)
+    name = f"_http._tcp.h.default.svc.{Z}."
+    wire = dns.message.make_query(name, "SRV", use_edns=False).to_wire()
+    full, _, _ = engine.respond(wire, ("127.0.0.1", 5), True)
+    assert len(full) > 512 and len(dns.message.from_wire(full).additional) == 6
+    r = _ask(engine, name, "SRV", use_edns=False)
     assert not r.flags & dns.flags.TC
-    assert len(r.answer[0]) == 5 and not r.additional
+    assert len(r.answer[0]) == 6 and not r.additional
     big = EndpointSlice("default", "h-1", "h", ports=(EndpointPort(80, name="http"),),
                         endpoints=tuple(Endpoint((f"10.1.1.{i}",)) for i in range(60)))  # fmt: skip
     r = _ask(_engine(HDLS, big), f"h.default.svc.{Z}.", use_edns=False)

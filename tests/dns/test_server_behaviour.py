@@ -8,9 +8,11 @@ import struct
 import threading
 import time
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, A, DNSRecord
 
@@ -78,6 +80,30 @@ def test_forwarding_with_cache(start_server, upstream, k8s):
         metrics = srv.http(srv.metrics_port, "/metrics")[1]
         time.sleep(0.3)
     assert "coredns_cache_hits_total{server=" in metrics
+
+
+def test_external_name_out_of_zone_through_the_upstream(start_server, upstream, k8s):
+    """CNAME + the target's A from the upstream (as CoreDNS and the DNS spec's example);
+    RA only on what the upstreams answered, never on our own authoritative answers."""
+    import subprocess
+
+    srv = start_server(None, "--upstream", f"127.0.0.1:{upstream.port}")
+    out = subprocess.run(
+        ["dig", "+tries=1", "+time=3", "-p", str(srv.port), f"@{srv.host}",
+         f"external.testns.svc.{Z}", "A"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+    assert "ext.interwebs.test." in out and "192.0.2.1" in out
+    r = srv.query(f"external.testns.svc.{Z}")
+    assert [(rr.rdtype, rr[0].to_text()) for rr in r.answer] == [
+        (dns.rdatatype.CNAME, "ext.interwebs.test."),
+        (dns.rdatatype.A, "192.0.2.1"),
+    ]
+    assert upstream.queries == ["ext.interwebs.test."]
+    r = srv.query(f"blue.default.svc.{Z}")
+    assert r.flags & dns.flags.AA and not r.flags & dns.flags.RA
+    r = srv.query("www.example.test.")
+    assert r.flags & dns.flags.RA and not r.flags & dns.flags.AA
 
 
 def test_object_changes_show_up(start_server, k8s):

@@ -157,3 +157,61 @@ def test_dig_client(lab_server):
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout  # fmt: skip
     assert out.split() == ["10.108.244.161"]
+
+
+def _dig(srv, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["dig", "+tries=1", "+time=3", "-p", str(srv.port), f"@{srv.host}", *args],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_ptr_for_endpoints_of_clusterip_services(lab_server, k8s):
+    assert _dig(lab_server, "+short", "-x", "10.244.1.5").split() == [
+        "10-244-1-5.blue.default.svc.cluster.local."
+    ]
+    assert _dig(lab_server, "+short", "-x", "10.244.1.6").split() == [
+        "named.blue.default.svc.cluster.local."
+    ]
+    assert k8s.rrs(lab_server.query(f"named.blue.default.svc.{Z}")) == ["10.244.1.6"]
+    assert k8s.rrs(lab_server.query(f"blue.default.svc.{Z}")) == ["10.108.244.161"]
+
+
+def test_service_cidr_reverse_zone_is_authoritative(lab_server, k8s):
+    out = _dig(lab_server, "-x", "10.96.99.99")
+    assert "status: NXDOMAIN" in out and "flags: qr aa rd" in out
+    r = lab_server.query("99.99.96.10.in-addr.arpa.", "PTR")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert k8s.rrs(r, "authority", "SOA")[0].startswith("ns.dns.10.in-addr.arpa. hostmaster.")
+    assert lab_server.query("1.2.0.192.in-addr.arpa.", "PTR").rcode() == dns.rcode.REFUSED
+
+
+def test_namespace_without_services_is_nodata(lab_server, k8s):
+    r = lab_server.query(f"empty.svc.{Z}")
+    assert r.rcode() == dns.rcode.NOERROR and not r.answer
+    assert k8s.rrs(r, "authority", "SOA")
+    assert lab_server.query(f"nosuchns.svc.{Z}").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_zone_transfers_are_refused(lab_server):
+    q = dns.message.make_query(Z, "AXFR")
+    r = dns.query.tcp(q, lab_server.host, port=lab_server.port, timeout=3)
+    assert r.rcode() == dns.rcode.REFUSED
+    assert "Transfer failed" in _dig(lab_server, "AXFR", Z)
+
+
+def test_truncation_keeps_the_answer_and_drops_additional_first(lab_server, k8s):
+    name = f"_http._tcp.srvh.default.svc.{Z}"
+    full = lab_server.query(name, "SRV", tcp=True)
+    assert len(full.to_wire()) > 512 and len(k8s.rrs(full, "additional")) == 6
+    out = _dig(lab_server, "+noedns", "+ignore", "+notcp", name, "SRV")
+    assert "flags: qr aa rd;" in out and "ANSWER: 6, AUTHORITY: 0, ADDITIONAL: 0" in out
+    r = lab_server.query(name, "SRV", use_edns=False)
+    assert not r.flags & dns.flags.TC and len(k8s.rrs(r)) == 6
+
+
+def test_external_name_without_upstream_is_the_cname_alone(lab_server, k8s):
+    r = lab_server.query(f"external.testns.svc.{Z}")
+    assert r.rcode() == dns.rcode.NOERROR and k8s.rrs(r) == ["ext.interwebs.test."]
