@@ -17,9 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from dnslib import QTYPE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
 from netplane.dns.answer import NXDOMAIN, SERVFAIL
+from netplane.dns.wire import label
 
 log = logging.getLogger(__name__)
 MAX_TTL = 3600
@@ -79,7 +80,7 @@ class Forwarder:
     def _ask(self, qname: str, qtype: int, qclass: int) -> DNSRecord | None:
         request = DNSRecord(
             DNSHeader(id=random.getrandbits(16), rd=1),
-            q=DNSQuestion(DNSLabel(qname), qtype, qclass),
+            q=DNSQuestion(label(qname), qtype, qclass),
         )
         wire = request.pack()
         for host, port in self.upstreams:

@@ -23,7 +23,7 @@ from dnslib import CNAME as CNAME_RD
 from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from netplane.dns.answer import NOERROR, SERVFAIL
-from netplane.dns.wire import AA, OPT_RR, QR, RA, RD, TC, Query
+from netplane.dns.wire import AA, OPT_RR, QR, RA, RD, TC, Query, label, labels
 
 FORWARD, SEARCH, CHASE = 0, 1, 2
 
@@ -61,7 +61,7 @@ def finish(action: Upstream, name: str, reply: DNSRecord | None) -> bytes | None
     if action.kind == SEARCH:
         if reply.header.rcode != NOERROR or not reply.rr:
             return None  # autopath moves on, as the client's own search would
-        cname = RR(query.qname, QTYPE.CNAME, ttl=action.ttl, rdata=CNAME_RD(name))
+        cname = RR(_qname(query), QTYPE.CNAME, ttl=action.ttl, rdata=CNAME_RD(label(name)))
         found = DNSRecord(DNSHeader(rcode=NOERROR), q=reply.q)
         found.rr, found.auth, found.ar = [cname, *reply.rr], reply.auth, reply.ar
         return respond(query, found, action.limit)
@@ -88,7 +88,7 @@ def respond(
     )
     opt = OPT_RR if query.edns_size else b""
     for additional in (sections[2], []):
-        body = DNSRecord(DNSHeader(id=0), q=DNSQuestion(DNSLabel(query.qname), query.qtype))
+        body = DNSRecord(DNSHeader(id=0), q=DNSQuestion(_qname(query), query.qtype))
         body.rr, body.auth, body.ar = list(sections[0]), list(sections[1]), list(additional)
         tail = body.pack()[12 + len(query.question) :] + opt
         counts = (1, len(body.rr), len(body.auth), len(body.ar) + (1 if opt else 0))
@@ -97,3 +97,9 @@ def respond(
             return out
     head = struct.pack("!HHHHH", flags | TC, 1, 0, 0, 1 if opt else 0)
     return query.id + head + query.question + opt
+
+
+def _qname(query: Query) -> DNSLabel:
+    """The question's name from its wire bytes (lower-cased: a str would be re-encoded by
+    dnslib as IDNA/UTF-8 and no longer have the length of the client's question)."""
+    return DNSLabel(labels(query.question[:-4].lower()))

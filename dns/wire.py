@@ -17,13 +17,13 @@ from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
 from dnslib import NS as NS_RD
 from dnslib import PTR as PTR_RD
-from dnslib import RR, DNSRecord
+from dnslib import RR, DNSLabel, DNSRecord
 from dnslib import SOA as SOA_RD
 from dnslib import SRV as SRV_RD
 from dnslib import TXT as TXT_RD
 from dnslib import A as A_RD
 
-from netplane.dns.answer import FORMERR, NOTIMP, Answer
+from netplane.dns.answer import FORMERR, NOTIMP, REFUSED, Answer
 from netplane.dns.records import AAAA, CNAME, NS, PTR, SOA, SRV, TXT, A, Record
 
 EDNS_PAYLOAD = 1232  # what we advertise (the DNS flag day 2020 value)
@@ -107,11 +107,11 @@ class _Packer:
         self.out = bytearray()
         self.base = 12 + len(qname_wire) + 4
         self.names: dict[str, int] = {}
-        labels = [label.decode("latin-1").lower() for label in _labels(qname_wire)]
+        parts = [part.lower().decode("latin-1") for part in labels(qname_wire)]
         offset = 12
-        for i, label in enumerate(labels):
-            self.names[".".join(labels[i:])] = offset
-            offset += 1 + len(label)
+        for i, part in enumerate(parts):
+            self.names[".".join(parts[i:])] = offset
+            offset += 1 + len(part)
 
     def name(self, name: str, compress: bool = True) -> None:
         labels = name.split(".") if name else []
@@ -176,7 +176,7 @@ def bare(rcode: int, aa: bool = False) -> Compiled:
     return Compiled(_heads(QR | (AA if aa else 0) | rcode, (1, 0, 0, 0)), b"", 0, (), rcode)
 
 
-def _labels(qname_wire: bytes) -> list[bytes]:
+def labels(qname_wire: bytes) -> list[bytes]:
     labels, pos = [], 0
     while qname_wire[pos]:
         n = qname_wire[pos]
@@ -211,13 +211,13 @@ def parse_question(data: bytes, qend: int) -> str | None:
         n = data[pos]
         if n == 0:
             break
-        if n > 63 or pos + 1 + n >= qend:
-            return None
+        if n > 63 or pos + 1 + n >= qend or 46 in data[pos + 1 : pos + 1 + n]:
+            return None  # a "." inside a label: the slow path refuses it
         labels.append(data[pos + 1 : pos + 1 + n])
         pos += n + 1
     if pos + 1 != qend or qend - 12 > 255:
         return None
-    return b".".join(labels).decode("latin-1").lower()
+    return b".".join(labels).lower().decode("latin-1")
 
 
 def error_response(data: bytes, rcode: int) -> bytes:
@@ -242,6 +242,8 @@ def parse_slow(data: bytes) -> Query | int | None:
     labels = list(q.qname.label)
     if any(len(label) > 63 for label in labels) or sum(len(x) + 1 for x in labels) + 1 > 255:
         return FORMERR
+    if any(b"." in label for label in labels):
+        return REFUSED  # legal, but no cluster name has one, and names are text inside
     qname_wire = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
     opt = [r for r in msg.ar if r.rtype == 41]
     edns = max(512, opt[0].rclass) if opt else 0
@@ -249,8 +251,13 @@ def parse_slow(data: bytes) -> Query | int | None:
         id=data[:2],
         flags=msg.header.bitmap,
         question=qname_wire + struct.pack("!HH", q.qtype, q.qclass),
-        qname=b".".join(labels).decode("latin-1").lower(),
+        qname=b".".join(labels).lower().decode("latin-1"),
         qtype=q.qtype,
         qclass=q.qclass,
         edns_size=edns,
     )
+
+
+def label(name: str) -> DNSLabel:
+    """A name we hold as text (latin-1 decoded wire labels) back as dnslib's labels."""
+    return DNSLabel([part.encode("latin-1") for part in name.split(".")] if name else [])
