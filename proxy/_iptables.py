@@ -83,14 +83,14 @@ class Iptables:
         argv = [f"{base}-{self.variant}{tool}"]
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
-    def _run(
-        self, argv: list[str], input: str | None = None, stop: threading.Event | None = None
-    ) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr); a STOP request kills the tool (SyncInterrupted)."""
+    def _run(self, argv: list[str], stop: threading.Event | None = None) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of a tool that reads no input; a STOP request kills
+        it (SyncInterrupted). Input goes through `restore_stream`'s feeder instead:
+        `communicate()` retried after a timeout stops writing what is left of its input."""
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -98,13 +98,11 @@ class Iptables:
         except OSError as e:  # missing binary
             raise RestoreError(f"{argv[0]}: {e}") from e
         deadline = time.monotonic() + TIMEOUT
-        data = input
         while True:
             try:
-                out, err = proc.communicate(data, timeout=_POLL if stop else TIMEOUT)
+                out, err = proc.communicate(timeout=_POLL if stop else TIMEOUT)
                 return proc.returncode, out, err
             except subprocess.TimeoutExpired:
-                data = None  # already being sent: communicate() keeps it
                 interrupted = stop is not None and stop.is_set()
                 if interrupted or time.monotonic() > deadline:
                     proc.kill()
@@ -117,9 +115,7 @@ class Iptables:
         return [*self._cmd("-restore"), "--noflush", "--counters", "-w", str(self.wait)]
 
     def restore(self, text: str, stop: threading.Event | None = None) -> None:
-        code, _, err = self._run(self._restore_argv(), text, stop)
-        if code != 0:
-            raise self._failure(err, text)
+        self.restore_stream((text,), stop)
 
     def restore_stream(self, pieces: Iterable[str], stop: threading.Event | None = None) -> int:
         """Like `restore("".join(PIECES))`, but iptables-restore starts at once and parses
@@ -151,12 +147,12 @@ class Iptables:
                     data = piece.encode()
                     sent.append(data)
                     feed.put(data)
-                if not feed.close(TIMEOUT):  # it stopped reading (a hung lock holder?)
-                    raise subprocess.TimeoutExpired(proc.args, TIMEOUT)
-                _wait(proc, stop)
+                feed.end()
+                _wait(proc, stop, feed)
             except BaseException as e:  # a failing producer, a stop, a hung lock: commit nothing
                 proc.kill()
-                feed.close()
+                feed.end()
+                feed.join()
                 proc.wait()
                 if isinstance(e, subprocess.TimeoutExpired):
                     raise RestoreError(f"{self._cmd('-restore')[-1]}: {e}") from e
@@ -180,7 +176,7 @@ class Iptables:
 
     def save(self, table: str | None = None, stop: threading.Event | None = None) -> str:
         argv = self._cmd("-save") + (["-t", table] if table else [])
-        code, out, err = self._run(argv, stop=stop)
+        code, out, err = self._run(argv, stop)
         if code != 0:
             raise RestoreError(f"{' '.join(argv[-3 if table else -1 :])} failed: {err.strip()}")
         return out
@@ -199,18 +195,21 @@ class Iptables:
         return probe.read()
 
 
-def _wait(proc: subprocess.Popen, stop: threading.Event | None) -> None:
-    """Wait for PROC (at most TIMEOUT); a STOP request raises SyncInterrupted."""
+def _wait(proc: subprocess.Popen, stop: threading.Event | None, feed: _Feeder) -> None:
+    """Wait until FEED has written everything and PROC exited (TimeoutExpired after
+    TIMEOUT: a hung lock holder?); a STOP request raises SyncInterrupted at once."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        try:
-            proc.wait(_POLL if stop else TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            if stop is not None and stop.is_set():
-                raise SyncInterrupted("restore stopped") from None
-            if time.monotonic() > deadline:
-                raise
+        if feed.join(_POLL):  # everything written: wait for the tool
+            try:
+                proc.wait(_POLL)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        if stop is not None and stop.is_set():
+            raise SyncInterrupted("restore stopped before its COMMIT")
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, TIMEOUT)
 
 
 class _Feeder:
@@ -220,15 +219,21 @@ class _Feeder:
         self._stdin = proc.stdin
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.broken = False  # the reader went away (iptables-restore failed and exited)
+        self._ended = False
         self._thread = threading.Thread(target=self._run, name="restore-feed", daemon=True)
         self._thread.start()
 
     def put(self, data: bytes) -> None:
         self._queue.put(data)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """End the input; False when the writer is still blocked after TIMEOUT seconds."""
-        self._queue.put(None)
+    def end(self) -> None:
+        """No more input: the writer closes the pipe once the queue is written (once)."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the writer to finish; False when it is still writing after TIMEOUT."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -238,7 +243,7 @@ class _Feeder:
                 self._stdin.write(data)
         except (BrokenPipeError, ValueError):
             self.broken = True
-            while self._queue.get() is not None:  # let close() finish
+            while self._queue.get() is not None:  # drain up to end()
                 pass
         finally:
             try:

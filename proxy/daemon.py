@@ -34,7 +34,7 @@ from netplane.state import ChangeTracker, ClusterState
 
 log = logging.getLogger(__name__)
 
-TICK = 0.25  # longest sleep, so a stop request is noticed quickly
+TICK = 0.1  # longest sleep, so a stop request is noticed quickly
 PROBE_PERIOD = 1.0  # seconds between O(1) looks for foreign writes
 MAX_BACKOFF = 30.0  # seconds, between failed syncs that got nowhere
 

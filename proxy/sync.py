@@ -118,7 +118,8 @@ class Syncer:
         start = time.monotonic()
         fresh = full or self._pending == _FULL
         resumed = not fresh and self._pending == _RESUME
-        if changes is None or changes.nodes or not self._rendered_all:
+        if fresh or resumed or changes is None or changes.nodes or not self._rendered_all:
+            # everything: also what a failed sync had taken (its UDP flows, its rules)
             keys = frozenset(snapshot.services) | frozenset(self._rules)
         else:
             keys = changes.services | changes.endpoints

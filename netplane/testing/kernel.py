@@ -11,13 +11,15 @@ injects failures. Either way:
 - `texts`: every restore input, in order (`take()` returns and forgets them);
 - faults: `fail_every=N` refuses every Nth restore call, `fail_next(n)` the next n; a
   refused call changes nothing (the real tool is not even started);
-- `fingerprint()` changes with every committed write, ours or anybody's.
+- `fingerprint()` changes with every committed write, ours or anybody's;
+- `after_restore(text)`, when set, runs after each committed restore (e.g. to set a stop
+  event "while" a full sync is under way).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from netplane.proxy._iptables import Iptables, RestoreError
 
@@ -50,6 +52,7 @@ class FakeIptables:
         self.refused = 0
         self._fail_next = 0
         self._generation = 0
+        self.after_restore: Callable[[str], None] | None = None  # called after each commit
         self.tables: dict[str, dict[str, list[str]]] = {
             t: {c: [] for c in chains} for t, chains in _BUILTIN.items()
         }
@@ -82,9 +85,11 @@ class FakeIptables:
             self.real.restore(text, stop=stop)
         else:
             self._apply(text)
+        if self.after_restore:
+            self.after_restore(text)
 
     def restore_stream(self, pieces: Iterable[str], stop: threading.Event | None = None) -> int:
-        if self.real and not self.fail_every and not self._fail_next:
+        if self.real and not (self.fail_every or self._fail_next or self.after_restore):
             sent: list[str] = []
             count = self.real.restore_stream(_kept(pieces, sent), stop=stop)
             self.calls += 1
