@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,7 @@ def start_source(source: Source, state: ClusterState) -> tuple[threading.Thread,
 
 
 _Signature = tuple[int, int, int]  # (inode, size, mtime_ns)
+SETTLE = 1.0  # seconds of quiet before an object that vanished from the files is removed
 
 
 class ManifestSource:
@@ -53,12 +55,22 @@ class ManifestSource:
     manifest file, such as a ConfigMap volume flipping its `..data` symlink) catches what
     inotify cannot see (NFS, some bind mounts). Only changed files are parsed again, and
     only the objects they define are compared and published, so a one-object edit costs the
-    same with ten services as with ten thousand.
+    same with ten services as with ten thousand. When several files define the same object,
+    the first file in path order wins and the others are reported.
 
-    An object that becomes invalid, or a file that stops parsing, keeps its last good
-    version in service: a typo in one manifest must not take a running service down.
-    Deleting the object from the file (or the file) removes it. When several files define
-    the same object, the first file in path order wins and the others are reported.
+    The last good state stays in service; only an object really removed from a present,
+    readable source is removed (proxy/README.md, "Sources", states the rule for users):
+    - an object that becomes invalid, or a file that stops parsing (a typo, or a file
+      caught half-written in the middle of a document), keeps its last good version;
+    - the path (file or directory) disappearing or becoming unreadable, or a file in it
+      that cannot be read (a dangling symlink, an I/O error, no permission), changes
+      nothing: the last good objects are served and `stale` says why (logged, and the
+      proxy's `netplane_source_stale` metric) until it is back;
+    - an object no longer defined by any readable file (deleted from its file, or its file
+      deleted) is removed once the source has been quiet for `settle` seconds (or has
+      stayed gone for ten times that): a file caught half-written exactly between two
+      documents, or a directory re-created and then refilled, is complete again by then.
+    At start, a missing path counts as empty (it may be created later).
     """
 
     def __init__(
@@ -67,10 +79,12 @@ class ManifestSource:
         poll_interval: float = 0.1,
         rescan_interval: float = 10.0,
         on_errors: Callable[[tuple[ManifestError, ...]], None] | None = None,
+        settle: float = SETTLE,
     ) -> None:
         self.path = Path(os.path.abspath(path))  # inotify reports absolute paths
         self.poll_interval = poll_interval  # when inotify is unavailable
         self.rescan_interval = rescan_interval
+        self.settle = settle
         self._on_errors = on_errors
         self._signatures: dict[Path, _Signature] = {}
         self._file_errors: dict[Path, tuple[ManifestError, ...]] = {}
@@ -78,6 +92,11 @@ class ManifestSource:
         self._definers: dict[ObjectKey, set[Path]] = {}  # files that define each object
         self._duplicates: set[ObjectKey] = set()  # keys defined in more than one file
         self._served: dict[ObjectKey, KubeObject] = {}
+        self._vanished: dict[ObjectKey, float] = {}  # served, defined nowhere: since when
+        self._unreadable: set[Path] = set()  # files whose last good objects stay
+        self._last_change = float("-inf")  # monotonic time a file last changed
+        self._read_once = False
+        self.stale: str | None = None  # why the last good objects are served, if they are
         self.errors: tuple[ManifestError, ...] = ()
 
     def sync_once(self, state: ClusterState, paths: Iterable[Path] | None = None) -> bool:
@@ -85,29 +104,101 @@ class ManifestSource:
 
         `paths`: the files an event named; None rescans the whole tree.
         """
+        now = time.monotonic()
+        listing: list[OSError] = []
+        exists = self.path.exists()
+        if exists and paths is None:
+            files = manifest_files(self.path, listing)
+        else:
+            files = list(paths or ())
+        problem = self._path_problem(exists, listing)
+        if problem and self._read_once:  # keep everything until the path is back
+            self._set_stale(problem)
+            return False
+        current: dict[Path, _Signature] = {}
+        unreadable: set[Path] = set()
+        for f in files:
+            sig = _signature(f)
+            if sig is not None:
+                current[f] = sig
+            elif os.path.lexists(f):  # listed, but cannot be looked at: a dangling link
+                unreadable.add(f)
         if paths is None:
-            current = {
-                f: sig
-                for f in (manifest_files(self.path) if self.path.exists() else [])
-                if (sig := _signature(f)) is not None
-            }
+            # files under a directory that could not be listed are not gone
+            bad = [Path(e.filename) for e in listing if e.filename]
+            unreadable |= {f for f in self._signatures if any(f.is_relative_to(d) for d in bad)}
             candidates = current.keys() | self._signatures.keys()
         else:
-            candidates = set(paths)
-            current = {f: sig for f in candidates if (sig := _signature(f)) is not None}
-        dirty = {f for f in candidates if current.get(f) != self._signatures.get(f)}
-        if not dirty and state.synced:
-            return False
-        for f in dirty:
+            candidates = set(files)
+        readable = candidates - unreadable
+        changed = {f for f in readable if current.get(f) != self._signatures.get(f)}
+        retry = readable & self._unreadable  # unreadable last time: try again
+        for f in changed:
             if f in current:
                 self._signatures[f] = current[f]
             else:
                 self._signatures.pop(f, None)
+        before = set(self._unreadable)
+        if paths is None:
+            self._unreadable = unreadable
+        else:
+            self._unreadable = (self._unreadable - set(files)) | unreadable
+        for f in unreadable:
+            self._file_errors[f] = (ManifestError(str(f), 0, "cannot read: no such file"),)
         affected: set[ObjectKey] = set()
-        for f in dirty:
+        for f in changed | retry:
             affected |= self._reload(f, f in current)
-        self._publish(state, affected)
-        return True
+        if changed:
+            self._last_change = now
+        if changed or retry or self._vanished or self._unreadable != before or not state.synced:
+            self._publish(state, affected, now)
+        self._read_once = True
+        self._set_stale(self._stale_reason(problem))
+        return bool(changed)
+
+    def _path_problem(self, exists: bool, listing: list[OSError]) -> str | None:
+        if not exists:
+            return f"{self.path}: no such file or directory"
+        for e in listing:
+            if e.filename and Path(e.filename) == self.path:
+                return f"{self.path}: cannot list: {e.strerror}"
+        return None
+
+    def _stale_reason(self, problem: str | None) -> str | None:
+        if problem:
+            return problem
+        if self._unreadable:
+            names = ", ".join(str(f) for f in sorted(self._unreadable)[:3])
+            more = ", ..." if len(self._unreadable) > 3 else ""
+            return f"{len(self._unreadable)} file(s) cannot be read: {names}{more}"
+        return None
+
+    def _set_stale(self, reason: str | None) -> None:
+        if reason == self.stale:
+            return
+        if reason:
+            log.warning("manifest source %s is stale (%s): serving its last good objects",
+                        self.path, reason)  # fmt: skip
+        else:
+            log.info("manifest source %s is readable again", self.path)
+        self.stale = reason
+
+    def _settled(self, now: float) -> set[ObjectKey]:
+        """The vanished objects to remove now: the source has been quiet long enough."""
+        quiet = now - self._last_change >= self.settle
+        out = {k for k, since in self._vanished.items() if quiet or now - since >= 10 * self.settle}
+        for key in out:
+            del self._vanished[key]
+        return out
+
+    def next_settle(self) -> float | None:
+        """Seconds until vanished objects may be removed (None: nothing waits)."""
+        if not self._vanished:
+            return None
+        now = time.monotonic()
+        quiet = self._last_change + self.settle
+        longest = min(self._vanished.values()) + 10 * self.settle
+        return max(0.0, min(quiet, longest) - now)
 
     def _reload(self, f: Path, exists: bool) -> set[ObjectKey]:
         """Re-read one file; returns the keys whose definition may have changed."""
@@ -120,7 +211,10 @@ class ManifestSource:
         result = load_file(f)
         if result.errors:  # only files with errors: this is sorted on every change
             self._file_errors[f] = result.errors
-        unreadable = not result.objects and any(e.document == 0 for e in result.errors)
+        whole_file = [e for e in result.errors if e.document == 0]
+        if any(e.message.startswith("cannot read") for e in whole_file):
+            self._unreadable.add(f)
+        unreadable = not result.objects and bool(whole_file)
         objects = (
             dict(old)
             if unreadable
@@ -135,9 +229,8 @@ class ManifestSource:
             self._definers.setdefault(key, set()).add(f)
         return old.keys() | objects.keys()
 
-    def _publish(self, state: ClusterState, affected: set[ObjectKey]) -> None:
+    def _publish(self, state: ClusterState, affected: set[ObjectKey], now: float) -> None:
         upserts: list[KubeObject] = []
-        deletes: list[ObjectKey] = []
         for key in affected:
             files = self._definers.get(key)
             if files and len(files) > 1:
@@ -146,13 +239,22 @@ class ManifestSource:
                 self._duplicates.discard(key)
             if not files:
                 self._definers.pop(key, None)
-                if self._served.pop(key, None) is not None:
-                    deletes.append(key)
+                if key in self._served:
+                    self._vanished.setdefault(key, now)
                 continue
+            self._vanished.pop(key, None)
             obj = self._file_objects[min(files)][key]
             if self._served.get(key) is not obj:
                 self._served[key] = obj
                 upserts.append(obj)
+        deletes = [
+            key
+            for key in self._settled(now)
+            if not self._definers.get(key) and self._served.pop(key, None) is not None
+        ]
+        if self._vanished and affected:
+            log.info("%d object(s) gone from %s: removed in %.1f s unless they come back",
+                     len(self._vanished), self.path, self.next_settle() or 0.0)  # fmt: skip
         state.apply(upserts, deletes)
         state.mark_synced()
         self._report_errors()
@@ -196,7 +298,13 @@ class ManifestSource:
             with RustNotify([str(watched)], False, False, 0, True, True) as watcher:
                 self._guarded(state)
                 while not stop.is_set() and watched.is_dir():
-                    events = watcher.watch(20, 2, int(self.rescan_interval * 1000), stop)
+                    settle = self.next_settle()  # wake up to remove what stayed gone
+                    timeout = (
+                        self.rescan_interval
+                        if settle is None
+                        else min(self.rescan_interval, settle + 0.05)
+                    )
+                    events = watcher.watch(20, 2, int(timeout * 1000), stop)
                     if not isinstance(events, set):  # "timeout": rescan; "stop"/"signal"
                         if events != "timeout":
                             break

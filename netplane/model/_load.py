@@ -135,17 +135,19 @@ def load_file(path: str | Path) -> LoadResult:
     return parse_manifests(text, str(path))
 
 
-def manifest_files(path: str | Path) -> list[Path]:
+def manifest_files(path: str | Path, errors: list[OSError] | None = None) -> list[Path]:
     """The manifest files under PATH (a file, or a directory searched recursively), sorted.
 
     Names starting with a dot are skipped, directories too: a ConfigMap volume keeps its
-    real files under `..<timestamp>/` and exposes them through symlinks.
+    real files under `..<timestamp>/` and exposes them through symlinks. Directories that
+    cannot be listed are skipped; ERRORS, when given, collects why (`.filename` says which).
     """
     path = Path(path)
     if not path.is_dir():
         return [path]
     found = []
-    for root, dirs, files in os.walk(path, followlinks=True):
+    onerror = errors.append if errors is not None else None
+    for root, dirs, files in os.walk(path, onerror=onerror, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(
             Path(root, f) for f in files if f.endswith(MANIFEST_SUFFIXES) and not f.startswith(".")

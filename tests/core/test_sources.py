@@ -25,7 +25,7 @@ def test_only_changes_are_applied(tmp_path):
     (tmp_path / "a.yaml").write_text(SVC % ("a", 80))
     (tmp_path / "b.yaml").write_text(SVC % ("b", 80))
     state = ClusterState()
-    source = ManifestSource(tmp_path)
+    source = ManifestSource(tmp_path, settle=0)  # removals at once (see test_sources_stale)
     source.sync_once(state)
     tracker = state.tracker()
     assert source.sync_once(state) is False  # nothing changed on disk
