@@ -18,9 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from netplane.bench import _workload as w
-from netplane.bench._netns import netns
+from netplane.bench._netns import Netns, netns
 from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
-from netplane.bench._results import Series, Skipped
+from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import ABSENT, FLUSH, Expect, ProbeService, cycle
 
 NOOP_WINDOW = 0.5  # seconds of daemon CPU counted after rewriting an unchanged manifest
@@ -39,7 +39,7 @@ def process_peak_rss(pid: int) -> int:
     return 0
 
 
-def _await_canary(ns, variant: str, deadline: float) -> None:
+def _await_canary(ns: Netns, variant: str, deadline: float) -> None:
     """Wait until the daemon's resync is complete (its canary, written last, is back).
 
     The nat rules answer the probe before the resync's last table is committed; flushing
@@ -96,7 +96,12 @@ def run_e2e(
 ) -> tuple[list[Series], list[Skipped]]:
     """Latency and daemon CPU per change kind at one scale on one iptables variant."""
     start_timeout, change_timeout = timeouts
-    labels = {"backend": variant, "services": services, "endpoints": endpoints, "impl": "netplane"}
+    labels: dict[str, Label] = {
+        "backend": variant,
+        "services": services,
+        "endpoints": endpoints,
+        "impl": "netplane",
+    }
     latency: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, list[float]] = defaultdict(list)
     skipped: list[Skipped] = []

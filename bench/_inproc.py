@@ -18,11 +18,12 @@ from collections import defaultdict
 
 from netplane.bench import _workload as w
 from netplane.bench._netns import netns
-from netplane.bench._results import Series, Skipped
+from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import FLUSH, ProbeService, cycle
 from netplane.proxy._iptables import Iptables
 from netplane.proxy._plan import SERVICE_CHAIN
-from netplane.proxy.render import ProxyConfig, format_restore, render_service
+from netplane.proxy.backend import SyncResult
+from netplane.proxy.render import ProxyConfig, Tables, format_restore, render_service
 from netplane.proxy.sync import Syncer
 from netplane.state import ClusterState
 from netplane.testing.kernel import FakeIptables
@@ -45,7 +46,7 @@ def _timed_restores(ipt: Iptables, texts: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def peer_partial(before, after, changed_chains: set[str]) -> str:
+def peer_partial(before: Tables, after: Tables, changed_chains: set[str]) -> str:
     """kube-proxy's partial sync input: every top-level chain, the changed services' chains,
     the whole filter table, and `-X` for chains that went away."""
     nat = {
@@ -63,18 +64,19 @@ def _is_jumps(text: str) -> bool:
     return bool(lines) and all(x.startswith(("-I ", ":KUBE-PROXY-CANARY ")) for x in lines)
 
 
-def _peer_full(texts: list[str], applied) -> list[str]:
+def _peer_full(texts: list[str], applied: Tables | None) -> list[str]:
     """kube-proxy's full sync: everything in one restore, then its jumps. When netplane
     also used a single restore that is the same input; chunked, it is rebuilt whole."""
     if len(texts) == 1:
         return texts
+    assert applied is not None  # the sync succeeded
     return [format_restore(applied), *(t for t in texts if _is_jumps(t))]
 
 
 def run_inproc(
     variant: str, services: int, endpoints: int, repeat: int, flush_repeat: int
 ) -> tuple[list[Series], list[Skipped]]:
-    base = {"backend": variant, "services": services, "endpoints": endpoints}
+    base: dict[str, Label] = {"backend": variant, "services": services, "endpoints": endpoints}
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (metric, impl, change)
     skipped: list[Skipped] = []
     config = ProxyConfig(node_name="bench-node", cluster_cidr=str(w.POD_NET))
@@ -104,7 +106,13 @@ def run_inproc(
         _timed_restores(floor, initial)
         _timed_restores(peer, initial)
 
-        def record(change: str, results, cpu: float, texts: list[str], peer_texts: list[str]):
+        def record(
+            change: str,
+            results: list[SyncResult],
+            cpu: float,
+            texts: list[str],
+            peer_texts: list[str],
+        ) -> None:
             total = sum(r.total_seconds for r in results)
             compute = sum(r.compute_seconds for r in results)
             values["sync", "netplane", change].append(total)
@@ -144,13 +152,14 @@ def run_inproc(
             cpu = _cpu() - c0
             texts = rec.take()
             after = syncer.applied
+            assert after is not None  # the sync succeeded
             mine = (
                 set(render_service(snap, probe_key, config).nat_chains)
                 if probe_key in snap.services
                 else set()
             )
             changed = mine | (old - {c for c in after["nat"] if SERVICE_CHAIN.match(c)})
-            return result, cpu, texts, [peer_partial(before, after, changed)]
+            return result, cpu, texts, [peer_partial(before or {}, after, changed)]
 
         for _ in range(repeat):
             for s in cycle(endpoints):

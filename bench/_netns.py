@@ -15,7 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from netplane import netns as netplane_netns
 
@@ -41,7 +41,9 @@ class Netns:
         # set on close: long loops running on the namespace's thread (probes) give up
         self.closing = threading.Event()
 
-    def call(self, fn: Callable[..., T], *args, timeout: float | None = 600, **kwargs) -> T:
+    def call(
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = 600, **kwargs: Any
+    ) -> T:
         return self._thread.submit(fn, *args, **kwargs).result(timeout)
 
     def exec(

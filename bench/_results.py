@@ -30,6 +30,9 @@ class ResultError(ValueError):
     """A result file that cannot be used, with where and why."""
 
 
+Label = str | int | float  # the value of one condition in `Series.labels`
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     """Repeated measurements of one metric under one set of conditions.
@@ -40,7 +43,7 @@ class Series:
 
     metric: str
     unit: str
-    labels: Mapping[str, str | int | float]
+    labels: Mapping[str, Label]
     values: tuple[float, ...]
 
     def to_json(self) -> dict[str, Any]:

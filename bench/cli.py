@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 
-from netplane.bench._results import DEFAULT_OUTPUT_DIR, Result, Series, new_result, write_result
+from netplane.bench._results import (
+    DEFAULT_OUTPUT_DIR,
+    Result,
+    Series,
+    Skipped,
+    new_result,
+    write_result,
+)
 
 _output_dir = click.option(
     "--output-dir",
@@ -56,12 +63,12 @@ def _run_checkpointed(benchmark: str, run: Callable, output_dir: Path) -> None:
     daemon are removed by the benchmark's own cleanup, never left behind."""
     path: Path | None = None
 
-    def checkpoint(params, series, skipped) -> None:
+    def checkpoint(params: dict[str, Any], series: list[Series], skipped: list[Skipped]) -> None:
         nonlocal path
         partial = new_result(benchmark, {**params, "partial": True}, series, skipped)
         path = write_result(partial, output_dir, path)
 
-    def stop(signum, _frame) -> None:
+    def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -108,7 +115,14 @@ def compute(quick: bool, output_dir: Path) -> None:
 @click.option("--repeat", type=int, default=None, help="Samples per change kind.")
 @_quick
 @_output_dir
-def sync(scales, endpoint_counts, backends, repeat, quick, output_dir) -> None:
+def sync(
+    scales: tuple[int, ...],
+    endpoint_counts: tuple[int, ...],
+    backends: tuple[str, ...],
+    repeat: int | None,
+    quick: bool,
+    output_dir: Path,
+) -> None:
     """Rule-sync latency (manifest written -> rule active in the kernel), in network namespaces."""
     from netplane.bench.sync import SyncPlan, run
 
@@ -122,7 +136,13 @@ def sync(scales, endpoint_counts, backends, repeat, quick, output_dir) -> None:
 @click.option("--repeat", type=int, default=None, help="Connections per point.")
 @_quick
 @_output_dir
-def dataplane(scales, backends, repeat, quick, output_dir) -> None:
+def dataplane(
+    scales: tuple[int, ...],
+    backends: tuple[str, ...],
+    repeat: int | None,
+    quick: bool,
+    output_dir: Path,
+) -> None:
     """First-packet latency versus the number of services (client pod -> node -> server pod)."""
     from netplane.bench.dataplane import DataplanePlan, run
 
@@ -144,7 +164,7 @@ def _plugged(benchmark: str, data: dict[str, Any], quick: bool) -> Result:
 
 def _emulated_skip(benchmark: str, quick: bool) -> Result | None:
     """Under qemu-user the namespace/netlink benchmarks cannot run: say so in a result."""
-    from netplane.bench._results import Skipped, emulation
+    from netplane.bench._results import emulation
 
     why = emulation()
     if not why:
@@ -153,7 +173,7 @@ def _emulated_skip(benchmark: str, quick: bool) -> Result | None:
     return new_result(benchmark, {"quick": quick}, [], [Skipped(benchmark, reason)])
 
 
-def _run_plugged(benchmark: str, module: str, what: str, output_dir: Path, **options) -> None:
+def _run_plugged(benchmark: str, module: str, what: str, output_dir: Path, **options: Any) -> None:
     """Run another component's `run(quick=..., ...) -> dict` and save it as our result."""
     quick = options["quick"]
     result = _emulated_skip(benchmark, quick)
@@ -199,7 +219,14 @@ def cluster(quick: bool, output_dir: Path) -> None:
 @click.option("--changes", type=int, default=None, help="With --peers: endpoint changes per point.")
 @_quick
 @_output_dir
-def proxy_sync(scales, variants, peers, changes, quick, output_dir) -> None:
+def proxy_sync(
+    scales: tuple[int, ...],
+    variants: tuple[str, ...],
+    peers: str | None,
+    changes: int | None,
+    quick: bool,
+    output_dir: Path,
+) -> None:
     """The proxy's own sync benchmark, or with --peers netplane beside the real kube-proxy on
     one real API server (see bench/README.md, Proxy sync benchmark)."""
     if peers is not None:

@@ -152,8 +152,8 @@ def failover(root: Path, manifest: Path, repeats: int) -> list[tuple[int, float]
             time.sleep(1.0)
             c.np("delete", "pod", pod)
             lines = [json.loads(x) for x in loop.communicate(timeout=120)[0].splitlines()]
-            names = [re.search(r"pod (\S+) on", x.get("body", "")) for x in lines]
-            names = [m[1] if m else None for m in names]
+            found = [re.search(r"pod (\S+) on", x.get("body", "")) for x in lines]
+            names = [m[1] if m else None for m in found]
             old = f"default/{pod}"
             last_old = max(i for i, n in enumerate(names) if n == old)
             first_new = next(i for i, n in enumerate(names) if n and n != old and i > last_old)

@@ -189,8 +189,8 @@ def format_summary(name: str, result: Result, column: str = "impl") -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = [f"{label(result, name)}: {result.benchmark}, medians"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
-    for s in result.skipped:
-        lines.append(f"  skipped {s.what}: {s.reason.splitlines()[0] if s.reason else ''}")
+    for sk in result.skipped:
+        lines.append(f"  skipped {sk.what}: {sk.reason.splitlines()[0] if sk.reason else ''}")
     return "\n".join(lines)
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Any
 
 from netplane.bench import _workload as w
 from netplane.bench._results import Series, Skipped
 from netplane.bench._runner import grid, progress
-from netplane.state import ClusterState, ServiceKey, Snapshot
+from netplane.model import KubeObject
+from netplane.state import ChangeTracker, ClusterState, ServiceKey, Snapshot
 
 QUICK_GRID = ((100, 1000), (1, 10))
 FULL_GRID = ((100, 1000, 10000), (1, 10, 100))
@@ -111,7 +112,12 @@ def run(quick: bool) -> tuple[dict[str, Any], list[Series], list[Skipped]]:
         slices = [w.objects([w.service_docs(0, endpoints, ready=r)[1]])[0] for r in (False, True)]
         turn = iter(range(repeat * 10))
 
-        def change_one(state=state, tracker=tracker, slices=slices, turn=turn) -> None:
+        def change_one(
+            state: ClusterState = state,
+            tracker: ChangeTracker = tracker,
+            slices: list[KubeObject] = slices,
+            turn: Iterator[int] = turn,
+        ) -> None:
             state.apply([slices[next(turn) % 2]])
             tracker.pop()
 

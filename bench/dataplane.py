@@ -15,14 +15,14 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from netplane.bench import _workload as w
 from netplane.bench._netns import Netns, kernel_check, netns, private_xtables_lock
 from netplane.bench._probe import Listener
-from netplane.bench._results import Series, Skipped
+from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._runner import progress
 
 CLIENT, SERVER = "10.200.1.2", "10.200.2.2"
@@ -40,8 +40,15 @@ class DataplanePlan:
     repeat: int
 
     @classmethod
-    def make(cls, quick: bool, scales=(), backends=(), repeat: int | None = None):
+    def make(
+        cls,
+        quick: bool,
+        scales: Iterable[int] = (),
+        backends: Iterable[str] = (),
+        repeat: int | None = None,
+    ) -> DataplanePlan:
         repeat = repeat or (200 if quick else 2000)
+        scales = tuple(scales)
         if repeat < 1 or any(s < 1 for s in scales):
             raise ValueError("counts must be positive")
         return cls(
@@ -109,10 +116,12 @@ def _one(variant: str, services: int, repeat: int) -> list[Series]:
         )
         floor = client.call(_connect_times, [SERVER], repeat)[SERVER]  # before any rule
         syncer.sync(state.snapshot(), None, full=True)
-        order = dispatch_order(syncer.applied["nat"]["KUBE-SERVICES"])
+        applied = syncer.applied
+        assert applied is not None  # the sync succeeded
+        order = dispatch_order(applied["nat"]["KUBE-SERVICES"])
         targets = {"first": order[0], "last": order[-1], "direct": SERVER}
         times = client.call(_connect_times, list(targets.values()), repeat)
-    labels = {"backend": variant, "services": services}
+    labels: dict[str, Label] = {"backend": variant, "services": services}
     return [
         Series("first_packet", "s", {**labels, "target": "no-rules"}, tuple(floor)),
         *(

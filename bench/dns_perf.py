@@ -26,20 +26,29 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 PY_SPY = Path(sys.executable).with_name("py-spy")
 ZONE = "cluster.local"
+Manifest = dict[str, Any]  # one object as JSON
 
 
-def make_objects(services: int, endpoints_per_service: int = 5, headless_every: int = 20):
+class EventLike(Protocol):
+    def set(self) -> None: ...
+
+
+def make_objects(
+    services: int, endpoints_per_service: int = 5, headless_every: int = 20
+) -> list[Manifest]:
     """Services spread over 50 namespaces; every `headless_every`-th one headless."""
-    objects = []
+    objects: list[Manifest] = []
     for i in range(services):
         ns, name = f"ns{i % 50}", f"svc{i}"
         headless = i % headless_every == 0
-        spec = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        spec: Manifest = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         spec["clusterIP"] = (
             "None" if headless else f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}"
         )
@@ -60,7 +69,7 @@ def make_objects(services: int, endpoints_per_service: int = 5, headless_every: 
     return objects
 
 
-def make_queries(objects, count: int, seed: int = 7) -> list[str]:
+def make_queries(objects: list[Manifest], count: int, seed: int = 7) -> list[str]:
     """The mix: 45% service hits, 30% search-path misses, 15% headless, 10% PTR."""
     rng = random.Random(seed)
     services = [o for o in objects if o["kind"] == "Service"]
@@ -84,7 +93,7 @@ def make_queries(objects, count: int, seed: int = 7) -> list[str]:
     return lines
 
 
-def write_cluster(objects, directory: Path) -> None:
+def write_cluster(objects: list[Manifest], directory: Path) -> None:
     """One manifest file per namespace, as a GitOps tree would be (a change re-reads one)."""
     directory.mkdir(parents=True, exist_ok=True)
     by_ns: dict[str, list] = {}
@@ -96,7 +105,9 @@ def write_cluster(objects, directory: Path) -> None:
         os.replace(tmp, directory / f"{ns}.json")
 
 
-def change_latency(objects, directory: Path, host: str, port: int, repeats: int = 5) -> dict:
+def change_latency(
+    objects: list[Manifest], directory: Path, host: str, port: int, repeats: int = 5
+) -> dict:
     """Manifest change -> first answer with the new service (polled every 2 ms), in ms."""
     from dnslib import DNSRecord
 
@@ -128,6 +139,14 @@ def change_latency(objects, directory: Path, host: str, port: int, repeats: int 
             "samples": len(samples), "poll_interval_ms": 50}  # fmt: skip
 
 
+def _field(pattern: str, text: str) -> str:
+    """The first group of PATTERN in dnsperf's output; says which figure is missing."""
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"dnsperf printed no {pattern!r}: {text[-500:]}")
+    return m.group(1)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
@@ -149,7 +168,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None
     raise TimeoutError("server not ready")
 
 
-def _floor_server(manifests: str, host: str, port: int, ready) -> None:
+def _floor_server(manifests: str, host: str, port: int, ready: EventLike) -> None:
     """The straightforward peer: dnslib DNSServer + BaseResolver over the same index."""
     from dnslib.server import BaseResolver, DNSServer
 
@@ -166,7 +185,7 @@ def _floor_server(manifests: str, host: str, port: int, ready) -> None:
     index = build_catalog(state.snapshot(), ZoneConfig(), serial=1)
 
     class Resolver(BaseResolver):
-        def resolve(self, request, handler):
+        def resolve(self, request: Any, handler: Any) -> Any:
             reply = request.reply()
             q = request.q
             answer = resolve(index, str(q.qname).rstrip(".").lower(), q.qtype)
@@ -190,11 +209,13 @@ def _floor_server(manifests: str, host: str, port: int, ready) -> None:
 
 
 class _Quiet:
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *a, **k: None
 
 
-def dnsperf(host: str, port: int, queries: Path, seconds: int, qps: int = 0, verbose=False):
+def dnsperf(
+    host: str, port: int, queries: Path, seconds: int, qps: int = 0, verbose: bool = False
+) -> dict[str, Any]:
     cmd = ["dnsperf", "-s", host, "-p", str(port), "-d", str(queries), "-l", str(seconds),
            "-c", "8", "-T", "1", "-q", "200", "-t", "2"]  # fmt: skip
     if qps:
@@ -202,12 +223,11 @@ def dnsperf(host: str, port: int, queries: Path, seconds: int, qps: int = 0, ver
     if verbose:
         cmd.append("-v")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    result = {
-        "qps": float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),
-        "avg_latency_ms": 1000
-        * float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)),
-        "lost": int(re.search(r"Queries lost:\s+(\d+)", out).group(1)),
-        "completed": int(re.search(r"Queries completed:\s+(\d+)", out).group(1)),
+    result: dict[str, Any] = {
+        "qps": float(_field(r"Queries per second:\s+([\d.]+)", out)),
+        "avg_latency_ms": 1000 * float(_field(r"Average Latency \(s\):\s+([\d.]+)", out)),
+        "lost": int(_field(r"Queries lost:\s+(\d+)", out)),
+        "completed": int(_field(r"Queries completed:\s+(\d+)", out)),
         "rcodes": dict(re.findall(r"(NOERROR|NXDOMAIN|SERVFAIL|REFUSED|FORMERR) (\d+)", out)),
     }
     if verbose:
@@ -297,7 +317,7 @@ def coredns_zone_files(manifests: Path, work: Path, host: str, port: int) -> Pat
         for name, records in service_records(svc, snap.slices_for(key), ZONE).items():
             names[name] = tuple(dict.fromkeys((*names.get(name, ()), *records)))
     soa = "ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
-    zones = {"cluster.local": [], "10.in-addr.arpa": []}
+    zones: dict[str, list[str]] = {"cluster.local": [], "10.in-addr.arpa": []}
     for name, records in names.items():
         zone = "cluster.local" if name.endswith("cluster.local") else "10.in-addr.arpa"
         for r in records:
@@ -308,7 +328,8 @@ def coredns_zone_files(manifests: Path, work: Path, host: str, port: int) -> Pat
             elif r.rtype == TXT:
                 data = f'"{r.value}"'
             else:
-                data = r.value if ":" in r.value or r.value[0].isdigit() else f"{r.value}."
+                v = str(r.value)
+                data = v if ":" in v or v[0].isdigit() else f"{v}."
             kind = {1: "A", 2: "NS", 5: "CNAME", 12: "PTR", 16: "TXT", 28: "AAAA", 33: "SRV"}
             zones[zone].append(f"{name}. 5 IN {kind[r.rtype]} {data}")
     blocks = []
@@ -386,7 +407,10 @@ def run(quick: bool = False, output_dir: str | Path | None = None, workers: int 
                                  "--metrics-addr", "off", "--health-addr", "off"])  # fmt: skip
         try:
             _wait_ready(ready_port, proc)
-            ours = {"startup_s": round(time.monotonic() - t0, 2), "workers": workers}
+            ours: dict[str, Any] = {
+                "startup_s": round(time.monotonic() - t0, 2),
+                "workers": workers,
+            }
             dnsperf(host, port, queries, 2)  # warm the answer caches
             ours["peak"] = dnsperf(host, port, queries, seconds)
             half = int(ours["peak"]["qps"] / 2)
@@ -407,6 +431,7 @@ def run(quick: bool = False, output_dir: str | Path | None = None, workers: int 
         try:
             ready.wait(300)
             results["dnslib_floor"] = {"peak": dnsperf(host, fport, queries, seconds)}
+            assert floor.pid is not None  # started
             results["dnslib_floor"]["rss_mb"] = _rss_mb(floor.pid)
         finally:
             floor.terminate()
@@ -449,7 +474,7 @@ def run_coredns(binary: str, quick: bool, host: str, seconds: int) -> dict:
                 if probe.stdout.strip():
                     break
                 time.sleep(0.2)
-            result = {"peak": dnsperf(host, port, queries, seconds)}
+            result: dict[str, Any] = {"peak": dnsperf(host, port, queries, seconds)}
             half = int(result["peak"]["qps"] / 2)
             result["half_load"] = dnsperf(host, port, queries, seconds, qps=half, verbose=True)
             result["rss_mb"] = _rss_mb(proc.pid)

@@ -24,9 +24,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from netplane.bench._results import DEFAULT_OUTPUT_DIR, Series, new_result, write_result
+
+if TYPE_CHECKING:  # the clients compared measure their own imports
+    from netplane.model import KubeObject, ObjectKey
 
 CLIENTS = (
     "urllib3-raw",
@@ -95,14 +100,14 @@ class _Counting:
         self.calls = 0
         original = self.state.apply
 
-        def apply(upserts=(), deletes=()):
+        def apply(upserts: Iterable[KubeObject] = (), deletes: Iterable[ObjectKey] = ()) -> int:
             self.calls += 1
             return original(upserts, deletes)
 
         self.state.apply = apply  # type: ignore[method-assign]
 
 
-def _parse(item: dict, kind: str) -> list:
+def _parse(item: dict, kind: str) -> list[KubeObject]:
     from netplane.model import parse_object
 
     item.setdefault("kind", kind)
@@ -129,7 +134,8 @@ def _run_urllib3(server: str, target: _Counting, stop: threading.Event) -> None:
     pool = urllib3.PoolManager()
     versions = {}
     for kind, (_, path) in KINDS.items():
-        token, objects = "", []
+        token = ""
+        objects: list[KubeObject] = []
         while True:
             url = f"{server}{path}?limit=500" + (f"&continue={token}" if token else "")
             page = json.loads(pool.request("GET", url).data)
@@ -151,7 +157,7 @@ def _run_urllib3(server: str, target: _Counting, stop: threading.Event) -> None:
     stop.wait()
 
 
-def _follow_raw(response, kind: str, target: _Counting) -> None:
+def _follow_raw(response: Any, kind: str, target: _Counting) -> None:
     pending = b""
     for chunk in response.stream(amt=None):
         pending += chunk
@@ -167,13 +173,14 @@ def _run_kubernetes_typed_raw(kubeconfig: str, target: _Counting, stop: threadin
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=kubeconfig)
-    calls = {
+    calls: dict[str, Any] = {
         "Service": client.CoreV1Api(api).list_service_for_all_namespaces,
         "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
     }
     versions = {}
     for kind, call in calls.items():
-        token, objects = None, []
+        token = None
+        objects: list[KubeObject] = []
         while True:
             page = json.loads(call(limit=500, _continue=token, _preload_content=False).data)
             objects.extend(o for item in page["items"] for o in _parse(item, kind))
@@ -198,13 +205,14 @@ def _run_kubernetes_models(kubeconfig: str, target: _Counting, stop: threading.E
     from kubernetes import client, config, watch
 
     api = config.new_client_from_config(config_file=kubeconfig)
-    calls = {
+    calls: dict[str, Any] = {
         "Service": client.CoreV1Api(api).list_service_for_all_namespaces,
         "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
     }
     versions = {}
     for kind, call in calls.items():
-        token, objects = None, []
+        token = None
+        objects: list[KubeObject] = []
         while True:
             page = call(limit=500, _continue=token)
             objects.extend(
@@ -236,10 +244,10 @@ def _run_lightkube(kubeconfig: str, target: _Counting, stop: threading.Event) ->
     from lightkube.resources.discovery_v1 import EndpointSlice
 
     kc = KubeConfig.from_file(kubeconfig)
-    resources = {"Service": Service, "EndpointSlice": EndpointSlice}
+    resources: dict[str, Any] = {"Service": Service, "EndpointSlice": EndpointSlice}
     versions = {}
     for kind, res in resources.items():
-        listing = Client(config=kc).list(res, namespace=ALL_NS, chunk_size=500)
+        listing: Any = Client(config=kc).list(res, namespace=ALL_NS, chunk_size=500)
         objects = [o for item in listing for o in _parse(item.to_dict(), kind)]
         target.state.apply(objects)
         versions[kind] = listing.resourceVersion
@@ -247,7 +255,7 @@ def _run_lightkube(kubeconfig: str, target: _Counting, stop: threading.Event) ->
     target.listed = time.perf_counter(), time.process_time()  # type: ignore[attr-defined]
 
     def follow(kind: str) -> None:
-        watcher = Client(config=kc).watch(
+        watcher: Any = Client(config=kc).watch(
             resources[kind], namespace=ALL_NS, resource_version=versions[kind]
         )
         for event_type, obj in watcher:
@@ -345,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     series: list[Series] = []
     try:
+        assert server.stdout is not None  # piped
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}"
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", url)

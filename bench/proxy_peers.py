@@ -44,7 +44,7 @@ from netplane.bench import _workload as w
 from netplane.bench._e2e import process_cpu, process_peak_rss
 from netplane.bench._netns import Netns
 from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
-from netplane.bench._results import Series, Skipped
+from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import Expect
 from netplane.bench._sysctl import SysctlWatch
 
@@ -80,7 +80,8 @@ class Setup:
 
 
 class Contender(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def command(self, setup: Setup) -> list[str]: ...
 
@@ -231,7 +232,11 @@ class Measurement:
     error: str = ""
 
     def series(self) -> list[Series]:
-        labels = {"impl": self.contender, "services": self.services, "endpoints": ENDPOINTS}
+        labels: dict[str, Label] = {
+            "impl": self.contender,
+            "services": self.services,
+            "endpoints": ENDPOINTS,
+        }
         out = []
         for metric, unit, values in (
             ("full_sync", "s", [self.full_sync]),

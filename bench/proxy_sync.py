@@ -20,9 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:  # imported where used: the worker process measures its own imports
+    from netplane.model import EndpointSlice
+    from netplane.state import ClusterState
 
 ENDPOINTS = 5
 SCALES = (1000, 5000, 10000)
@@ -32,7 +36,7 @@ FLOOR_TIMEOUT = 180.0  # seconds; the nft floor at 10k services is ~8 minutes
 CONFIG_CIDR = "10.64.0.0/10"
 
 
-def build_state(services: int, endpoints: int = ENDPOINTS):
+def build_state(services: int, endpoints: int = ENDPOINTS) -> tuple[ClusterState, type, type, type]:
     from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
     from netplane.state import ClusterState
 
@@ -52,7 +56,7 @@ def _ip(second: int, n: int) -> str:
     return f"10.{second + n // 65000}.{(n % 65000) // 250}.{n % 250 + 1}"
 
 
-def _slice(name: str, addresses: list[str]):
+def _slice(name: str, addresses: list[str]) -> EndpointSlice:
     from netplane.model import Endpoint, EndpointPort, EndpointSlice
 
     eps = tuple(Endpoint((a,), node_name="bench-node") for a in addresses)
@@ -145,10 +149,11 @@ def run(
     variants = list(variants or VARIANTS)
     changes = 3 if quick else 7
     floor_timeout = 60.0 if quick else FLOOR_TIMEOUT
-    rows, series = [], []
+    rows: list[dict[str, Any]] = []
+    series: list[dict[str, Any]] = []
     for variant in variants:
         for services in scales:
-            row = {"variant": variant, "services": services, "endpoints": ENDPOINTS}
+            row: dict[str, Any] = {"variant": variant, "services": services, "endpoints": ENDPOINTS}
             row |= _in_namespace(["sync", variant, str(services), str(changes)], 1200)
             row |= _in_namespace(["floor", variant, str(services), str(floor_timeout)],
                                  floor_timeout + 300)  # fmt: skip
@@ -214,7 +219,14 @@ def format_table(data: dict[str, Any]) -> str:
 @click.option("--output-dir", default="bench/results", show_default=True)
 @click.option("--worker", is_flag=True, hidden=True, help="Run one measurement (internal).")
 @click.argument("worker_args", nargs=-1)
-def main(quick, scales, variants, output_dir, worker, worker_args) -> None:
+def main(
+    quick: bool,
+    scales: tuple[int, ...],
+    variants: tuple[str, ...],
+    output_dir: str,
+    worker: bool,
+    worker_args: tuple[str, ...],
+) -> None:
     """Print the proxy sync benchmark table and write its JSON result."""
     if worker:
         mode, variant, services, extra = worker_args
@@ -230,8 +242,8 @@ def main(quick, scales, variants, output_dir, worker, worker_args) -> None:
     click.echo(format_table(data))
     series = [Series(s["metric"], s["unit"], s["labels"], tuple(s["values"]))
               for s in data["series"]]  # fmt: skip
-    result = new_result("proxy-sync", {"quick": quick, "rows": data["rows"]}, series)
-    click.echo(f"wrote {write_result(result, output_dir)}")
+    written = new_result("proxy-sync", {"quick": quick, "rows": data["rows"]}, series)
+    click.echo(f"wrote {write_result(written, output_dir)}")
 
 
 if __name__ == "__main__":

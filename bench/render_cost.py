@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from collections.abc import Callable
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from netplane.proxy import _chains
@@ -52,7 +53,7 @@ def build(n: int, per: int = 5) -> Snapshot:
     return state.snapshot()
 
 
-def _cpu(fn, repeat: int = 3) -> float:
+def _cpu(fn: Callable[[], object], repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
         gc.collect()
@@ -62,11 +63,13 @@ def _cpu(fn, repeat: int = 3) -> float:
     return best
 
 
-def _cold() -> None:
+def _cold(then: Callable[[], object] = lambda: None) -> None:
+    """Clear the renderer's caches, then run THEN."""
     R._memo.clear()
     R._endpoint.cache_clear()
     _chains.port_hash.cache_clear()
     _chains.endpoint_chain.cache_clear()
+    then()
 
 
 def measure(n: int) -> dict[str, float]:
@@ -74,17 +77,17 @@ def measure(n: int) -> dict[str, float]:
     cfg = R.ProxyConfig(node_name="n1", cluster_cidr="10.0.0.0/8")
     keys = sorted(snap.services)
     out: dict[str, float] = {}
-    out["full_cold"] = _cpu(lambda: (_cold(), R.render_full(snap, cfg)))
+    out["full_cold"] = _cpu(lambda: _cold(lambda: R.render_full(snap, cfg)))
     R.render_full(snap, cfg)
     out["full_warm"] = _cpu(lambda: R.render_full(snap, cfg))
 
-    def services(clear_memo: bool):
+    def services(clear_memo: bool) -> list[R.ServiceRules]:
         if clear_memo:
             R._memo.clear()
         with R.paused_gc():
             return [R.render_service(snap, k, cfg) for k in keys]
 
-    out["services_cold"] = _cpu(lambda: (_cold(), services(False)))
+    out["services_cold"] = _cpu(lambda: _cold(lambda: services(False)))
     out["services_hashes_cached"] = _cpu(lambda: services(True))
     rules = services(False)
     out["services_memo"] = _cpu(lambda: services(False))
@@ -94,7 +97,7 @@ def measure(n: int) -> dict[str, float]:
     key = keys[len(keys) // 2]
     reps = 2000
 
-    def one(clear: bool):
+    def one(clear: bool) -> None:
         for _ in range(reps):
             if clear:
                 R._memo.clear()

@@ -177,7 +177,7 @@ def print_summary(series: list[Series]) -> None:
         return
     head = ("backend", "svc", "ep", "change", "e2e latency", "sync", "compute", "bytes",
             "floor", "kube-proxy-eq")  # fmt: skip
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
     for key in keys:
         rows.append(
             (

@@ -60,8 +60,10 @@ class Agent(socketserver.ThreadingUnixStreamServer):
         super().server_close()
         if os.getpid() != self.owner:
             return  # a worker: the socket belongs to the parent
-        for p in (self.server_address, netns_marker(str(self.server_address))):
-            with contextlib.suppress(FileNotFoundError, TypeError):
+        if not isinstance(self.server_address, str):
+            return
+        for p in (self.server_address, netns_marker(self.server_address)):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
 

@@ -34,7 +34,9 @@ class Range:
     gateway: IPAddr
 
     def __contains__(self, ip: IPAddr) -> bool:
-        return ip.version == self.start.version and self.start <= ip <= self.end
+        if ip.version != self.start.version:
+            return False
+        return self.start <= ip <= self.end  # type: ignore[operator]  # one family: checked
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def parse_range(entry: dict[str, Any]) -> Range:
 
     start = addr("rangeStart", subnet.network_address + 1)
     end = addr("rangeEnd", last)
-    if start > end:
+    if start > end:  # type: ignore[operator]
         raise _bad(f"rangeStart {start} is after rangeEnd {end}")
     return Range(subnet, start, end, addr("gateway", subnet.network_address + 1))
 
@@ -97,7 +99,8 @@ def parse_conf(conf: dict[str, Any]) -> IpamConf:
             raise _bad("mixed address families in one range set")
         for i, a in enumerate(ranges):
             for b in ranges[i + 1 :]:
-                if a.start.version == b.start.version and a.start <= b.end and b.start <= a.end:
+                same = a.start.version == b.start.version
+                if same and a.start <= b.end and b.start <= a.end:  # type: ignore[operator]
                     raise _bad(f"range set has overlapping ranges {a.subnet} and {b.subnet}")
         rangesets.append(ranges)
     routes = ipam.get("routes") or []
@@ -138,7 +141,7 @@ def _candidates(ranges: tuple[Range, ...], last: str) -> Iterator[IPAddr]:
 
 def _span(r: Range, lo: IPAddr, hi: IPAddr) -> Iterator[IPAddr]:
     ip = lo
-    while r.start <= ip <= hi:
+    while r.start <= ip <= hi:  # type: ignore[operator]
         if ip != r.gateway:
             yield ip
         ip += 1

@@ -5,8 +5,8 @@ Stdlib only: the thin client and the agent both import it, and neither may pay f
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ class Env:
     args: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> Env:
+    def from_environ(cls, environ: Mapping[str, str]) -> Env:
         command = environ.get("CNI_COMMAND", "")
         if not command:
             raise CniError(INVALID_ENV, "required env variables [CNI_COMMAND] missing")

@@ -65,7 +65,7 @@ def resolve(catalog: Catalog, qname: str, qtype: int) -> Answer | None:
         if cname is None or qtype in (CNAME, ANY):
             break
         answer.append((name, cname))
-        name = cname.value
+        name = str(cname.value)
         depends.add(name)
         records = catalog.get(name)
         if records is None:
@@ -82,7 +82,7 @@ def resolve(catalog: Catalog, qname: str, qtype: int) -> Answer | None:
         if r.rtype == SRV:
             additional += _addresses(catalog, r.value[3], depends)
         elif r.rtype == NS:
-            additional += _addresses(catalog, r.value, depends)
+            additional += _addresses(catalog, str(r.value), depends)
     return Answer(NOERROR, tuple(answer), (), tuple(dict.fromkeys(additional)), frozenset(depends))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from netplane.dns.records import (
     AAAA,
@@ -34,7 +34,7 @@ from netplane.dns.records import (
     static_records,
 )
 from netplane.model import EndpointSlice, Service
-from netplane.state import Changes, Snapshot
+from netplane.state import Changes, ServiceKey, Snapshot
 
 _GONE: Any = object()  # an overlay entry that hides a base entry (the object was deleted)
 
@@ -48,19 +48,19 @@ class Layered(Mapping):
         self.base = base
         self.overlay = overlay or {}
 
-    def get(self, key, default=None):
+    def get(self, key: Any, default: Any = None) -> Any:
         value = self.overlay.get(key, _GONE)
         if value is _GONE:
             return self.base.get(key, default)
         return default if value is None else value
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         value = self.get(key, _GONE)
         if value is _GONE:
             raise KeyError(key)
         return value
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return self.get(key, _GONE) is not _GONE
 
     def __iter__(self) -> Iterator:
@@ -128,18 +128,18 @@ class Catalog:
         owners = self.reverse.get(name)
         if owners is not None:
             if len(owners) == 1:
-                svc = self.services.get(owners[0][1:])
+                svc = self.services.get(key := cast(ServiceKey, owners[0][1:]))
                 if svc is not None and name in _cluster_ptrs(svc):  # a VIP: no endpoints needed
                     return (Record(PTR, service_base(svc.namespace, svc.name, zone)),)
-                return self._service_contribution(owners[0][1:]).get(name)
+                return self._service_contribution(key).get(name)
             merged: list[Record] = []
             for owner in owners:
-                merged += [r for r in self._service_contribution(owner[1:]).get(name, ())
-                           if r not in merged]  # fmt: skip
+                contribution = self._service_contribution(cast(ServiceKey, owner[1:]))
+                merged += [r for r in contribution.get(name, ()) if r not in merged]
             return tuple(merged)
         return None
 
-    def _service_contribution(self, key: tuple[str, ...]) -> Contribution:
+    def _service_contribution(self, key: ServiceKey) -> Contribution:
         svc = self.services.get(key)
         if svc is None:
             return {}
@@ -296,7 +296,10 @@ def build_catalog(snap: Snapshot, config: ZoneConfig, serial: int) -> Catalog:
 def delta(old: Catalog, old_snap: Snapshot, snap: Snapshot, changes: Changes, serial: int) -> Delta:
     """What `changes` (from `old_snap`, which `old` was made from, to `snap`) change."""
     zone = old.config.zone
-    services, slices, reverse_changes, pods = {}, {}, {}, {}
+    services: dict[ServiceKey, Service | None] = {}
+    slices: dict[ServiceKey, tuple[EndpointSlice, ...] | None] = {}
+    reverse_changes: dict[str, tuple[Owner, ...] | None] = {}
+    pods: dict[str, tuple[tuple[str, ...], ...] | None] = {}
     changed: set[str] = set()
     for key in changes.services | changes.endpoints:
         before = old._service_contribution(key)
@@ -310,7 +313,7 @@ def delta(old: Catalog, old_snap: Snapshot, snap: Snapshot, changes: Changes, se
         old_ips = service_ips(old.services.get(key), old.slices.get(key, ()))
         for ip in old_ips ^ service_ips(svc, sl):
             name = reverse_name(ip)
-            owners = reverse_changes.get(name, old.reverse.get(name, ()))
+            owners = reverse_changes.get(name, old.reverse.get(name)) or ()
             owners = tuple(o for o in owners if o != owner)
             if ip not in old_ips:
                 owners = tuple(sorted((*owners, owner)))
@@ -320,7 +323,7 @@ def delta(old: Catalog, old_snap: Snapshot, snap: Snapshot, changes: Changes, se
             old_pod_ips = set(pod_ips(old_snap.pods.get(key)))
             new_ips = set(pod_ips(snap.pods.get(key)))
             for ip in old_pod_ips ^ new_ips:
-                owners = tuple(o for o in pods.get(ip, old.pods.get(ip, ())) if o != key)
+                owners = tuple(o for o in pods.get(ip, old.pods.get(ip)) or () if o != key)
                 if ip in new_ips:
                     owners = tuple(sorted((*owners, key)))
                 pods[ip] = owners or None

@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,9 +18,12 @@ from netplane.dns.records import ZoneConfig
 from netplane.dns.search import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
 from netplane.kube.options import source_from_options, source_options
 
+HostPort = tuple[str, int]
+ClickCallback = Callable[[click.Context, click.Parameter, Any], Any]
 
-def _addr(default_port: int | None = None, allow_off: bool = False):
-    def convert(ctx, param, value):
+
+def _addr(default_port: int | None = None, allow_off: bool = False) -> ClickCallback:
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, tuple):
@@ -36,7 +41,7 @@ def _addr(default_port: int | None = None, allow_off: bool = False):
     return convert
 
 
-def _cidrs(ctx, param, values):
+def _cidrs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
     for value in values:
         try:
             ipaddress.ip_network(value, strict=False)
@@ -78,9 +83,25 @@ def dns() -> None:
     "--pod-cidr", multiple=True, callback=_cidrs,
     help="Pod network, also answered authoritatively in reverse when --pods is on.",
 )  # fmt: skip
-def serve(manifests, kubeconfig, in_cluster, listen, zone, ttl, pods, upstream, autopath,
-          metrics_addr, health_addr, ready_addr, workers, host_resolv, cache_size,
-          service_cidr, pod_cidr) -> None:  # fmt: skip
+def serve(
+    manifests: str | None,
+    kubeconfig: str | None,
+    in_cluster: bool,
+    listen: HostPort,
+    zone: str,
+    ttl: int,
+    pods: str,
+    upstream: tuple[HostPort, ...],
+    autopath: bool,
+    metrics_addr: HostPort | None,
+    health_addr: HostPort | None,
+    ready_addr: HostPort | None,
+    workers: int,
+    host_resolv: str,
+    cache_size: int,
+    service_cidr: tuple[str, ...],
+    pod_cidr: tuple[str, ...],
+) -> None:
     """Answer for the cluster zone over UDP and TCP, following the objects' changes."""
     from netplane.dns.options import ServeOptions, kinds_needed
     from netplane.dns.supervisor import serve as run
@@ -124,7 +145,14 @@ def _host(path: str) -> ResolvConf:
 @click.option("--host-resolv", default="/etc/resolv.conf", show_default=True)
 @click.option("--zone", default="cluster.local", show_default=True)
 @click.option("--host-network", is_flag=True)
-def resolv_conf(namespace, policy, cluster_dns, host_resolv, zone, host_network) -> None:
+def resolv_conf(
+    namespace: str,
+    policy: str,
+    cluster_dns: tuple[str, ...],
+    host_resolv: str,
+    zone: str,
+    host_network: bool,
+) -> None:
     """Print the resolv.conf kubelet would write for a pod in NAMESPACE."""
     conf = pod_resolv_conf(
         namespace, _host(host_resolv), tuple(cluster_dns), policy, None, host_network, zone
@@ -139,7 +167,9 @@ def resolv_conf(namespace, policy, cluster_dns, host_resolv, zone, host_network)
 @click.option("--type", "qtype", default="A", show_default=True)
 @click.option("--zone", default="cluster.local", show_default=True)
 @click.option("--timeout", default=2.0, show_default=True)
-def lookup(name, namespace, server, qtype, zone, timeout) -> None:
+def lookup(
+    name: str, namespace: str, server: HostPort, qtype: str, zone: str, timeout: float
+) -> None:
     """Resolve NAME the way a pod's glibc would, showing every query tried."""
     from netplane.dns.lookup import walk
 

@@ -143,7 +143,7 @@ class Engine:
         key = q.question[:-4].lower() + q.question[-4:-2]
         return self._answer(view, key, q, addr, tcp)
 
-    def _reply(self, query: Query, c: Compiled, tcp: bool) -> Result:
+    def _reply(self, query: Query, c: Compiled, tcp: bool) -> tuple[bytes, int, int]:
         limit = 65535 if tcp else (query.edns_size or 512)
         out = assemble(query.id, query.flags, query.question, c, query.edns_size, limit)
         return out, query.qtype, c.rcode
@@ -164,6 +164,7 @@ class Engine:
                     return self._reply(query, self._compile(key, qtype, hit), tcp)
                 if hit is not None and self.upstream:
                     asked = resolve(catalog, qname, qtype)
+                    assert asked is not None  # autopath searches names in the zone
                     fallback = self._reply(query, self._compile(key, qtype, asked), tcp)[0]
                     action = Upstream(SEARCH, query, limit, hit.candidates, self.config.ttl,
                                       fallback)  # fmt: skip

@@ -11,10 +11,11 @@ and netplane_dns_worker_restarts_total, which CoreDNS (one process) has no need 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # CoreDNS: prometheus.ExponentialBuckets(0.00025, 2, 16)
@@ -33,7 +34,7 @@ class Stats:
     """
 
     counts: Counter = field(default_factory=Counter)  # (transport, qtype, rcode, bucket)
-    duration_sum: Counter = field(default_factory=Counter)  # qtype
+    duration_sum: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
     cache_hits: Counter = field(default_factory=Counter)  # success | denial
     cache_misses: int = 0
     synced: bool = False
@@ -42,7 +43,7 @@ class Stats:
         """A consistent copy while the serving threads keep counting (dict() is atomic)."""
         return Stats(
             Counter(dict(self.counts)),
-            Counter(dict(self.duration_sum)),
+            defaultdict(float, dict(self.duration_sum)),
             Counter(dict(self.cache_hits)),
             self.cache_misses,
             self.synced,
@@ -75,7 +76,7 @@ class StatsCollector(Collector):
         if stats is not None:
             self.retired.merge(stats)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.server
         req = CounterMetricFamily(
             "coredns_dns_requests",
@@ -101,7 +102,7 @@ class StatsCollector(Collector):
         requests: Counter = Counter()
         responses: Counter = Counter()
         buckets: Counter = Counter()
-        sums: Counter = Counter()
+        sums: defaultdict[str, float] = defaultdict(float)
         hit_counts: Counter = Counter()
         missed = 0
         for st in [self.retired, *list(self.workers.values())]:

@@ -16,6 +16,8 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, cast
 
 from dnslib import DNSHeader, DNSRecord
 
@@ -25,7 +27,7 @@ from netplane.dns.catalog import Catalog
 from netplane.dns.engine import Engine
 from netplane.dns.forward import Forwarder
 from netplane.dns.options import ServeOptions
-from netplane.dns.tcp import TcpServer
+from netplane.dns.tcp import Deliver, Observe, TcpServer
 from netplane.dns.upstream import Upstream, perform, respond
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class Upstreams:
         self._lock = threading.Lock()
         self.inflight = 0
 
-    def submit(self, action: Upstream, deliver) -> None:
+    def submit(self, action: Upstream, deliver: Deliver) -> None:
         with self._lock:
             busy = self._pool is None or self.inflight >= MAX_INFLIGHT
             if not busy:
@@ -49,10 +51,12 @@ class Upstreams:
         if busy:
             deliver(respond(action.query, DNSRecord(DNSHeader(rcode=REFUSED)), action.limit))
             return
+        assert self._pool is not None  # busy otherwise
         self._pool.submit(self._run, action, deliver)
 
-    def _run(self, action: Upstream, deliver) -> None:
+    def _run(self, action: Upstream, deliver: Deliver) -> None:
         try:
+            assert self.forwarder is not None  # a pool only comes with one
             out = perform(action, self.forwarder.lookup)
         except Exception:  # the pool would swallow it silently otherwise
             log.exception("asking the upstreams for %s failed", action.query.qname)
@@ -85,7 +89,9 @@ def tcp_socket(host: str, port: int) -> socket.socket:
     return s
 
 
-def serve_udp(sock: socket.socket, engine: Engine, upstreams: Upstreams, stop) -> None:
+def serve_udp(
+    sock: socket.socket, engine: Engine, upstreams: Upstreams, stop: threading.Event
+) -> None:
     """The hot loop: one datagram at a time, as tight as Python allows."""
     recv, send, now = sock.recvfrom, sock.sendto, time.perf_counter
     observe = engine.stats.observe
@@ -101,7 +107,9 @@ def serve_udp(sock: socket.socket, engine: Engine, upstreams: Upstreams, stop) -
             if out.__class__ is bytes:
                 send(out, addr)
             else:
-                upstreams.submit(out, _sender(sock, addr, family, qtype, t0, observe))
+                upstreams.submit(
+                    cast(Upstream, out), _sender(sock, addr, family, qtype, t0, observe)
+                )
                 continue
         except OSError as e:  # e.g. the client's port went away: nothing to do
             log.debug("UDP: %s", e)
@@ -112,7 +120,9 @@ def serve_udp(sock: socket.socket, engine: Engine, upstreams: Upstreams, stop) -
         observe(family, qtype, rcode, now() - t0)
 
 
-def _sender(sock: socket.socket, addr, family: int, qtype: int, t0: float, observe):
+def _sender(
+    sock: socket.socket, addr: Any, family: int, qtype: int, t0: float, observe: Observe
+) -> Deliver:
     def send(response: bytes) -> None:
         try:
             sock.sendto(response, addr)
@@ -124,7 +134,7 @@ def _sender(sock: socket.socket, addr, family: int, qtype: int, t0: float, obser
     return send
 
 
-def _follow(conn, engine: Engine, stop: threading.Event) -> None:
+def _follow(conn: Connection, engine: Engine, stop: threading.Event) -> None:
     """Apply the supervisor's deltas; its pipe closing means it is gone: stop too."""
     catalog = engine.catalog
     while not stop.is_set():
@@ -135,11 +145,12 @@ def _follow(conn, engine: Engine, stop: threading.Event) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if kind == "delta":
+            assert catalog is not None  # installed before this thread starts
             catalog = catalog.apply(payload)
             engine.install(catalog, payload.changed)
 
 
-def _ship(engine: Engine, upstreams: Upstreams, conn, stop: threading.Event) -> None:
+def _ship(engine: Engine, upstreams: Upstreams, conn: Connection, stop: threading.Event) -> None:
     while not stop.wait(0.25):
         stats = engine.stats.copy()
         if upstreams.forwarder is not None:
@@ -151,14 +162,14 @@ def _ship(engine: Engine, upstreams: Upstreams, conn, stop: threading.Event) -> 
             return
 
 
-def run_worker(opts: ServeOptions, catalog: Catalog, conn, number: int) -> int:
+def run_worker(opts: ServeOptions, catalog: Catalog, conn: Connection, number: int) -> int:
     """A worker's life, in the forked child; returns its exit status."""
     logging.basicConfig(
         level=opts.log_level, format=f"%(asctime)s worker{number} %(message)s", force=True
     )
     stop = threading.Event()
 
-    def terminate(*_) -> None:
+    def terminate(*_: object) -> None:
         stop.set()
         raise SystemExit(0)  # interrupts the blocking recvfrom() of the serving loop
 

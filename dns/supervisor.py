@@ -27,12 +27,13 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import Pipe
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from netplane.dns.catalog import Catalog, build_catalog, delta
+from netplane.dns.catalog import Catalog, Delta, build_catalog, delta
 from netplane.dns.metrics import StatsCollector
 from netplane.dns.options import ServeOptions, kinds_needed
 from netplane.dns.server import run_worker
@@ -58,7 +59,7 @@ def _source(opts: ServeOptions) -> Source:
 class Worker:
     slot: int
     pid: int
-    conn: object  # multiprocessing Connection
+    conn: Connection
     generation: int
     up: bool = False
     synced: bool = False
@@ -95,6 +96,7 @@ class Supervisor:
             status = 1
             try:
                 _into_child(child.fileno())
+                assert self.catalog is not None  # published before workers are forked
                 status = run_worker(self.opts, self.catalog, child, slot)
             except BaseException:
                 log.exception("worker %d failed", slot)
@@ -109,7 +111,7 @@ class Supervisor:
     def current(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.retired_at is None]
 
-    def publish(self, catalog: Catalog, d=None) -> None:
+    def publish(self, catalog: Catalog, d: Delta | None = None) -> None:
         """Install a new catalog: a first (or rebuilt) one starts a new generation of
         workers; a delta goes to every worker of the current generation."""
         with self.lock:
@@ -148,7 +150,8 @@ class Supervisor:
 
     def _messages(self) -> None:
         conns = {w.conn: w for w in self.workers.values()}
-        for conn in wait(list(conns), timeout=0.1):
+        for ready in wait(list(conns), timeout=0.1):
+            conn = cast(Connection, ready)
             w = conns[conn]
             try:
                 kind, payload = conn.recv()
@@ -280,7 +283,9 @@ def follow(state: ClusterState, sup: Supervisor, stop: threading.Event) -> None:
         sup.publish(catalog, d)
 
 
-def _http(addr: tuple[str, int], health: _Health, path: str, registry) -> ThreadingHTTPServer:
+def _http(
+    addr: tuple[str, int], health: _Health, path: str, registry: CollectorRegistry
+) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path != path:
@@ -299,7 +304,7 @@ def _http(addr: tuple[str, int], health: _Health, path: str, registry) -> Thread
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:
+        def log_message(self, *args: object) -> None:
             pass
 
     class Server(ThreadingHTTPServer):

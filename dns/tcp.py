@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 READ_DEADLINE = 3.0
@@ -38,7 +39,7 @@ class Connection:
 
     __slots__ = ("addr", "buf", "inflight", "last", "out", "started", "write_since")
 
-    def __init__(self, addr, now: float) -> None:
+    def __init__(self, addr: Any, now: float) -> None:
         self.addr = addr
         self.buf = bytearray()
         self.out = bytearray()
@@ -97,13 +98,18 @@ class Connection:
 
 
 Respond = Callable[[bytes, tuple], "tuple[bytes | object | None, int, int]"]
+Deliver = Callable[[bytes], None]  # takes an upstream action's answer, from any thread
+Submit = Callable[[Any, Deliver], None]  # hands an upstream action to the worker's pool
+Observe = Callable[[int, int, int, float], None]  # metrics: (transport, qtype, rcode, seconds)
 
 
 class TcpServer:
     """The loop: accept, read, answer, write, expire. `submit(action, deliver)` hands an
     upstream action to the worker's pool; `deliver(bytes)` may be called from any thread."""
 
-    def __init__(self, listener: socket.socket, respond: Respond, submit, observe) -> None:
+    def __init__(
+        self, listener: socket.socket, respond: Respond, submit: Submit, observe: Observe
+    ) -> None:
         self.listener = listener
         self.respond = respond
         self.submit = submit
@@ -111,7 +117,8 @@ class TcpServer:
         self.family = 4 if listener.family == socket.AF_INET6 else 3
         self.sel = selectors.DefaultSelector()
         self.conns: dict[socket.socket, Connection] = {}
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[socket.socket, Connection, bytes | None, float, int]]
+        self._done = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -123,7 +130,7 @@ class TcpServer:
         last_sweep = time.monotonic()
         while not stop.is_set():
             for key, mask in self.sel.select(0.25):
-                sock = key.fileobj
+                sock = cast(socket.socket, key.fileobj)  # only sockets are registered
                 if sock is self.listener:
                     self._accept()
                 elif sock is self._wake_r:
@@ -188,7 +195,7 @@ class TcpServer:
                 self.submit(out, self._deliverer(sock, conn, t0, qtype))
         self._flush(sock, conn)
 
-    def _deliverer(self, sock: socket.socket, conn: Connection, t0: float, qtype: int):
+    def _deliverer(self, sock: socket.socket, conn: Connection, t0: float, qtype: int) -> Deliver:
         def deliver(response: bytes | None) -> None:
             self._done.put((sock, conn, response, t0, qtype))
             with contextlib.suppress(OSError):  # full: the loop is being woken already

@@ -185,7 +185,9 @@ def labels(qname_wire: bytes) -> list[bytes]:
     return labels
 
 
-def assemble(query_id: bytes, flags: int, question: bytes, c: Compiled, edns: int, limit: int):
+def assemble(
+    query_id: bytes, flags: int, question: bytes, c: Compiled, edns: int, limit: int
+) -> bytes:
     """The response bytes; when larger than `limit`, without the additional section, and
     truncated (TC, no records) only when the answer itself does not fit (RFC 2181 s. 9)."""
     if edns:

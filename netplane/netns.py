@@ -16,6 +16,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from netplane._setns import NETNS_DIR, enter, netns_path, open_netns, setns
 from netplane._setns import entered as _entered_fd
@@ -51,7 +52,7 @@ def run(
     return proc.stdout
 
 
-def popen(ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+def popen(ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
     """Start a long-running command inside NS; the caller must stop it (see `stop`)."""
     return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
 

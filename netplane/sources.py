@@ -22,7 +22,7 @@ from netplane.state import ClusterState
 try:  # inotify through a well-kept Rust library; polling where it is missing
     from watchfiles._rust_notify import RustNotify
 except ImportError:  # pragma: no cover
-    RustNotify = None
+    RustNotify = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +323,17 @@ class ManifestSource:
             return None
         return paths if self.path.is_dir() else paths & {self.path}
 
-    def _guarded(self, state: ClusterState, watched: Path | None = None, events=None) -> None:
+    def _guarded(
+        self,
+        state: ClusterState,
+        watched: Path | None = None,
+        events: set[tuple[int, str]] | None = None,
+    ) -> None:
         """Sync the files EVENTS name (everything without events); never raises: a source
         must outlive any one bad read or surprising event."""
         try:
-            self.sync_once(state, self._event_paths(watched, events) if events else None)
+            paths = self._event_paths(watched, events) if watched and events else None
+            self.sync_once(state, paths)
         except Exception:
             log.exception("reading manifests from %s failed", self.path)
 

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from netplane.model import EndpointSlice, KubeObject, Node, ObjectKey, Pod, RawObject, Service
+from netplane.model import (
+    EndpointSlice,
+    KubeObject,
+    NamespacedName,
+    Node,
+    ObjectKey,
+    Pod,
+    RawObject,
+    Service,
+)
 
-ServiceKey = tuple[str, str]  # (namespace, name)
+ServiceKey = NamespacedName  # a Service's (namespace, name): what proxy and DNS work by
+Change = tuple[ObjectKey, ServiceKey | None]  # an object that changed, and its service
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +35,7 @@ class Changes:
 
     services: frozenset[ServiceKey] = frozenset()  # the Service object itself
     endpoints: frozenset[ServiceKey] = frozenset()  # the EndpointSlices of that service
-    pods: frozenset[ServiceKey] = frozenset()  # (namespace, pod name)
+    pods: frozenset[NamespacedName] = frozenset()
     nodes: frozenset[str] = frozenset()
     others: frozenset[ObjectKey] = frozenset()
     # monotonic time of the first change per service key not yet popped, for
@@ -41,7 +52,7 @@ class Snapshot:
 
     services: Mapping[ServiceKey, Service]
     slices: Mapping[ServiceKey, tuple[EndpointSlice, ...]]  # by owning service
-    pods: Mapping[ServiceKey, Pod]
+    pods: Mapping[NamespacedName, Pod]
     nodes: Mapping[str, Node]
     others: Mapping[ObjectKey, RawObject]
     synced: bool
@@ -51,56 +62,71 @@ class Snapshot:
         return self.slices.get(key, ())
 
 
+def _namespaced(key: ObjectKey) -> NamespacedName:
+    return key[1], key[2]
+
+
+def _name(key: ObjectKey) -> str:
+    return key[2]
+
+
+def _whole(key: ObjectKey) -> ObjectKey:
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How the state stores a kind and how the change feed reports it."""
+
+    change: str  # the `Changes` field
+    key: Callable[[ObjectKey], Hashable]  # its key in the state's store and in `Changes`
+    by_service: bool = False  # `Changes` names its service instead (Services, EndpointSlices)
+
+
+_KINDS = {
+    "Service": _Kind("services", _namespaced, by_service=True),
+    "EndpointSlice": _Kind("endpoints", _namespaced, by_service=True),
+    "Pod": _Kind("pods", _namespaced),
+    "Node": _Kind("nodes", _name),
+}
+_OTHER = _Kind("others", _whole)  # every other kind, as RawObject
+
+
+def _kind(kind: str) -> _Kind:
+    return _KINDS.get(kind, _OTHER)
+
+
 class ChangeTracker:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._services: set[ServiceKey] = set()
-        self._endpoints: set[ServiceKey] = set()
-        self._pods: set[ServiceKey] = set()
-        self._nodes: set[str] = set()
-        self._others: set[ObjectKey] = set()
+        self._changed: dict[str, set[Any]] = {k.change: set() for k in (*_KINDS.values(), _OTHER)}
         self._first: dict[ServiceKey, float] = {}
 
-    def _record(self, obj_key: ObjectKey, service_key: ServiceKey | None, now: float) -> None:
-        kind, namespace, name = obj_key
-        if kind == "Service":
-            self._services.add((namespace, name))
-        elif kind == "EndpointSlice":
-            if service_key is None or not service_key[1]:
-                return  # a slice owned by no service feeds nothing
-            self._endpoints.add(service_key)
-        elif kind == "Pod":
-            self._pods.add((namespace, name))
-        elif kind == "Node":
-            self._nodes.add(name)
-        else:
-            self._others.add(obj_key)
-        if kind in ("Service", "EndpointSlice"):
-            self._first.setdefault(service_key or (namespace, name), now)
+    def record(self, changed: Iterable[Change], now: float) -> None:
+        """Note CHANGED (at monotonic time NOW) and wake whoever waits for changes."""
+        with self._cond:
+            for obj_key, service_key in changed:
+                kind = _kind(obj_key[0])
+                if not kind.by_service:
+                    self._changed[kind.change].add(kind.key(obj_key))
+                elif service_key is not None and service_key[1]:  # else: feeds nothing
+                    self._changed[kind.change].add(service_key)
+                    self._first.setdefault(service_key, now)
+            self._cond.notify_all()
 
     def pop(self) -> Changes:
         with self._cond:
             changes = Changes(
-                frozenset(self._services),
-                frozenset(self._endpoints),
-                frozenset(self._pods),
-                frozenset(self._nodes),
-                frozenset(self._others),
-                dict(self._first),
+                **{name: frozenset(keys) for name, keys in self._changed.items()},
+                first_change=dict(self._first),
             )
-            for s in (
-                self._services,
-                self._endpoints,
-                self._pods,
-                self._nodes,
-                self._others,
-                self._first,
-            ):
-                s.clear()
+            for keys in self._changed.values():
+                keys.clear()
+            self._first.clear()
             return changes
 
     def _has_changes(self) -> bool:
-        return bool(self._services or self._endpoints or self._pods or self._nodes or self._others)
+        return any(self._changed.values())
 
     def pending(self) -> bool:
         with self._cond:
@@ -118,11 +144,18 @@ class ClusterState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._services: dict[ServiceKey, Service] = {}
-        self._slice_objects: dict[ServiceKey, EndpointSlice] = {}  # by (namespace, slice name)
-        self._slices: dict[ServiceKey, tuple[EndpointSlice, ...]] = {}
-        self._pods: dict[ServiceKey, Pod] = {}
+        self._slice_objects: dict[NamespacedName, EndpointSlice] = {}
+        self._slices: dict[ServiceKey, tuple[EndpointSlice, ...]] = {}  # by owning service
+        self._pods: dict[NamespacedName, Pod] = {}
         self._nodes: dict[str, Node] = {}
         self._others: dict[ObjectKey, RawObject] = {}
+        # the store of each kind, keyed by `_kind(kind).key`
+        self._stores: dict[str, dict[Any, Any]] = {
+            "Service": self._services,
+            "EndpointSlice": self._slice_objects,
+            "Pod": self._pods,
+            "Node": self._nodes,
+        }
         self._trackers: list[ChangeTracker] = []
         self._synced = threading.Event()
         self._generation = 0
@@ -137,7 +170,7 @@ class ClusterState:
     def apply(self, upserts: Iterable[KubeObject] = (), deletes: Iterable[ObjectKey] = ()) -> int:
         """Add/replace and remove objects in one step; returns how many really changed."""
         now = time.monotonic()
-        changed: list[tuple[ObjectKey, ServiceKey | None]] = []
+        changed: list[Change] = []
         with self._lock:
             for obj in upserts:
                 changed.extend(self._upsert(obj))
@@ -148,63 +181,44 @@ class ClusterState:
             self._generation += 1
             trackers = list(self._trackers)
         for t in trackers:
-            with t._cond:
-                for obj_key, service_key in changed:
-                    t._record(obj_key, service_key, now)
-                t._cond.notify_all()
+            t.record(changed, now)
         return len(changed)
 
-    def _upsert(self, obj: KubeObject) -> list[tuple[ObjectKey, ServiceKey | None]]:
-        if isinstance(obj, Service):
-            if self._services.get(obj.service_key) == obj:
-                return []
-            self._services[obj.service_key] = obj
-            return [(obj.key, obj.service_key)]
+    def _store(self, key: ObjectKey) -> tuple[dict[Any, Any], Hashable]:
+        return self._stores.get(key[0], self._others), _kind(key[0]).key(key)
+
+    def _upsert(self, obj: KubeObject) -> list[Change]:
+        store, key = self._store(obj.key)
+        old = store.get(key)
+        if old == obj:
+            return []
+        store[key] = obj
         if isinstance(obj, EndpointSlice):
-            slice_key = (obj.namespace, obj.name)
-            old = self._slice_objects.get(slice_key)
-            if old == obj:
-                return []
             result = []
-            if old is not None and old.service_key != obj.service_key:
-                result.extend(self._delete(obj.key))
-            self._slice_objects[slice_key] = obj
+            if old is not None and old.service_key != obj.service_key:  # moved to another
+                self._unlink_slice(old)
+                result.append((obj.key, old.service_key))
             others = tuple(s for s in self._slices.get(obj.service_key, ()) if s.name != obj.name)
             self._slices[obj.service_key] = tuple(sorted((*others, obj), key=lambda s: s.name))
-            result.append((obj.key, obj.service_key))
-            return result
-        if isinstance(obj, Pod):
-            key = (obj.namespace, obj.name)
-            if self._pods.get(key) == obj:
-                return []
-            self._pods[key] = obj
-        elif isinstance(obj, Node):
-            if self._nodes.get(obj.name) == obj:
-                return []
-            self._nodes[obj.name] = obj
-        else:
-            if self._others.get(obj.key) == obj:
-                return []
-            self._others[obj.key] = obj
-        return [(obj.key, None)]
+            return [*result, (obj.key, obj.service_key)]
+        return [(obj.key, obj.service_key if isinstance(obj, Service) else None)]
 
-    def _delete(self, key: ObjectKey) -> list[tuple[ObjectKey, ServiceKey | None]]:
-        kind, namespace, name = key
-        if kind == "Service":
-            return [(key, (namespace, name))] if self._services.pop((namespace, name), None) else []
-        if kind == "EndpointSlice":
-            old = self._slice_objects.pop((namespace, name), None)
-            if old is None:
-                return []
-            rest = tuple(s for s in self._slices.get(old.service_key, ()) if s.name != name)
-            if rest:
-                self._slices[old.service_key] = rest
-            else:
-                self._slices.pop(old.service_key, None)
-            return [(key, old.service_key)]
-        store: dict = {"Pod": self._pods, "Node": self._nodes}.get(kind, self._others)
-        store_key = {"Pod": (namespace, name), "Node": name}.get(kind, key)
-        return [(key, None)] if store.pop(store_key, None) is not None else []
+    def _delete(self, key: ObjectKey) -> list[Change]:
+        store, store_key = self._store(key)
+        old = store.pop(store_key, None)
+        if old is None:
+            return []
+        if isinstance(old, EndpointSlice):
+            self._unlink_slice(old)
+        return [(key, old.service_key if isinstance(old, Service | EndpointSlice) else None)]
+
+    def _unlink_slice(self, old: EndpointSlice) -> None:
+        """Remove OLD from its service's slices."""
+        rest = tuple(s for s in self._slices.get(old.service_key, ()) if s.name != old.name)
+        if rest:
+            self._slices[old.service_key] = rest
+        else:
+            self._slices.pop(old.service_key, None)
 
     def mark_synced(self) -> None:
         """The source delivered a complete view at least once (readiness gates on this)."""
@@ -227,15 +241,4 @@ class ClusterState:
                 others=MappingProxyType(dict(self._others)),
                 synced=self._synced.is_set(),
                 generation=self._generation,
-            )
-
-    def keys(self) -> set[ObjectKey]:
-        """Every object key currently held (sources diff against this)."""
-        with self._lock:
-            return (
-                {s.key for s in self._services.values()}
-                | {s.key for s in self._slice_objects.values()}
-                | {p.key for p in self._pods.values()}
-                | {n.key for n in self._nodes.values()}
-                | set(self._others)
             )

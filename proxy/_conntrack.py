@@ -48,7 +48,7 @@ def flows(snapshot: Snapshot, key: ServiceKey, family: str) -> frozenset[Flow]:
         for s in snapshot.slices_for(key)
         if s.address_type == ("IPv6" if family == "ipv6" else "IPv4")
     ]
-    out = set()
+    out: set[Flow] = set()
     for port in service.ports:
         if port.protocol != "UDP":
             continue

@@ -87,7 +87,7 @@ class Fingerprint:
     def _xt_info(self) -> tuple[tuple[int, int] | None, ...]:
         assert self._sock is not None
         level = socket.IPPROTO_IPV6 if self.family == "ipv6" else socket.IPPROTO_IP
-        out = []
+        out: list[tuple[int, int] | None] = []
         for table in _TABLES:
             buf = ctypes.create_string_buffer(table.encode().ljust(_GETINFO.size, b"\0"))
             size = ctypes.c_uint32(_GETINFO.size)

@@ -43,8 +43,15 @@ class RestoreError(RuntimeError):
 class Runner(Protocol):
     """How the iptables backend reaches the kernel (see the module docstring)."""
 
-    variant: str  # legacy | nft
-    family: str  # ipv4 | ipv6
+    @property
+    def variant(self) -> str:
+        """legacy | nft"""
+        ...
+
+    @property
+    def family(self) -> str:
+        """ipv4 | ipv6"""
+        ...
 
     def restore(self, text: str, stop: threading.Event | None = None) -> None:
         """Apply TEXT (`--noflush --counters`, one transaction per table)."""
@@ -215,7 +222,8 @@ def _wait(proc: subprocess.Popen, stop: threading.Event | None, feed: _Feeder) -
 class _Feeder:
     """Writes queued bytes to a process's stdin from a thread; closing ends its input."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None, "started with stdin=PIPE"
         self._stdin = proc.stdin
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.broken = False  # the reader went away (iptables-restore failed and exited)

@@ -389,8 +389,8 @@ def drift(
             for chain in sorted(have)
             if chain not in chains and SERVICE_CHAIN.match(chain)
         )
-    for table, lines in missing_jumps(saved_of(kernel)).items():
-        for line in lines:
+    for table, jumps in missing_jumps(saved_of(kernel)).items():
+        for line in jumps:
             if line.startswith(":"):
                 out.append(Drift(table, CANARY, "missing"))
             else:

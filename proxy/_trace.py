@@ -87,7 +87,7 @@ _TARGET_OPTIONS = {
 }
 
 
-def _network(text: str, line: str):
+def _network(text: str, line: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -306,6 +306,10 @@ class _State:
     recent: frozenset[str] = field(default_factory=frozenset)
 
 
+_Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Walk = Iterator[tuple[_State, str | None]]  # (state, verdict); None: fell through
+
+
 class Tracer:
     def __init__(
         self, rules: str | Mapping[str, Mapping[str, Sequence[str]]], local_ips: Sequence[str] = ()
@@ -360,7 +364,9 @@ class Tracer:
             outcomes.add(Outcome("DNAT" if endpoint else "NO_MATCH", endpoint, masq))
         return Trace(frozenset(outcomes))
 
-    def _filter(self, hook, packet, src, src_local, st) -> str | None:
+    def _filter(
+        self, hook: str, packet: Packet, src: _Addr, src_local: bool, st: _State
+    ) -> str | None:
         """DROP/REJECT if any branch of the filter hook blocks, else None."""
         verdicts = {v for _, v in self._chain("filter", hook, packet, src, src_local, st)}
         blocked = verdicts & {"DROP", "REJECT"}
@@ -373,7 +379,16 @@ class Tracer:
             return packet.dst_local
         return self.is_local(st.dst)
 
-    def _chain(self, table, chain, packet, src, src_local, st, depth=0) -> Iterator:
+    def _chain(
+        self,
+        table: str,
+        chain: str,
+        packet: Packet,
+        src: _Addr,
+        src_local: bool,
+        st: _State,
+        depth: int = 0,
+    ) -> _Walk:
         """Every (state, verdict) a walk of CHAIN can end in; verdict None = fell through."""
         if depth > _MAX_DEPTH:
             raise TraceError(f"jump depth over {_MAX_DEPTH} at {table} {chain}: a loop?")
@@ -390,7 +405,17 @@ class Tracer:
         for st2, v in self._walk(table, rules, 0, packet, src, src_local, st, depth):
             yield st2, (None if v == "RETURN" else v)
 
-    def _walk(self, table, rules, i, packet, src, src_local, st, depth) -> Iterator:
+    def _walk(
+        self,
+        table: str,
+        rules: list[Rule],
+        i: int,
+        packet: Packet,
+        src: _Addr,
+        src_local: bool,
+        st: _State,
+        depth: int,
+    ) -> _Walk:
         while i < len(rules):
             rule = rules[i]
             m = self._match(rule, packet, src, src_local, st)
@@ -407,7 +432,9 @@ class Tracer:
             return
         yield st, None
 
-    def _match(self, rule: Rule, packet, src, src_local, st) -> bool | None:
+    def _match(
+        self, rule: Rule, packet: Packet, src: _Addr, src_local: bool, st: _State
+    ) -> bool | None:
         """True, False, or None (both possible: random / unknown history)."""
         if rule.src is not None:
             net, neg = rule.src
@@ -453,7 +480,16 @@ class Tracer:
                 raise TraceError(f"match {kind} not modelled")
         return result
 
-    def _apply(self, table, rule: Rule, packet, src, src_local, st, depth) -> Iterator:
+    def _apply(
+        self,
+        table: str,
+        rule: Rule,
+        packet: Packet,
+        src: _Addr,
+        src_local: bool,
+        st: _State,
+        depth: int,
+    ) -> _Walk:
         target = rule.target
         for m in rule.matches:
             if m[0] == "recent-set":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -96,7 +97,7 @@ def render(
     help="Seconds between read-backs of the rules (drift is repaired); foreign writes "
     "trigger one within a second anyway.",
 )
-def run(**options) -> None:
+def run(**options: Any) -> None:
     """Run the proxy daemon: follow the manifests and keep the kernel's rules in sync.
 
     SIGTERM stops it and leaves the rules in place, so a restart does not disturb traffic.

@@ -203,7 +203,7 @@ def run_daemon(
     )
     stop = threading.Event()
 
-    def on_signal(signum, _frame) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
         log.info("%s: stopping, rules stay in place", signal.Signals(signum).name)
         stop.set()
 

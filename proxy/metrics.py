@@ -11,7 +11,7 @@ import json
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -117,7 +117,7 @@ class Metrics:
         self._no_local: dict[ServiceKey, frozenset[str]] = {}
         self.last_success: float | None = None  # time.time() of the last successful sync
 
-    def update_no_local(self, snapshot: Snapshot, keys, node: str) -> None:
+    def update_no_local(self, snapshot: Snapshot, keys: Iterable[ServiceKey], node: str) -> None:
         for key in keys:
             policies = no_local_endpoints(snapshot, key, node)
             if policies:
@@ -173,7 +173,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
@@ -181,7 +181,8 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the host name (getfqdn): in a namespace without
         # DNS that blocks for many seconds before the daemon even starts
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
 
 
 def serve(
@@ -205,7 +206,7 @@ def serve(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+        def log_message(self, *args: object) -> None:  # scrapes are not worth a log line each
             pass
 
     host, port = parse_addr(addr)

@@ -59,14 +59,14 @@ from __future__ import annotations
 
 import gc
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain as _chain_iter
 from types import MappingProxyType
 
-from netplane.model import Service
+from netplane.model import EndpointSlice, Service
 from netplane.proxy._chains import endpoint_chain_name, port_hash, service_port_name
 from netplane.proxy._endpoints import categorize, port_endpoints
 from netplane.state import ServiceKey, Snapshot
@@ -222,7 +222,9 @@ def render_service(snapshot: Snapshot, key: ServiceKey, config: ProxyConfig) -> 
     return rules
 
 
-def _render(svc: Service, slices, config: ProxyConfig, node_ips: tuple[str, ...]) -> ServiceRules:
+def _render(
+    svc: Service, slices: Sequence[EndpointSlice], config: ProxyConfig, node_ips: tuple[str, ...]
+) -> ServiceRules:
     if svc.type == "ExternalName" or svc.headless or not svc.ports:
         return EMPTY_RULES
     v6 = config.family == "ipv6"
@@ -530,8 +532,8 @@ def assemble(config: ProxyConfig, rules: Iterable[ServiceRules]) -> Tables:
         "KUBE-PROXY-CANARY": (),
     }
     tables: Tables = {"filter": filt, "nat": nat}
-    for (table, chain), lines in sorted(shared.items()):  # shared chains we do not know
-        tables.setdefault(table, {})[chain] = tuple(lines)
+    for (table, chain), unknown in sorted(shared.items()):  # shared chains we do not know
+        tables.setdefault(table, {})[chain] = tuple(unknown)
     for r in ordered:
         nat.update(r.nat_chains)
     return tables

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from netplane.proxy import _plan
 from netplane.proxy._conntrack import Conntrack, Flow, flows, stale
 from netplane.proxy._iptables import VARIANTS, Iptables, RestoreError, Runner
+from netplane.proxy._plan import Transaction
 from netplane.proxy.backend import SyncError, SyncInterrupted, SyncResult, VerifyResult
 from netplane.proxy.render import (
     EMPTY_RULES,
@@ -97,7 +98,7 @@ class Syncer:
         """A copy of what the last successful sync left in the kernel (None: not in sync)."""
         if self._pending is not None:
             return None
-        return {t: dict(chains) for t, chains in self._known.items()}  # type: ignore[misc]
+        return {t: dict(chains) for t, chains in self._known.items()}  # type: ignore[arg-type]
 
     # ---- sync --------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Syncer:
             }
             self._jumps = _plan.missing_jumps(saved)
         if fresh and not (self.chunk and len(snapshot.services) > self.chunk):
-            txs: list[_plan.Transaction] = [self._streamed(snapshot, keys)]
+            txs: list[Transaction] = [self._streamed(snapshot, keys)]
         else:
             with paused_gc():  # ~200k acyclic objects per full render: collections only cost
                 desired, candidates = self._desired_state(snapshot, keys)
@@ -165,7 +166,7 @@ class Syncer:
         except RestoreError as e:
             raise SyncError(str(e), partial=False) from e
 
-    def _plan(self, write: Tables, deleted: dict[str, list[str]]) -> list[_plan.Transaction]:
+    def _plan(self, write: Tables, deleted: dict[str, list[str]]) -> list[Transaction]:
         """Transactions for WRITE/DELETED (chunked when big on nft), plus missing jumps."""
         if self.chunk and len(write.get("nat", ())) > self.chunk:
             groups = (self._rules[k].nat_chains for k in sorted(self._rules))
@@ -190,7 +191,7 @@ class Syncer:
 
     def _apply(
         self,
-        txs: Iterable[_plan.Transaction],
+        txs: Iterable[Transaction],
         kind: str,
         stop: threading.Event | None,
         spent: list[float],
@@ -232,7 +233,7 @@ class Syncer:
                 self._jumps = {}
         return restores, sent, written, gone
 
-    def _forget(self, tx: _plan.Transaction) -> None:
+    def _forget(self, tx: Transaction) -> None:
         """After TX failed (or was cut short): its chains' contents are unknown."""
         if not isinstance(tx.text, str):  # a streamed one: rendering may not have finished
             self._rendered_all = False
@@ -243,7 +244,7 @@ class Syncer:
         if tx.jumps:
             self._jumps = None
 
-    def _streamed(self, snapshot: Snapshot, keys: frozenset[ServiceKey]) -> _plan.Transaction:
+    def _streamed(self, snapshot: Snapshot, keys: frozenset[ServiceKey]) -> Transaction:
         """A one-call full sync whose input is rendered while iptables-restore parses it,
         so the cold render (~0.3 s of CPU at 10k services) runs beside the parse."""
         written: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -272,7 +273,7 @@ class Syncer:
 
         head = TOP_LEVEL_CHAINS["nat"]
         pieces = _plan.streamed_full(head, batches(), finish)
-        return _plan.Transaction(pieces, written, deleted, jumps=True)
+        return Transaction(pieces, written, deleted, jumps=True)
 
     # ---- rendering ---------------------------------------------------------------------
 

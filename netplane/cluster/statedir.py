@@ -18,6 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ROOT = Path("/run/netplane")
 MANIFEST_KINDS = ("Service", "EndpointSlice", "Pod", "Node")  # Endpoints arrive mirrored
@@ -34,7 +35,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, default):
+def read_json(path: Path, default: Any) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

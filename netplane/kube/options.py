@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from netplane.sources import ManifestSource, Source
+
+if TYPE_CHECKING:  # the client costs ~0.3 s to import: only where it is used
+    from kubernetes.client import ApiClient
 
 
 class SourceChoiceError(click.UsageError, ValueError):
@@ -64,7 +68,7 @@ def source_from_options(
     return KubeApiSource(api_client(kubeconfig=kubeconfig, in_cluster=in_cluster), kinds)
 
 
-def api_client(kubeconfig: str | None = None, in_cluster: bool = False):
+def api_client(kubeconfig: str | None = None, in_cluster: bool = False) -> ApiClient:
     """A `kubernetes.client.ApiClient` for a kubeconfig file or the pod's service account."""
     from kubernetes import client, config
 

@@ -19,6 +19,7 @@ from netplane.model._objects import (
     EndpointSlice,
     KubeObject,
     Labels,
+    NamespacedName,
     Node,
     ObjectKey,
     Pod,
@@ -27,7 +28,7 @@ from netplane.model._objects import (
     Service,
     ServicePort,
 )
-from netplane.model._parse import parse_object
+from netplane.model._parse import parse_as, parse_object
 
 __all__ = [
     "Container",
@@ -41,6 +42,7 @@ __all__ = [
     "Labels",
     "LoadResult",
     "ManifestError",
+    "NamespacedName",
     "Node",
     "ObjectKey",
     "Pod",
@@ -52,6 +54,7 @@ __all__ = [
     "load_file",
     "load_path",
     "manifest_files",
+    "parse_as",
     "parse_manifests",
     "parse_object",
 ]

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -13,10 +14,10 @@ from netplane.model._fields import InvalidField
 from netplane.model._objects import KubeObject
 from netplane.model._parse import parse_object
 
-try:  # libyaml's loader is ~10x faster; fall back where it was not compiled in
-    _YamlLoader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _YamlLoader = yaml.SafeLoader
+# libyaml's loader is ~10x faster; fall back where it was not compiled in
+_YamlLoader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -62,7 +63,7 @@ class Document:
 
     source: str
     number: int  # 1-based document in the file
-    body: object  # a mapping for a usable document
+    body: Any  # a mapping for a usable document; whatever YAML gave otherwise
     field: str = ""  # `items[2]` for an item of a List
 
 
@@ -119,11 +120,16 @@ def parse_manifests(text: str, source: str = "<stdin>") -> LoadResult:
 
 
 def _identity(doc: dict) -> tuple[str, str, str]:
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else ""
-    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-    ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    kind = _text(doc.get("kind"), "")
+    name = _text(meta.get("name"), "")
+    ns = _text(meta.get("namespace"), "default")
     return kind, ("" if kind == "Node" else ns), name
+
+
+def _text(value: object, default: str) -> str:
+    return value if isinstance(value, str) else default
 
 
 def load_file(path: str | Path) -> LoadResult:
@@ -145,7 +151,7 @@ def manifest_files(path: str | Path, errors: list[OSError] | None = None) -> lis
     path = Path(path)
     if not path.is_dir():
         return [path]
-    found = []
+    found: list[Path] = []
     onerror = errors.append if errors is not None else None
     for root, dirs, files in os.walk(path, onerror=onerror, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name); namespace "" for cluster-scoped
+NamespacedName = tuple[str, str]  # (namespace, name) of a namespaced object of a known kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ class Service:
         return ("Service", self.namespace, self.name)
 
     @property
-    def service_key(self) -> tuple[str, str]:
+    def service_key(self) -> NamespacedName:
         return (self.namespace, self.name)
 
 
@@ -94,7 +95,7 @@ class EndpointSlice:
         return ("EndpointSlice", self.namespace, self.name)
 
     @property
-    def service_key(self) -> tuple[str, str]:
+    def service_key(self) -> NamespacedName:
         return (self.namespace, self.service_name)
 
 

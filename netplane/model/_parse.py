@@ -6,7 +6,8 @@ Fields the API knows but netplane ignores are accepted; unknown ones are not.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from netplane.model._fields import (
     _DNS1123_LABEL,
@@ -40,6 +41,7 @@ from netplane.model._objects import (
     ServicePort,
 )
 
+T = TypeVar("T", bound=KubeObject)
 _TOP = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _SERVICE_SPEC = frozenset(
     [
@@ -359,7 +361,7 @@ def parse_endpoints(doc: dict) -> list[EndpointSlice]:
     controller does, named `<name>-<n>` and owned by the service of the same name."""
     _known(doc, _ENDPOINTS_TOP, "")
     namespace, name, _meta = metadata(doc, namespaced=True)
-    slices = []
+    slices: list[EndpointSlice] = []
     for i, subset in enumerate(_list(doc.get("subsets"), "subsets")):
         spath = f"subsets[{i}]"
         subset = _obj(subset, spath)
@@ -526,7 +528,7 @@ def parse_node(doc: dict) -> Node:
     )
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict], KubeObject]] = {
     "Service": parse_service,
     "EndpointSlice": parse_endpoint_slice,
     "Pod": parse_pod,
@@ -555,6 +557,14 @@ def parse_object(doc: dict, *, strict: bool = True) -> list[KubeObject]:
         return _parse_object(doc)
     finally:
         _strict.reset(token)
+
+
+def parse_as(doc: dict, cls: type[T], *, strict: bool = True) -> T:
+    """One document that must be a CLS (Service, Pod, ...); raises InvalidField otherwise."""
+    objects = parse_object(doc, strict=strict)
+    if len(objects) != 1 or not isinstance(objects[0], cls):
+        raise InvalidField("kind", f"expected {cls.__name__}, got {doc.get('kind')!r}")
+    return objects[0]
 
 
 def _parse_object(doc: dict) -> list[KubeObject]:

@@ -12,9 +12,10 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, TypeVar
 
 from netplane.netns import (
     NetnsError,
@@ -31,6 +32,8 @@ from netplane.netns import (
     unique_name,
     veth,
 )
+
+T = TypeVar("T")
 
 # A tiny responder for pods: TCP answers one HTTP/1.0 response, UDP echoes a datagram; both
 # say "<pod name> <client ip>" so tests see who answered and which source address arrived.
@@ -195,7 +198,7 @@ class Lab:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _ns(self, role: str) -> str:
@@ -264,7 +267,7 @@ class Lab:
             if failed:
                 raise NetnsError(f"IPv6 duplicate address detection failed in {ns}: {failed}")
 
-    def start(self, ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    def start(self, ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """A process inside NS that `close()` stops (stdout piped unless given)."""
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("text", True)
@@ -285,7 +288,9 @@ def _no_tentative_address(ns: str) -> bool:
     return not ip("-6", "-n", ns, "addr", "show", "tentative").strip()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+def wait_for(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Poll PREDICATE until it returns a true value (returned) or TIMEOUT passes (raises)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -19,7 +21,7 @@ from netplane.cluster.client.kinds import CLUSTER_SCOPED, error_text, kind_of, n
 from netplane.cluster.statedir import StateDir, read_json
 
 
-def cluster_options(f):
+def cluster_options(f: Callable[..., None]) -> Callable[..., None]:
     @click.option(
         "--cluster",
         default="netplane",
@@ -34,7 +36,7 @@ def cluster_options(f):
         help="State directory [default /run/netplane/<cluster>].",
     )
     @functools.wraps(f)
-    def wrapper(cluster: str, state_dir: str | None, **kw):
+    def wrapper(cluster: str, state_dir: str | None, **kw: Any) -> None:
         state = api.resolve_state(cluster, state_dir)
         try:
             return f(state=state, cluster=cluster, **kw)
@@ -44,7 +46,7 @@ def cluster_options(f):
     return wrapper
 
 
-def namespace_option(f):
+def namespace_option(f: Callable[..., None]) -> Callable[..., None]:
     return click.option("-n", "--namespace", default="default", show_default=True)(f)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import yaml
 
 
@@ -42,7 +44,14 @@ def events_section(obj: dict, events: list[dict]) -> str:
     return "Events:\n" + "\n".join("  " + line for line in render(rows).splitlines())
 
 
-def describe(kind: str, obj: dict, slices: list[dict], events: list[dict], pods=(), sets=()) -> str:
+def describe(
+    kind: str,
+    obj: dict,
+    slices: list[dict],
+    events: list[dict],
+    pods: Iterable[dict] = (),
+    sets: Iterable[dict] = (),
+) -> str:
     return _describe(kind, obj, slices, list(pods), list(sets)) + "\n" + events_section(obj, events)
 
 
@@ -145,7 +154,7 @@ def _describe(kind: str, obj: dict, slices: list[dict], pods: list, sets: list) 
                 or "<none>"
             )
             pairs += [("Container", c["name"]), ("  Image", c["image"]), ("  Port", ports)]
-            cs = next(
+            cs: dict = next(
                 (x for x in status.get("containerStatuses") or [] if x["name"] == c["name"]), {}
             )
             state = next(iter(cs.get("state") or {"waiting": {}}))

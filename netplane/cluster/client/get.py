@@ -16,7 +16,7 @@ from netplane.cluster.statedir import StateDir
 
 
 def fetch(
-    state: StateDir, kind: str, ns: str | None, selector: str | None = None, name=None
+    state: StateDir, kind: str, ns: str | None, selector: str | None = None, name: str | None = None
 ) -> list[dict]:
     source = "EndpointSlice" if kind == "Endpoints" else kind
     reply = api.call(state, {"op": "get", "kind": source,
@@ -133,7 +133,9 @@ def get(
         _watch(state, kinds, ns, selector, names, output, all_ns, show_labels, labels, seen)
 
 
-def _select(state: StateDir, kind: str, ns: str | None, selector, names: list[str]) -> list[dict]:
+def _select(
+    state: StateDir, kind: str, ns: str | None, selector: str | None, names: list[str]
+) -> list[dict]:
     items = fetch(state, kind, ns, selector)
     if kind == "Endpoints":
         items = _endpoints_as_objects(items)
@@ -176,7 +178,18 @@ def _endpoints_as_objects(slices: list[dict]) -> list[dict]:
                                                   o["metadata"]["name"]))  # fmt: skip
 
 
-def _watch(state, kinds, ns, selector, names, output, all_ns, show_labels, labels, seen) -> None:
+def _watch(
+    state: StateDir,
+    kinds: list[str],
+    ns: str | None,
+    selector: str | None,
+    names: list[str],
+    output: str | None,
+    all_ns: bool,
+    show_labels: bool,
+    labels: list[str],
+    seen: dict[tuple, str],
+) -> None:
     """Poll the store and print a row for every object whose resourceVersion changed, as
     `kubectl get -w` prints watch events (deleted objects print once more)."""
     try:
@@ -223,7 +236,7 @@ def describe(
     if "/" in args[0]:
         what, name = args[0].split("/", 1)
     else:
-        what, name = args[0], (args[1] if len(args) > 1 else None)
+        what, name = args[0], (args[1] if len(args) > 1 else "")
     kind = kind_of(what)
     ns = None if all_namespaces else namespace
     items = fetch(state, kind, ns, selector)

@@ -245,7 +245,7 @@ def _wait_sandbox(state: StateDir, namespace: str, name: str, timeout: float = 6
         time.sleep(0.1)
 
 
-def _set_meta(field: str, verb: str):
+def _set_meta(field: str, verb: str) -> click.Command:
     @click.command(verb, help=f"`kubectl {verb} TYPE NAME key=value key-`: set or remove {field}.")
     @cluster_options
     @click.argument("args", nargs=-1, required=True)

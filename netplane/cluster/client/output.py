@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from jsonpath_ng.exceptions import JsonPathParserError
 from jsonpath_ng.ext import parse as jsonpath_parse
@@ -301,7 +303,7 @@ def _exec_go(nodes: list, dot: object, env: dict, out: list) -> None:
                          env, out)  # fmt: skip
             else:
                 seq = (sorted(value.items()) if isinstance(value, dict)
-                       else list(enumerate(value or [])))  # fmt: skip
+                       else list(enumerate(cast(Iterable[Any], value or []))))  # fmt: skip
                 if not seq:
                     _exec_go(other, dot, env, out)
                 for k, v in seq:
@@ -433,7 +435,7 @@ def _go_printf(fmt: str, args: list) -> str:
     return fmt % tuple(_go_print(a) if isinstance(a, dict | list | bool) else a for a in args)
 
 
-_FUNCS = {
+_FUNCS: dict[str, Callable[..., object]] = {
     "len": lambda x: len(x or []),
     "index": lambda x, *keys: _index(x, keys),
     "printf": lambda fmt, *a: _go_printf(fmt, list(a)),

@@ -108,7 +108,9 @@ def _parse_cri(line: str) -> tuple[str, str]:
     return parts[0], parts[3]
 
 
-def _log_files(state: StateDir, pod: dict, container: str | None, all_containers: bool):
+def _log_files(
+    state: StateDir, pod: dict, container: str | None, all_containers: bool
+) -> list[tuple[str, Path]]:
     meta = pod["metadata"]
     d = state.pod_logs(meta["namespace"], meta["name"], meta["uid"])
     names = [c["name"] for c in pod["spec"].get("containers", [])]

@@ -116,7 +116,7 @@ def validate(body: object, objects: Objects) -> None:
             "name or generateName is required",
         )
     problems = name_problems(kind, name)
-    ns = meta.get("namespace")
+    ns = meta.get("namespace") if isinstance(meta, dict) else None
     if ns and kind not in _CLUSTER_SCOPED:
         problems += name_problems("Namespace", ns, "metadata.namespace")
     if kind in ("Deployment", "ReplicaSet"):
@@ -233,7 +233,9 @@ def _template_path(kind: str, field: str) -> str:
 
 
 def _used(objects: Objects, skip: Key) -> tuple[set[str], set[tuple[int, str]], set[str]]:
-    ips, node_ports, lb = set(), set(), set()
+    ips: set[str] = set()
+    node_ports: set[tuple[int, str]] = set()
+    lb: set[str] = set()
     for key, obj in objects.items():
         if key[0] != "Service" or key == skip:
             continue

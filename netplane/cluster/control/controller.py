@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from netplane.cluster.control import workloads_controller as wc
 from netplane.cluster.control.endpointslices import MANAGED_BY, endpoint_slices
 from netplane.cluster.control.topology import Topology
-from netplane.model import InvalidField, Pod, Service, parse_object
+from netplane.model import InvalidField, Pod, Service, parse_as
 
 Key = tuple[str, str, str]
 MIRROR = "endpointslicemirroring-controller.k8s.io"
@@ -39,7 +39,7 @@ def parse_pods(objects: Mapping[Key, dict]) -> dict[Key, Pod]:
     for key, body in objects.items():
         if key[0] == "Pod":
             try:
-                pods[key] = parse_object(body)[0]
+                pods[key] = parse_as(body, Pod)
             except InvalidField:
                 continue  # admission validated it; a half-written status is skipped
     return pods
@@ -50,7 +50,7 @@ def parse_services(objects: Mapping[Key, dict]) -> list[Service]:
     for key, body in objects.items():
         if key[0] == "Service":
             try:
-                out.append(parse_object(body)[0])
+                out.append(parse_as(body, Service))
             except InvalidField:
                 continue
     return out

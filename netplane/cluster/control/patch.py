@@ -84,7 +84,10 @@ def _json_patch(obj: dict, ops: object) -> dict:
         *parents, last = _pointer(op.get("path", ""))
         node: object = doc
         for p in parents:
-            node = node[int(p)] if isinstance(node, list) else node.get(p)  # type: ignore[union-attr]
+            if isinstance(node, list):
+                node = node[int(p)]
+            else:
+                node = node.get(p) if isinstance(node, dict) else None
             if node is None:
                 raise PatchError(f"path {op['path']!r} does not exist")
         if isinstance(node, list):

@@ -43,7 +43,7 @@ def _conditions(now: str, ready: bool, started: bool) -> list[dict]:
     return out
 
 
-def _container_id(uid: str, name: str, restarts: int = 0) -> str:
+def _container_id(uid: str, name: str, restarts: int | None = 0) -> str:
     return "containerd://" + hashlib.sha256(f"{uid}/{name}/{restarts}".encode()).hexdigest()
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
+from typing import Any
 
 API_VERSIONS = {
     "Pod": "v1",
@@ -67,7 +69,7 @@ def name_problems(kind: str, name: str, field: str = "metadata.name") -> list[st
     return out
 
 
-def _path(parts) -> str:
+def _path(parts: Iterable[str | int]) -> str:
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -75,7 +77,7 @@ def _path(parts) -> str:
 
 
 @functools.cache
-def _validator(kind: str, api_version: str):
+def _validator(kind: str, api_version: str) -> Any:
     import jsonschema
     from kubernetes_validate import utils
     from referencing import Registry, Resource

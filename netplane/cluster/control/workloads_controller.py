@@ -57,7 +57,9 @@ class Txn:
     def of_kind(self, kind: str) -> list[tuple[Key, dict]]:
         return sorted((k, v) for k, v in self.view.items() if k[0] == kind)
 
-    def event(self, obj: dict, reason: str, message: str, component: str, warn=False) -> None:
+    def event(
+        self, obj: dict, reason: str, message: str, component: str, warn: bool = False
+    ) -> None:
         ev = make_event(
             obj, reason, message, self.now, self.rng, component, "Warning" if warn else "Normal"
         )
@@ -89,7 +91,7 @@ def _owner_ref(owner: dict) -> dict:
     }
 
 
-def _with_meta(body: dict, **meta) -> dict:
+def _with_meta(body: dict, **meta: object) -> dict:
     return {**body, "metadata": {**body["metadata"], **meta}}
 
 
@@ -447,7 +449,7 @@ def _with_status(t: Txn, key: Key, dep: dict, pods: dict) -> dict:
     conditions = {c["type"]: c for c in old.get("conditions") or []}
 
     def cond(kind: str, ok: bool, reason: str, message: str) -> None:
-        prev = conditions.get(kind)
+        prev = conditions.get(kind) or {}
         status = "True" if ok else "False"
         changed = not prev or prev["status"] != status
         conditions[kind] = {

@@ -11,6 +11,7 @@ import copy
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from netplane.cluster.control.admission import AdmissionError, admit, object_key
 from netplane.cluster.control.patch import PatchError, apply_patch
@@ -73,7 +74,7 @@ class Api:
         self.store.touch()
         return {"results": results}
 
-    def _write_one(self, key: Key, body: object, op: str, dry_run: bool) -> dict:
+    def _write_one(self, key: Key, body: Any, op: str, dry_run: bool) -> dict:
         old = self.store.get(key)
         if op == "create" and old is not None:
             return {"key": key, "error": "AlreadyExists", "code": 409}

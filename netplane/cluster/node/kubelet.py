@@ -6,6 +6,7 @@ supervisor alone writes pod status.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import threading
@@ -20,7 +21,7 @@ from netplane.cluster.node.plumbing import NETNS_DIR
 from netplane.cluster.node.responders import is_dns_image
 from netplane.cluster.statedir import StateDir
 from netplane.dns.search import ResolvConf, for_pod
-from netplane.model import parse_object
+from netplane.model import Pod, parse_as
 
 
 def component_available(module: str) -> bool:
@@ -38,7 +39,7 @@ def netplane_argv(*args: str) -> list[str]:
 def resolv_conf(pod: dict) -> str | None:
     """What kubelet writes for the pod (the DNS component's rules: policy, dnsConfig); None
     for dnsPolicy Default, which keeps the node's (here: the host's) resolv.conf."""
-    model = parse_object(pod)[0]
+    model = parse_as(pod, Pod)
     if model.dns_policy == "Default" or (model.host_network and model.dns_policy == "ClusterFirst"):
         return None
     return for_pod(model, ResolvConf(), (DNS_IP,), "cluster.local").render()
@@ -104,7 +105,7 @@ class Kubelet:
                 self.state.pids,
                 self.state.logs,
                 on_line=self._runtime_line,
-                on_start=lambda n=node.name: self._resend(n),
+                on_start=functools.partial(self._resend, node.name),
             ).start()
         cp = self.topo.control_plane
         self.apps["apiserver"] = (

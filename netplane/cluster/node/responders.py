@@ -18,12 +18,19 @@ import json
 import platform
 import socket
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 PLATFORM = f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
 QUIET_IMAGES = ("busybox", "alpine", "ubuntu", "debian", "curlimages/curl", "nicolaka/netshoot")
 DEFAULT_PORTS = {"nginx": 80, "httpd": 80}
 _METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI")
+
+
+class Log(Protocol):
+    """Where a container's requests are written (the node runtime's LogFile)."""
+
+    def write(self, line: str, stream: str = "stdout") -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,7 @@ def _reply(app: str, pod: str, method: str, path: str, peer: tuple) -> bytes:
 
 
 async def serve_tcp(
-    app: str, pod: str, log, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    app: str, pod: str, log: Log | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     peer = writer.get_extra_info("peername") or ("?", 0)
     try:
@@ -125,19 +132,22 @@ async def serve_tcp(
 
 
 class UdpEcho(asyncio.DatagramProtocol):
-    def __init__(self, log) -> None:
+    def __init__(self, log: Log | None) -> None:
         self.log = log
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a datagram endpoint's transport (whose class does not subclass DatagramTransport)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)
         if self.log is not None:
             self.log.write(f"UDP {len(data)} bytes from {addr[0]}:{addr[1]}")
 
 
-async def start(listener: Listener, pod: str, sock: socket.socket, log=None):
+async def start(
+    listener: Listener, pod: str, sock: socket.socket, log: Log | None = None
+) -> asyncio.DatagramTransport | asyncio.Server:
     """Serve LISTENER on an already bound socket, writing one line per request to LOG (the
     container's log); returns what to close to stop it."""
     if listener.protocol == "UDP":

@@ -90,7 +90,7 @@ class Container:
         self.task: asyncio.Task | None = None
         self.stopping = False
 
-    def emit(self, state: str, **extra) -> None:
+    def emit(self, state: str, **extra: object) -> None:
         self.runtime.emit(uid=self.pod["uid"], container=self.name, state=state,
                           restartCount=self.restarts, **extra)  # fmt: skip
 
@@ -148,7 +148,8 @@ class Container:
         )
         return await self.proc.wait()
 
-    async def _pump(self, stream, name: str) -> None:
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        assert stream is not None  # started with pipes
         while line := await stream.readline():
             self.log.write(line.decode(errors="replace"), name)
 
@@ -171,7 +172,7 @@ class Runtime:
         self.servers: dict[str, list] = {}
         self.containers: dict[str, list[Container]] = {}
 
-    def emit(self, **msg) -> None:
+    def emit(self, **msg: object) -> None:
         sys.stdout.write(json.dumps(msg) + "\n")
         sys.stdout.flush()
 
@@ -181,11 +182,12 @@ class Runtime:
             self.emit(ready=uid)
             return
         try:
+            socks: list[tuple[Listener, socket.socket, LogFile | None]]
             if not msg.get("netns"):  # the node itself (the API server stand-in)
                 socks = [(ls, bind(ls), None) for ls in msg.get("listeners", [])]
             else:
                 socks = []
-                logs = {}
+                logs: dict[str, LogFile] = {}
                 with entered(msg["netns"]):
                     for c in msg.get("containers", []):
                         if argv_of(c) or is_dns_image(c.get("image", "")):

@@ -93,16 +93,16 @@ class Api:
         message = doc.get("message", "") if isinstance(doc, dict) else str(doc)[:300]
         raise ApiError(method, path, status, message)
 
-    def get(self, path: str, **kw) -> Any:
+    def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
-    def post(self, path: str, body: Any, **kw) -> Any:
+    def post(self, path: str, body: Any, **kw: Any) -> Any:
         return self.request("POST", path, body, **kw)
 
-    def put(self, path: str, body: Any, **kw) -> Any:
+    def put(self, path: str, body: Any, **kw: Any) -> Any:
         return self.request("PUT", path, body, **kw)
 
-    def delete(self, path: str, **kw) -> Any:
+    def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
 
     def wait(self, path: str, timeout: float, what: str) -> Any:

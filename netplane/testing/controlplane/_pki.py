@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ class KeyPair:
     cert: Path
     key: Path
 
-    def __iter__(self):  # cert, key = pair
+    def __iter__(self) -> Iterator[Path]:  # cert, key = pair
         return iter((self.cert, self.key))
 
 
