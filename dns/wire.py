@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import AAAA as AAAA_RD
 from dnslib import CNAME as CNAME_RD
@@ -137,7 +138,7 @@ class _Packer:
         out = self.out
         out += struct.pack("!HHIH", record.rtype, 1, ttl, 0)
         start = len(out)
-        value = record.value
+        value: Any = record.value  # its type follows rtype (see Record)
         rtype = record.rtype
         if rtype == A:
             out += socket.inet_pton(socket.AF_INET, value)
