@@ -123,7 +123,9 @@ class KubeProxy:
         return [str(binary), f"--config={config}", "--v=1"]
 
 
-def kube_proxy_config(mode: str, node: str, kubeconfig: Path) -> dict[str, Any]:
+def kube_proxy_config(
+    mode: str, node: str, kubeconfig: Path, cluster_cidr: str = str(w.POD_NET)
+) -> dict[str, Any]:
     """kube-proxy's defaults, except what would touch the host: conntrack sizes and timeouts
     are global (0 = leave alone), localhostNodePorts would set route_localnet."""
     return {
@@ -131,7 +133,7 @@ def kube_proxy_config(mode: str, node: str, kubeconfig: Path) -> dict[str, Any]:
         "kind": "KubeProxyConfiguration",
         "mode": mode,
         "hostnameOverride": node,
-        "clusterCIDR": str(w.POD_NET),
+        "clusterCIDR": cluster_cidr,
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "metricsBindAddress": "127.0.0.1:10249",
         "healthzBindAddress": "127.0.0.1:10256",
