@@ -110,6 +110,8 @@ def format_value(v: float, unit: str) -> str:
             return f"{v * 1e3:.2f} ms"
         return f"{v:.3f} s"
     if unit == "bytes":
+        if v >= 1 << 20:
+            return f"{v / (1 << 20):.1f} MiB"
         return f"{v / 1024:.1f} KiB" if v >= 1024 else f"{v:.0f} B"
     return f"{v:.4g} {unit}".strip()
 

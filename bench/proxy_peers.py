@@ -24,6 +24,7 @@ namespace's sysctls are compared before and after the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -385,9 +386,12 @@ class Plan:
         )
 
 
-def run(plan: Plan, checkpoint: Callable | None = None, log: Callable = print) -> tuple:
+def run(
+    plan: Plan, checkpoint: Callable | None = None, log: Callable = print, cp: Any = None
+) -> tuple:
     """(parameters, series, skipped) in bench/_results terms; scales ascending so that each
-    point only adds services to the previous one."""
+    point only adds services to the previous one. A fresh control plane unless CP is given
+    (tests share theirs)."""
     from netplane.testing.controlplane import ControlPlane
 
     params: dict[str, Any] = {
@@ -403,7 +407,7 @@ def run(plan: Plan, checkpoint: Callable | None = None, log: Callable = print) -
     workdir = Path(tempfile.mkdtemp(prefix="netplane-proxy-peers-"))
     sysctls = SysctlWatch()
     try:
-        with ControlPlane(prefix="npbpp") as cp:
+        with contextlib.nullcontext(cp) if cp else ControlPlane(prefix="npbpp") as cp:
             cp.apply_manifest(RBAC)
             for services in plan.scales:
                 loaded = load_cluster(cp, services)
