@@ -106,3 +106,27 @@ class Conntrack:
         # exit 1 with "0 flow entries" just means there was nothing to delete
         if proc.returncode != 0 and "0 flow entries" not in proc.stderr:
             log.warning("%s: %s", " ".join(argv), proc.stderr.strip())
+
+
+class UdpFlows:
+    """The UDP flows each service programmed at the last sync; `update` clears the
+    conntrack entries of those a sync took away (every backend does the same)."""
+
+    def __init__(self, family: str, conntrack: Conntrack | None) -> None:
+        self.family = family
+        self.conntrack = conntrack
+        self._flows: dict[ServiceKey, frozenset[Flow]] = {}
+
+    def update(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> None:
+        for key in keys:
+            before = self._flows.get(key, frozenset())
+            after = flows(snapshot, key, self.family)
+            if after:
+                self._flows[key] = after
+            else:
+                self._flows.pop(key, None)
+            if self.conntrack is None:
+                continue
+            for flow in stale(before, after):
+                log.debug("clearing UDP conntrack entries of %s %s", key, flow)
+                self.conntrack.clear(flow)

@@ -10,11 +10,12 @@ import click
 from netplane.kube import source_options
 
 _FAMILY = click.Choice(["ipv4", "ipv6"])
+_BACKEND = click.Choice(["iptables", "nftables"])
 
 
 @click.group()
 def proxy() -> None:
-    """Service proxy: Services + EndpointSlices -> iptables rules."""
+    """Service proxy: Services + EndpointSlices -> iptables rules or nftables objects."""
 
 
 @proxy.command()
@@ -33,10 +34,17 @@ def proxy() -> None:
 )
 @click.option("--masquerade-all", is_flag=True, help="Masquerade all traffic to services.")
 @click.option("--family", type=_FAMILY, default="ipv4", show_default=True)
+@click.option("--backend", type=_BACKEND, default="iptables", show_default=True)
 def render(
-    manifests: str, node: str, cluster_cidr: str | None, masquerade_all: bool, family: str
+    manifests: str,
+    node: str,
+    cluster_cidr: str | None,
+    masquerade_all: bool,
+    family: str,
+    backend: str,
 ) -> None:
-    """Print the iptables-restore input for NODE (pure: no root, no kernel state)."""
+    """Print the iptables-restore input (or, --backend nftables, the `nft -f` input) for
+    NODE (pure: no root, no kernel state)."""
     from netplane.model import load_path
     from netplane.proxy.render import ProxyConfig, render_full
     from netplane.state import ClusterState
@@ -49,6 +57,12 @@ def render(
     config = ProxyConfig(
         node_name=node, family=family, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all
     )
+    if backend == "nftables":
+        from netplane.proxy.nft._text import format_ruleset
+        from netplane.proxy.nft.render import render_full as render_nft
+
+        sys.stdout.write(format_ruleset(render_nft(state.snapshot(), config)))
+        return
     sys.stdout.write(render_full(state.snapshot(), config))
 
 
@@ -65,7 +79,14 @@ def render(
 @click.option("--cluster-cidr", default=None)
 @click.option("--masquerade-all", is_flag=True)
 @click.option("--family", type=_FAMILY, default="ipv4", show_default=True)
-@click.option("--backend", type=click.Choice(["iptables"]), default="iptables", show_default=True)
+@click.option(
+    "--backend",
+    type=_BACKEND,
+    default="iptables",
+    show_default=True,
+    help="iptables (iptables-restore) or nftables (kube-proxy's nftables layout, over "
+    "netlink); the other one's rules are removed after the first sync.",
+)
 @click.option(
     "--iptables-variant",
     type=click.Choice(["auto", "legacy", "nft"]),
@@ -124,11 +145,14 @@ def run(**options: Any) -> None:
     show_default=True,
 )
 def cleanup(iptables_variant: str) -> None:
-    """Remove netplane's (and kube-proxy's) chains and the rules jumping to them.
+    """Remove netplane's (and kube-proxy's) chains and the rules jumping to them, and the
+    nftables backend's `kube-proxy` tables.
 
     Both families; kubelet's KUBE-FIREWALL / KUBE-KUBELET-CANARY and other programs'
-    chains stay.
+    chains and tables stay.
     """
+    from netplane.proxy.nft.sync import cleanup as nft_cleanup
     from netplane.proxy.sync import cleanup as do_cleanup
 
     do_cleanup(iptables_variant)
+    nft_cleanup()

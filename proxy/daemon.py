@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from netplane.kube import source_from_options
@@ -53,6 +54,7 @@ class SyncLoop:
     full_sync_period: float = 3600.0  # 0: only when needed
     verify_period: float = 60.0
     probe_period: float = PROBE_PERIOD
+    after_first_sync: Callable[[], None] | None = None  # once, after the first success
     _failures: int = 0  # consecutive failed syncs that got nowhere
     _retry_at: float = float("-inf")
     _unprogrammed: dict = field(default_factory=dict)  # first change times of failed syncs
@@ -111,9 +113,7 @@ class SyncLoop:
         try:
             result = self.backend.sync(snapshot, changes, full=full, stop=stop)
         except SyncError as e:
-            m.failures.inc()
-            if e.partial:
-                m.partial_failures.inc()
+            m.count_failure(self.backend.name, e.partial)
             self._failures = 1 if e.progress else self._failures + 1
             delay = min(MAX_BACKOFF, self.min_sync_period * 2 ** (self._failures - 1))
             self._retry_at = time.monotonic() + delay
@@ -121,6 +121,9 @@ class SyncLoop:
             return False
         self._failures = 0
         self._retry_at = float("-inf")
+        if self.after_first_sync is not None:
+            first, self.after_first_sync = self.after_first_sync, None
+            first()
         done = time.monotonic()
         m.sync.observe(done - start)
         (m.full if result.full else m.partial).observe(done - start)
@@ -154,8 +157,7 @@ class SyncLoop:
         try:
             result = self.backend.verify(stop)
         except SyncError as e:
-            m.failures.inc()
-            m.partial_failures.inc()
+            m.count_failure(self.backend.name, True)
             log.error("repairing drifted rules failed (the next sync is full): %s", e)
             return None
         m.verify.observe(result.seconds)
@@ -172,11 +174,33 @@ def make_backend(
     name: str, config: ProxyConfig, iptables_variant: str = "auto"
 ) -> tuple[Backend, str]:
     """The backend NAME for CONFIG's family, and a word for the log about it."""
+    if name == "nftables":
+        from netplane.proxy.nft.sync import NftSyncer
+
+        return NftSyncer(config, conntrack=Conntrack(config.family)), "netlink"
     if name != "iptables":
         raise ValueError(f"unsupported backend {name!r}")
     variant = detect_variant(iptables_variant, config.family)
     runner = Iptables(variant, config.family)
     return Syncer(config, runner, Conntrack(config.family)), f"{variant} variant"
+
+
+def clean_other_backends(name: str, family: str) -> None:
+    """Remove what the other backend left in this family (a node switching backends), as
+    kube-proxy does at start. Called after our first sync: until then the old rules keep
+    serving, and both sets DNAT alike, so the switch has no gap."""
+    if name == "nftables":
+        from netplane.proxy.sync import cleanup_family
+
+        cleanup_family(family)
+    else:
+        from netplane.proxy.nft.sync import cleanup as nft_cleanup
+
+        try:
+            if nft_cleanup(families=("ip6" if family == "ipv6" else "ip",)):
+                log.info("removed the nftables backend's table (%s)", family)
+        except OSError as e:
+            log.warning("cannot look for the nftables backend's table: %s", e)
 
 
 def run_daemon(
@@ -251,6 +275,7 @@ def run_daemon(
         sync_period=sync_period,
         full_sync_period=full_sync_period,
         verify_period=verify_period,
+        after_first_sync=lambda: clean_other_backends(backend, family),
     )
     try:
         loop.run(stop)

@@ -74,6 +74,11 @@ class Metrics:
             "Cumulative proxy iptables partial restore failures",
             registry=r,
         )
+        self.nft_failures = Counter(
+            p + "sync_proxy_rules_nftables_sync_failures",
+            "Cumulative proxy nftables sync failures",
+            registry=r,
+        )
         self.rules = Gauge(
             p + "sync_proxy_rules_iptables_total",
             "Total number of iptables rules owned by kube-proxy",
@@ -126,6 +131,15 @@ class Metrics:
                 self._no_local.pop(key, None)
         for policy in ("internal", "external"):
             self.no_local.labels(policy).set(sum(policy in p for p in self._no_local.values()))
+
+    def count_failure(self, backend: str, partial: bool) -> None:
+        """A failed kernel transaction, in kube-proxy's counter for that backend."""
+        if backend == "nftables":
+            self.nft_failures.inc()
+            return
+        self.failures.inc()
+        if partial:
+            self.partial_failures.inc()
 
     def watch_source(self, source: object) -> None:
         """Report SOURCE's staleness (its `stale` attribute: a reason, or None) on scrape."""

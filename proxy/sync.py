@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from netplane.proxy import _plan
-from netplane.proxy._conntrack import Conntrack, Flow, flows, stale
+from netplane.proxy._conntrack import Conntrack, UdpFlows
 from netplane.proxy._iptables import VARIANTS, Iptables, RestoreError, Runner
 from netplane.proxy._plan import Transaction
 from netplane.proxy.backend import SyncError, SyncInterrupted, SyncResult, VerifyResult
@@ -74,7 +74,7 @@ class Syncer:
         )
         self._rules: dict[ServiceKey, ServiceRules] = {}
         self._rendered_all = False  # _rules covers every service of the last snapshot
-        self._flows: dict[ServiceKey, frozenset[Flow]] = {}
+        self._udp = UdpFlows(config.family, conntrack)
         self._desired: Tables | None = None  # what the snapshot asks for
         self._counts: dict[str, int] = {t: 0 for t in _TABLES}  # rules per table in _desired
         self._known: dict[str, dict[str, tuple[str, ...] | None]] = {t: {} for t in _TABLES}
@@ -146,7 +146,7 @@ class Syncer:
         restores, sent, written, gone = self._apply(txs, kind, stop, spent)
         self._pending = None
         self._fingerprint = self.iptables.fingerprint()
-        self._clear_stale_udp(snapshot, keys)
+        self._udp.update(snapshot, keys)
         return SyncResult(
             full=fresh or resumed,
             keys=keys,
@@ -379,20 +379,6 @@ class Syncer:
     def cleanup(self) -> None:
         cleanup_runner(self.iptables)
 
-    def _clear_stale_udp(self, snapshot: Snapshot, keys: frozenset[ServiceKey]) -> None:
-        for key in keys:
-            before = self._flows.get(key, frozenset())
-            after = flows(snapshot, key, self.config.family)
-            if after:
-                self._flows[key] = after
-            else:
-                self._flows.pop(key, None)
-            if self.conntrack is None:
-                continue
-            for flow in stale(before, after):
-                log.debug("clearing UDP conntrack entries of %s %s", key, flow)
-                self.conntrack.clear(flow)
-
 
 def _timed(pieces: Iterator[str], spent: list[float]) -> Iterator[str]:
     """PIECES, adding the time spent producing them to SPENT[0] (the sync's Python cost)."""
@@ -424,13 +410,17 @@ def cleanup(variant: str = "auto") -> None:
 
     'auto' cleans whichever variants hold rules.
     """
-    variants = VARIANTS if variant == "auto" else (variant,)
-    for v in variants:
-        for family in ("ipv4", "ipv6"):
-            try:
-                count = cleanup_runner(Iptables(v, family))
-            except RestoreError as e:
-                log.debug("skipping %s %s: %s", v, family, e)
-                continue
-            if count:
-                log.info("removed %d netplane rules/chains (%s, %s)", count, v, family)
+    for family in ("ipv4", "ipv6"):
+        cleanup_family(family, variant)
+
+
+def cleanup_family(family: str, variant: str = "auto") -> None:
+    """Our chains of one family, in the caller's namespace ('auto': both variants)."""
+    for v in VARIANTS if variant == "auto" else (variant,):
+        try:
+            count = cleanup_runner(Iptables(v, family))
+        except RestoreError as e:
+            log.debug("skipping %s %s: %s", v, family, e)
+            continue
+        if count:
+            log.info("removed %d netplane rules/chains (%s, %s)", count, v, family)

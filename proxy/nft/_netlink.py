@@ -41,13 +41,14 @@ NEWCHAIN, GETCHAIN, DELCHAIN = 3, 4, 5
 NEWRULE, GETRULE, DELRULE = 6, 7, 8
 NEWSET, GETSET, DELSET = 9, 10, 11
 NEWSETELEM, GETSETELEM, DELSETELEM = 12, 13, 14
-GETGEN = 16
+NEWGEN, GETGEN = 15, 16
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_F_REQUEST, _F_ACK, _F_DUMP = 0x1, 0x4, 0x300
+_F_REQUEST, _F_ACK, _F_ECHO, _F_DUMP = 0x1, 0x4, 0x8, 0x300
 _F_CREATE, _F_APPEND = 0x400, 0x800
 _SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
 
+_NEW_GENERATION = -1  # not an errno: marks the echoed NEWGEN among the answers
 _HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 _NLHDR = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
@@ -207,6 +208,11 @@ class Batch:
         out = [begin]
         for i, part in enumerate(self._parts, seq + 1):
             out.append(part[:8] + struct.pack("=I", i) + part[12:])
+        # echo on the first message: the kernel then tells us the generation it made (it
+        # reads the flag off the first message after the batch's begin)
+        first = out[1]
+        flags = struct.unpack_from("=H", first, 6)[0] | _F_ECHO
+        out[1] = first[:6] + struct.pack("=H", flags) + first[8:]
         out.append(_batch_marker(_BATCH_END, seq + len(self._parts) + 1))
         return out, seq + len(self._parts) + 2
 
@@ -233,8 +239,8 @@ def _int32(kind: int, value: int) -> bytes:
     return struct.pack("=HH", 8, kind) + struct.pack(">i", value)
 
 
-def _batch_marker(kind: int, seq: int) -> bytes:
-    return _NLHDR.pack(20, kind, _F_REQUEST, seq, 0) + _NFGEN.pack(0, 0, _SUBSYS >> 8)
+def _batch_marker(kind: int, seq: int, flags: int = 0) -> bytes:
+    return _NLHDR.pack(20, kind, _F_REQUEST | flags, seq, 0) + _NFGEN.pack(0, 0, _SUBSYS >> 8)
 
 
 class Netlink:
@@ -268,11 +274,13 @@ class Netlink:
     def close(self) -> None:
         self._sock.close()
 
-    def commit(self, batch: Batch, genid: int = 0) -> None:
+    def commit(self, batch: Batch, genid: int = 0) -> int | None:
         """Send BATCH as one transaction; raise NftError for the first refused message
-        (errno ERESTART: the ruleset is no longer at generation GENID)."""
+        (errno ERESTART: the ruleset is no longer at generation GENID). Returns the
+        generation our commit made, or None when it changed nothing (the kernel commits
+        nothing then, so the generation stays)."""
         if not len(batch):
-            return
+            return None
         first = self._seq
         parts, self._seq = batch.messages(first, genid)
         size = sum(map(len, parts))
@@ -283,8 +291,11 @@ class Netlink:
         self._drain()
         self._sock.send(b"".join(parts))
         failed = None
+        made = None
         for seq, code, message in self._answers():
-            if code and (failed is None or seq < failed[0]):
+            if code == _NEW_GENERATION:
+                made = int(message)
+            elif code and (failed is None or seq < failed[0]):
                 failed = (seq, code, message)
         if failed is not None:
             seq, code, message = failed
@@ -294,6 +305,7 @@ class Netlink:
                 what = "transaction (the ruleset changed since we read it)"
             detail = f" ({message})" if message else ""
             raise NftError(f"{what}: {os.strerror(code)}{detail}", code)
+        return made
 
     def _drain(self) -> None:
         """Drop anything left from an earlier request (late answers)."""
@@ -301,7 +313,8 @@ class Netlink:
             self._sock.recv(1 << 16)
 
     def _answers(self) -> Iterator[tuple[int, int, str]]:
-        """(seq, errno, extack message) of every error queued for us."""
+        """(seq, errno, extack message) of every error queued for us; the echoed new
+        generation as (seq, _NEW_GENERATION, its number)."""
         while True:
             try:
                 data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
@@ -313,6 +326,9 @@ class Netlink:
                 if kind == _NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, offset + 16)[0]
                     yield seq, code, _extack(data, offset, size, flags)
+                elif kind == _SUBSYS | NEWGEN:
+                    attrs = parse_attrs(data, offset + 20, offset + size)
+                    yield seq, _NEW_GENERATION, str(struct.unpack(">I", attrs[1])[0])
                 offset += (size + 3) & ~3
 
     def request(self, kind: int, family: str, body: bytes = b"", dump: bool = True) -> list[bytes]:

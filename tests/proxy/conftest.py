@@ -13,6 +13,9 @@ import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from netplane.proxy._trace import Packet, Trace, Tracer
+from netplane.proxy.nft._text import format_ruleset
+from netplane.proxy.nft._trace import NftTracer
+from netplane.proxy.nft.render import render_full as nft_render_full
 from netplane.proxy.render import ProxyConfig, render_full
 from netplane.state import ClusterState, Snapshot
 
@@ -48,9 +51,11 @@ def endpoint(
 
 
 class Cluster:
-    """Builds a snapshot, renders it for node1 and traces packets through the result."""
+    """Builds a snapshot, renders it for node1 and traces packets through the result
+    (BACKEND: which renderer and tracer, iptables or nftables)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "iptables") -> None:
+        self.backend = backend
         self.objects: list = []
 
     def service(
@@ -104,8 +109,13 @@ class Cluster:
     def render(self, **kw) -> str:
         return render_full(self.snapshot(), self.config(**kw))
 
-    def tracer(self, local_ips: Sequence[str] = (NODE_IP,), **kw) -> Tracer:
+    def tracer(self, local_ips: Sequence[str] = (NODE_IP,), **kw) -> Tracer | NftTracer:
+        if self.backend == "nftables":
+            return NftTracer(nft_render_full(self.snapshot(), self.config(**kw)), local_ips)
         return Tracer(self.render(**kw), local_ips)
+
+    def render_nft(self, **kw) -> str:
+        return format_ruleset(nft_render_full(self.snapshot(), self.config(**kw)))
 
     def trace(
         self, src: str, dst: str, dport: int = 80, proto: str = "tcp", output: bool = False, **kw
@@ -116,3 +126,9 @@ class Cluster:
 @pytest.fixture
 def cluster() -> Cluster:
     return Cluster()
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def any_cluster(request) -> Cluster:
+    """A Cluster for each backend: for the tests of Service semantics (by tracing)."""
+    return Cluster(request.param)

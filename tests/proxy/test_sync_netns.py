@@ -1,4 +1,6 @@
-"""The syncer against the real kernel, both iptables variants, with real traffic.
+"""The iptables syncer against the real kernel, both variants: failures, partial syncs,
+drift, cleanup. (The Service semantics with traffic, for every backend, are in
+test_traffic_netns.py.)
 
 Topology (netplane.testing.lab.Lab): a node namespace with a pod bridge, three pods running a
 responder ("<pod> <source it saw>") on TCP and UDP 8080, a client pod, and an external
@@ -89,75 +91,6 @@ def env(request):
 
 def answers(lines: list[str]) -> collections.Counter:
     return collections.Counter(line.split()[0] for line in lines)
-
-
-def test_cluster_ip_spreads_over_all_endpoints(env: Env) -> None:
-    env.apply(service(), endpoints("web", env.servers))
-    env.sync()
-    client = env.lab.pods["client"]
-    lines = probe(client.ns, CLUSTER_IP, 80, count=300)
-    counts = answers(lines)
-    # 300 draws, p = 1/3: mean 100, sd 8.2; [50, 150] is six standard deviations wide
-    assert set(counts) == {"pod-a", "pod-b", "pod-c"}, counts
-    assert all(50 <= n <= 150 for n in counts.values()), counts
-    # pod -> service keeps the pod's address; node -> service is masqueraded
-    assert {line.split()[1] for line in lines} == {client.ip}
-    from_node = probe(env.lab.node, CLUSTER_IP, 80, count=10)
-    assert {line.split()[1] for line in from_node} == {env.lab.gateway}
-
-
-def test_node_port_from_external_client_is_masqueraded(env: Env) -> None:
-    env.apply(service(node_port=30080), endpoints("web", env.servers))
-    env.sync()
-    lines = probe(env.lab.external, env.lab.node_ip, 30080, count=60)
-    assert set(answers(lines)) == {"pod-a", "pod-b", "pod-c"}
-    assert {line.split()[1] for line in lines} == {env.lab.gateway}
-
-
-def test_session_affinity_sticks(env: Env) -> None:
-    env.apply(service(session_affinity="ClientIP"), endpoints("web", env.servers))
-    env.sync()
-    lines = probe(env.lab.pods["client"].ns, CLUSTER_IP, 80, count=30)
-    assert len(answers(lines)) == 1, lines
-
-
-def test_external_traffic_policy_local(env: Env) -> None:
-    svc = service(node_port=30080, external_traffic_policy="Local")
-    remote = {"pod-b": "node-b", "pod-c": "node-b"}
-    env.apply(svc, endpoints("web", env.servers, nodes=remote))
-    env.sync()
-    external = probe(env.lab.external, env.lab.node_ip, 30080, count=40)
-    assert answers(external) == {"pod-a": 40}
-    assert {line.split()[1] for line in external} == {env.lab.external_ip}  # not masqueraded
-    inside = probe(env.lab.pods["client"].ns, CLUSTER_IP, 80, count=60)
-    assert len(answers(inside)) >= 2  # cluster traffic still reaches every endpoint
-
-
-def test_no_endpoints_rejects_at_once(env: Env) -> None:
-    env.apply(service(node_port=30080))
-    env.sync()
-    client = env.lab.pods["client"]
-    # REJECT answers immediately; a missing rule would time out ("ERR timeout")
-    assert probe(client.ns, CLUSTER_IP, 80, timeout=5) == ["ERR refused"]
-    assert probe(env.lab.external, env.lab.node_ip, 30080, timeout=5) == ["ERR refused"]
-    env.apply(endpoints("web", env.servers[:1]))
-    env.sync()
-    assert answers(probe(client.ns, CLUSTER_IP, 80)) == {"pod-a": 1}
-
-
-def test_udp_and_stale_conntrack_entries(env: Env) -> None:
-    env.apply(service(port=53, proto="UDP"), endpoints("web", env.servers, proto="UDP"))
-    env.sync()
-    client = env.lab.pods["client"].ns
-    # one source port: every datagram rides one conntrack entry, pinned to one endpoint
-    first = probe(client, CLUSTER_IP, 53, count=5, proto="udp", sport=40000)
-    [pinned] = answers(first)
-    rest = [p for p in env.servers if p.name != pinned]
-    env.apply(endpoints("web", rest, proto="UDP"))
-    env.sync()
-    # the removed pod still runs: only a cleared conntrack entry explains a new answer
-    after = probe(client, CLUSTER_IP, 53, count=5, proto="udp", sport=40000)
-    assert pinned not in answers(after) and len(answers(after)) == 1, after
 
 
 def test_failed_restore_is_retried_as_full_sync(env: Env) -> None:
