@@ -54,7 +54,8 @@ class SyncLoop:
     full_sync_period: float = 3600.0  # 0: only when needed
     verify_period: float = 60.0
     probe_period: float = PROBE_PERIOD
-    after_first_sync: Callable[[], None] | None = None  # once, after the first success
+    # once, after the first successful sync (the other backend's cleanup)
+    after_first_sync: Callable[[], None] | None = None
     _failures: int = 0  # consecutive failed syncs that got nowhere
     _retry_at: float = float("-inf")
     _unprogrammed: dict = field(default_factory=dict)  # first change times of failed syncs
@@ -122,8 +123,8 @@ class SyncLoop:
         self._failures = 0
         self._retry_at = float("-inf")
         if self.after_first_sync is not None:
-            first, self.after_first_sync = self.after_first_sync, None
-            first()
+            once, self.after_first_sync = self.after_first_sync, None
+            once()
         done = time.monotonic()
         m.sync.observe(done - start)
         (m.full if result.full else m.partial).observe(done - start)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from netplane.proxy.nft._model import (
     DISPATCH_IP,
@@ -29,6 +31,7 @@ from netplane.proxy.nft._model import (
     Port,
     Proto,
     Rule,
+    Statement,
     Update,
     Verdict,
     VMap,
@@ -266,8 +269,8 @@ class _Encoder:
         self.dnat = _dnat_template(family)
         self.exact = {f: _exact_template(f, family) for f in ("saddr", "daddr")}
         self.size = 16 if family == "ip6" else 4
-        self.cached: dict = {}
-        self.by_type = {
+        self.cached: dict[tuple[type, Statement], bytes] = {}
+        self.by_type: dict[type, Callable[[Any], bytes]] = {
             Verdict: _verdict,
             Addr: self.addr,
             Dnat: self.dnat_to,
@@ -297,7 +300,7 @@ class _Encoder:
         before, between, after = self.dnat
         return before + socket.inet_pton(self.inet, s.ip) + between + _BE16.pack(s.port) + after
 
-    def memo(self, s) -> bytes:
+    def memo(self, s: Statement) -> bytes:
         key = (type(s), s)
         hit = self.cached.get(key)
         if hit is None:
@@ -307,31 +310,30 @@ class _Encoder:
         return hit
 
 
-def _generic(s, family: str) -> bytes:
-    t = type(s)
-    if t is Numgen:
+def _generic(s: Statement, family: str) -> bytes:
+    if isinstance(s, Numgen):
         return _expr("numgen", u32(1, 1), u32(2, s.mod), u32(3, 1), u32(4, 0)) + cmp(
             _HOST32.pack(s.value)
         )
-    if t is Port:
+    if isinstance(s, Port):
         return _l4proto(s.proto) + payload(_BASE_TRANSPORT, 2, 2) + cmp(_BE16.pack(s.port))
-    if t is Proto:
+    if isinstance(s, Proto):
         return _l4proto(s.proto)
-    if t is VMap:
+    if isinstance(s, VMap):
         if s.key == DISPATCH_IP:
             return _DISPATCH_IP_KEY[16 if family == "ip6" else 4] + lookup(s.map, 1, 0)
         return _DISPATCH_PORT_KEY + lookup(s.map, 1, 0)
-    if t is InSet:
+    if isinstance(s, InSet):
         return _addr_load(s.field, family) + lookup(s.set)
-    if t is Update:
+    if isinstance(s, Update):
         return _addr_load(s.field, family) + _expr(
             "dynset", u32(4, 1), u32(3, 1), string(1, s.set), attr(6, bytes(8)), u32(9, 0)
         )
-    if t is FibLocal:
+    if isinstance(s, FibLocal):
         return _fib(s.field)
-    if t is Mark:
+    if isinstance(s, Mark):
         return _MARK[s.op](s.mark)
-    if t is Keyword:
+    if isinstance(s, Keyword):
         if s.text == "ct state new":
             return _CT_NEW
         if s.text == "masquerade fully-random":
@@ -343,7 +345,7 @@ def _generic(s, family: str) -> bytes:
 
 
 _SET_MARK = _expr("meta", u32(2, _META_MARK), u32(3, 1))
-_MARK = {
+_MARK: dict[str, Callable[[int], bytes]] = {
     "or": lambda m: (
         meta_load(_META_MARK) + bitwise(_HOST32.pack(~m & 0xFFFFFFFF), _HOST32.pack(m)) + _SET_MARK
     ),

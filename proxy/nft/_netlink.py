@@ -182,7 +182,9 @@ class Batch:
     def delete_elements(self, set_name: str, elements: list[Element]) -> None:
         self._elements(DELSETELEM, 0, set_name, elements, False)
 
-    def _elements(self, kind, flags, set_name, elements, with_data) -> None:
+    def _elements(
+        self, kind: int, flags: int, set_name: str, elements: list[Element], with_data: bool
+    ) -> None:
         head = self._table_attr + string(2, set_name)
         what = ("add element" if with_data else "delete element", set_name)
         chunk: list[bytes] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from netplane.proxy.nft._exprs import key_bytes, key_type
 from netplane.proxy.nft._model import Chain, Element, Hook, InSet, Rule, SetDef, Update
@@ -29,9 +29,9 @@ class Op(NamedTuple):
     """One step of a transaction: VERB applied to ARG (a name, a Chain, a SetDef, or a
     (set name, elements) pair)."""
 
-    verb: str  # add_table | add_chain | flush_chain | delete_chain | add_rules |
+    verb: str  # add_table | add_chain | flush_chain | delete_chain | add_rules | stale |
     #            delete_set | add_set | delete_elements | add_elements
-    arg: object
+    arg: Any
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ def set_signature(s: SetDef) -> tuple:
 
 
 def _sets_used(rules: Iterable[Rule]) -> set[str]:
-    return {s.set for r in rules for s in r.stmts if type(s) in (InSet, Update)}
+    return {s.set for r in rules for s in r.stmts if isinstance(s, InSet | Update)}
 
 
 def plan(

@@ -24,6 +24,7 @@ from netplane.proxy.nft._model import (
     Rule,
     Ruleset,
     SetDef,
+    Statement,
     Update,
     Verdict,
     VMap,
@@ -41,38 +42,37 @@ def _mark(mark: int) -> str:
     return f"0x{mark:08x}"
 
 
-def format_stmt(s, family: str) -> str:
-    t = type(s)
-    if t is Addr:
+def format_stmt(s: Statement, family: str) -> str:
+    if isinstance(s, Addr):
         op = "!= " if s.negate else ""
         return f"{_ip(s.value)} {s.field} {op}{s.value}"
-    if t is Port:
+    if isinstance(s, Port):
         return f"{s.proto} dport {s.port}"
-    if t is Proto:
+    if isinstance(s, Proto):
         return f"meta l4proto {s.proto}"
-    if t is Verdict:
+    if isinstance(s, Verdict):
         return f"{s.kind} {s.chain}" if s.chain else s.kind
-    if t is Numgen:
+    if isinstance(s, Numgen):
         return f"numgen random mod {s.mod} {s.value}"
-    if t is VMap:
+    if isinstance(s, VMap):
         key = (
             f"{family} daddr . meta l4proto . th dport"
             if s.key == DISPATCH_IP
             else ("meta l4proto . th dport")
         )
         return f"{key} vmap @{s.map}"
-    if t is Dnat:
+    if isinstance(s, Dnat):
         host = f"[{s.ip}]" if ":" in s.ip else s.ip
         return f"dnat to {host}:{s.port}"
-    if t is InSet:
+    if isinstance(s, InSet):
         return f"{family} {s.field} @{s.set}"
-    if t is Update:
+    if isinstance(s, Update):
         return f"update @{s.set} {{ {family} {s.field} }}"
-    if t is FibLocal:
+    if isinstance(s, FibLocal):
         return f"fib {s.field} type local"
-    if t is Keyword:
+    if isinstance(s, Keyword):
         return s.text
-    if t is Mark:
+    if isinstance(s, Mark):
         if s.op == "unset":
             return f"meta mark & {_mark(s.mark)} == {_mark(0)}"
         return f"meta mark set meta mark {'|' if s.op == 'or' else '^'} {_mark(s.mark)}"
@@ -115,7 +115,7 @@ def _element(e: Element) -> str:
     return text
 
 
-def _set(s: SetDef, elements) -> list[str]:
+def _set(s: SetDef, elements: list[Element]) -> list[str]:
     out = [f"\t{'map' if s.map else 'set'} {s.name} {{"]
     out.append(f"\t\ttype {s.key}{' : verdict' if s.map else ''}")
     if s.timeout:

@@ -34,6 +34,7 @@ from netplane.proxy.nft._model import (
     Proto,
     Rule,
     Ruleset,
+    Statement,
     Update,
     Verdict,
     VMap,
@@ -49,6 +50,9 @@ class _State:
     dport: int
     mark: int = 0
     dnat: str | None = None
+
+
+Ending = tuple[_State, str | None]  # a walk's end: the state and its verdict
 
 
 class NftTracer:
@@ -102,7 +106,7 @@ class NftTracer:
             return packet.dst_local
         return self.is_local(st.dst)
 
-    def _hook(self, hook: str, packet: Packet, src_local: bool, st: _State) -> Iterator:
+    def _hook(self, hook: str, packet: Packet, src_local: bool, st: _State) -> Iterator[Ending]:
         """Every (state, verdict) the base chains of HOOK can end in (verdict: accept when
         the packet goes on, drop/reject, or masquerade at postrouting)."""
         states = [st]
@@ -121,13 +125,23 @@ class NftTracer:
         for s in states:
             yield s, "accept"
 
-    def _chain(self, chain: Chain, packet: Packet, src_local: bool, st: _State, depth: int):
+    def _chain(
+        self, chain: Chain, packet: Packet, src_local: bool, st: _State, depth: int
+    ) -> Iterator[Ending]:
         """(state, verdict) endings of CHAIN; verdict None = fell off its end (return)."""
         if depth > _MAX_DEPTH:
             raise TraceError(f"jump depth over {_MAX_DEPTH} at {chain.name}: a loop?")
         yield from self._rules(chain.rules, 0, packet, src_local, st, depth)
 
-    def _rules(self, rules: tuple[Rule, ...], i: int, packet, src_local, st, depth) -> Iterator:
+    def _rules(
+        self,
+        rules: tuple[Rule, ...],
+        i: int,
+        packet: Packet,
+        src_local: bool,
+        st: _State,
+        depth: int,
+    ) -> Iterator[Ending]:
         while i < len(rules):
             outcomes = list(self._rule(rules[i].stmts, 0, packet, src_local, st, depth))
             for st2, v in outcomes:
@@ -138,46 +152,53 @@ class NftTracer:
             return
         yield st, None
 
-    def _rule(self, stmts, j: int, packet: Packet, src_local: bool, st: _State, depth: int):
+    def _rule(
+        self,
+        stmts: tuple[Statement, ...],
+        j: int,
+        packet: Packet,
+        src_local: bool,
+        st: _State,
+        depth: int,
+    ) -> Iterator[Ending]:
         """Evaluate statements J.. of a rule: (state, verdict), verdict "next" = go on with
         the next rule, None = this chain returned, else a final verdict."""
         while j < len(stmts):
             s = stmts[j]
-            t = type(s)
-            if t is Verdict:
+            if isinstance(s, Verdict):
                 yield from self._verdict(s, packet, src_local, st, depth)
                 return
-            if t is VMap:
+            if isinstance(s, VMap):
                 target = self._vmap(s, packet, st)
                 if target is None:
                     yield st, "next"
                 else:
                     yield from self._verdict(target, packet, src_local, st, depth)
                 return
-            if t is Numgen:
+            if isinstance(s, Numgen):
                 if s.mod > 1:  # not taken: the next rule
                     yield st, "next"
                 j += 1
                 continue
-            if t is InSet and s.set.startswith("affinity-"):
+            if isinstance(s, InSet) and s.set.startswith("affinity-"):
                 yield st, "next"  # no earlier connection remembered: the next rule
                 j += 1
                 continue
-            if t is Dnat:
+            if isinstance(s, Dnat):
                 yield replace(st, dnat=_join(s.ip, s.port), dst=s.ip, dport=s.port), "accept"
                 return
-            if t is Keyword and s.text == "masquerade fully-random":
+            if isinstance(s, Keyword) and s.text == "masquerade fully-random":
                 yield st, "masquerade"
                 return
-            if t is Keyword and s.text == "reject":
+            if isinstance(s, Keyword) and s.text == "reject":
                 yield st, "reject"
                 return
-            if t is Mark and s.op != "unset":
+            if isinstance(s, Mark) and s.op != "unset":
                 mark = st.mark | s.mark if s.op == "or" else st.mark ^ s.mark
                 st = replace(st, mark=mark)
                 j += 1
                 continue
-            if t is Update:
+            if isinstance(s, Update):
                 j += 1
                 continue
             if not self._match(s, packet, src_local, st):
@@ -186,7 +207,9 @@ class NftTracer:
             j += 1
         yield st, "next"
 
-    def _verdict(self, v: Verdict, packet, src_local, st: _State, depth: int) -> Iterator:
+    def _verdict(
+        self, v: Verdict, packet: Packet, src_local: bool, st: _State, depth: int
+    ) -> Iterator[Ending]:
         if v.kind in ("accept", "drop"):
             yield st, v.kind
         elif v.kind == "return":
@@ -212,25 +235,24 @@ class NftTracer:
         element = self.ruleset.elements.get(s.map, {}).get(key)
         return element.verdict if element is not None else None
 
-    def _match(self, s, packet: Packet, src_local: bool, st: _State) -> bool:
-        t = type(s)
-        if t is Addr:
+    def _match(self, s: Statement, packet: Packet, src_local: bool, st: _State) -> bool:
+        if isinstance(s, Addr):
             addr = ipaddress.ip_address(packet.src if s.field == "saddr" else st.dst)
             net = ipaddress.ip_network(s.value, strict=False)
             return ((addr.version == net.version and addr in net) != s.negate) is True
-        if t is Port:
+        if isinstance(s, Port):
             return packet.proto == s.proto and st.dport == s.port
-        if t is Proto:
+        if isinstance(s, Proto):
             return packet.proto == s.proto
-        if t is FibLocal:
+        if isinstance(s, FibLocal):
             return src_local if s.field == "saddr" else self._dst_local(packet, st)
-        if t is Keyword and s.text == "ct state new":
+        if isinstance(s, Keyword) and s.text == "ct state new":
             return packet.ctstate == "NEW"
-        if t is Mark:  # unset
+        if isinstance(s, Mark):  # unset
             return st.mark & s.mark == 0
-        if t is InSet:
-            addr = packet.src if s.field == "saddr" else st.dst
-            return (str(ipaddress.ip_address(addr)),) in self.ruleset.elements.get(s.set, {})
+        if isinstance(s, InSet):
+            where = packet.src if s.field == "saddr" else st.dst
+            return (str(ipaddress.ip_address(where)),) in self.ruleset.elements.get(s.set, {})
         raise TraceError(f"statement not modelled: {s!r}")
 
 

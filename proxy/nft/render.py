@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
 
-from netplane.model import Service
+from netplane.model import EndpointSlice, Service
 from netplane.proxy._chains import service_port_name
 from netplane.proxy._endpoints import categorize, port_endpoints
 from netplane.proxy.nft import _names
@@ -51,6 +51,7 @@ from netplane.proxy.nft._model import (
     Ruleset,
     SetDef,
     Update,
+    Verdict,
     VMap,
     goto,
     jump,
@@ -295,7 +296,12 @@ def _pod_cidr(cluster_cidr: str | None, family_name: str) -> str | None:
     return None
 
 
-def _render(svc: Service, slices, config: ProxyConfig, node_ips: tuple[str, ...]) -> ServiceObjects:
+def _render(
+    svc: Service,
+    slices: tuple[EndpointSlice, ...],
+    config: ProxyConfig,
+    node_ips: tuple[str, ...],
+) -> ServiceObjects:
     if svc.type == "ExternalName" or svc.headless or not svc.ports:
         return EMPTY
     v6 = config.family == "ipv6"
@@ -324,7 +330,12 @@ def _render(svc: Service, slices, config: ProxyConfig, node_ips: tuple[str, ...]
     sets: dict[str, SetDef] = {}
     elements: dict[str, list[Element]] = {}
 
-    def element(container: str, key: tuple[str, ...], verdict=None, comment=None) -> None:
+    def element(
+        container: str,
+        key: tuple[str, ...],
+        verdict: Verdict | None = None,
+        comment: str | None = None,
+    ) -> None:
         elements.setdefault(container, []).append(Element(key, verdict, comment))
 
     element(CLUSTER_IPS, (cluster_ip,))
@@ -387,9 +398,9 @@ def _render(svc: Service, slices, config: ProxyConfig, node_ips: tuple[str, ...]
         # -- endpoint chains (and affinity sets)
         endpoint_chain: dict[str, tuple[str, str | None]] = {}
         for e in reachable:
-            chain, aff_set, rules = _endpoint(ns, name, proto, port.name, e.ip, e.port, affinity)
+            chain, aff_set, ep_rules = _endpoint(ns, name, proto, port.name, e.ip, e.port, affinity)
             endpoint_chain[e.addr] = (chain, aff_set)
-            chains[chain] = rules
+            chains[chain] = ep_rules
             if aff_set:
                 sets[aff_set] = SetDef(
                     aff_set, _addr_type(config), timeout=svc.session_affinity_timeout
@@ -422,6 +433,7 @@ def _render(svc: Service, slices, config: ProxyConfig, node_ips: tuple[str, ...]
             if affinity:
                 for e in chain_eps:
                     target, aff_set = endpoint_chain[e.addr]
+                    assert aff_set is not None
                     rules.append(Rule((InSet("saddr", aff_set), goto(target))))
             n = len(chain_eps)
             for i, e in enumerate(chain_eps):

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from netplane.proxy._conntrack import Conntrack, UdpFlows
 from netplane.proxy.backend import Drift, SyncError, SyncInterrupted, SyncResult, VerifyResult
@@ -43,6 +44,16 @@ from netplane.state import Changes, ServiceKey, Snapshot
 log = logging.getLogger(__name__)
 
 Claims = dict[tuple[str, bytes], dict[ServiceKey, Element]]
+Rendered = list[tuple[ServiceKey, ServiceObjects, ServiceObjects]]  # (key, old, new)
+
+
+class _Written(NamedTuple):
+    full: bool
+    restores: int
+    bytes: int
+    written: int
+    deleted: int
+    compute: float
 
 
 class NftSyncer:
@@ -108,18 +119,20 @@ class NftSyncer:
                     result = self._full(stop, start)
         self._udp.update(snapshot, keys)
         return SyncResult(
-            full=result[0],
+            full=result.full,
             keys=keys,
-            restores=result[1],
-            bytes=result[2],
-            chains_written=result[3],
-            chains_deleted=result[4],
-            compute_seconds=result[5],
+            restores=result.restores,
+            bytes=result.bytes,
+            chains_written=result.written,
+            chains_deleted=result.deleted,
+            compute_seconds=result.compute,
             total_seconds=time.monotonic() - start,
             rules={TABLE: self._rules},
         )
 
-    def _partial(self, rendered, touched, start: float) -> tuple:
+    def _partial(
+        self, rendered: Rendered, touched: set[tuple[str, bytes]], start: float
+    ) -> _Written:
         want = _plan.Want(base(self.config).comment)
         for _, old, new in rendered:
             for name in old.chains:
@@ -134,7 +147,7 @@ class NftSyncer:
             want.elements.setdefault(set_name, {})[key] = winner
         return self._commit(want, full=False, start=start)
 
-    def _full(self, stop: threading.Event | None, start: float) -> tuple:
+    def _full(self, stop: threading.Event | None, start: float) -> _Written:
         """Read the table back and write whatever differs from the desired objects; when
         somebody commits in between, read again (a few times)."""
         self._pending_full = True
@@ -179,7 +192,7 @@ class NftSyncer:
                 elements[set_name][key] = winner
         return _plan.everything(chains, sets, elements, kernel, fixed.comment)
 
-    def _commit(self, want: _plan.Want, *, full: bool, start: float) -> tuple:
+    def _commit(self, want: _plan.Want, *, full: bool, start: float) -> _Written:
         now = time.monotonic()
         ops = _plan.plan(self._kernel, want, self._chain_digest, _kernel.element_digest, now)
         batch = Batch(self.family, TABLE)
@@ -202,7 +215,7 @@ class NftSyncer:
         written = sum(1 for op in ops if op.verb in ("add_rules", "add_set", "add_elements"))
         deleted = sum(1 for op in ops if op.verb in ("delete_chain", "delete_set"))
         self._rules = sum(len(c.rules or ()) for c in self._kernel.chains.values())
-        return full, 1 if len(batch) else 0, batch.bytes, written, deleted, compute
+        return _Written(full, 1 if len(batch) else 0, batch.bytes, written, deleted, compute)
 
     def _chain_digest(self, chain: Chain) -> int:
         """Only chains read back (contents known by digest) need this: at the first sync
@@ -211,9 +224,9 @@ class NftSyncer:
 
     # ---- rendering and claims ----------------------------------------------------------
 
-    def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> list:
+    def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> Rendered:
         """(key, old objects, new objects) of the services among KEYS that changed."""
-        rendered = []
+        rendered: Rendered = []
         for key in keys:
             old = self._objects.get(key, EMPTY)
             new = EMPTY
@@ -227,7 +240,7 @@ class NftSyncer:
                 rendered.append((key, old, new))
         return rendered
 
-    def _store(self, rendered) -> set[tuple[str, bytes]]:
+    def _store(self, rendered: Rendered) -> set[tuple[str, bytes]]:
         """Record the new objects and their element claims; returns the elements touched."""
         touched: set[tuple[str, bytes]] = set()
         claims = self._claims
@@ -292,7 +305,8 @@ class NftSyncer:
         except _Stale:
             self._pending_full = True  # changing under us: the next sync reads it again
             return VerifyResult(tuple(drift), 0, size, time.monotonic() - start)
-        return VerifyResult(tuple(drift), result[3] + result[4], size, time.monotonic() - start)
+        repaired = result.written + result.deleted
+        return VerifyResult(tuple(drift), repaired, size, time.monotonic() - start)
 
     def _drift(self, kernel: _plan.Kernel) -> list[Drift]:
         """What KERNEL (read back) holds differently from what we wrote. Chains found as
