@@ -183,10 +183,20 @@ def _run_plugged(benchmark: str, module: str, what: str, output_dir: Path, **opt
 
 
 @bench.command()
+@click.option(
+    "--peer",
+    type=click.Choice(["coredns"]),
+    default=None,
+    help="Beside the real CoreDNS (kubernetes plugin), both fed by one real kube-apiserver.",
+)
 @_quick
 @_output_dir
-def dns(quick: bool, output_dir: Path) -> None:
+def dns(peer: str | None, quick: bool, output_dir: Path) -> None:
     """Cluster DNS QPS and latency under dnsperf (see bench/README.md, DNS benchmark)."""
+    if peer is not None:
+        _run_plugged("dns-peers", "netplane.bench.dns_peers", "the DNS peer benchmark",
+                     output_dir, quick=quick, peer=peer)  # fmt: skip
+        return
     _run_plugged("dns", "netplane.bench.dns_perf", "the DNS benchmark", output_dir, quick=quick)
 
 

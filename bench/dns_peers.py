@@ -1,0 +1,268 @@
+"""DNS beside the real CoreDNS, both fed by one real kube-apiserver (`bench dns --peer coredns`).
+
+One control plane (netplane.testing.controlplane), 10,000 selectorless Services x one
+EndpointSlice of 5 endpoints (`quick`: 1,000) created through the API, one query file
+(50% service hits, 30% search-path misses, 20% PTR of cluster IPs). Then one server at a
+time on a loopback address of its own:
+- CoreDNS (the anchor) with kubeadm's default Corefile, minus what would leave the machine
+  or needs it (`forward`, `loop`, `reload`) and so minus `fallthrough` (nothing after it);
+- `netplane dns serve --kubeconfig` under the shipped netplane-dns ServiceAccount (RBAC from
+  deploy/rbac.yaml), with 1 and 2 workers, TTL 30 and `--pods insecure` as that Corefile.
+Measured per server: start -> /ready (wall) and the CPU all its processes used until then;
+RSS and PSS summed over all its processes when idle after ready and again after the load;
+dnsperf's peak QPS and p50/p99 at half of that peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from netplane.bench.dns_perf import _free_port, dnsperf
+
+NETPLANE = str(Path(sys.executable).with_name("netplane"))
+NAMESPACES = 50
+REPO = Path(__file__).resolve().parent.parent
+
+COREFILE = """\
+.:{port} {{
+    bind {host}
+    errors
+    health 127.0.0.1:{health_port} {{
+        lameduck 5s
+    }}
+    ready 127.0.0.1:{ready_port}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        ttl 30
+    }}
+    prometheus 127.0.0.1:{metrics_port}
+    cache 30 {{
+        disable success cluster.local
+        disable denial cluster.local
+    }}
+    loadbalance
+}}
+"""
+
+
+def cluster_objects(services: int, endpoints: int = 5) -> list[dict]:
+    """Namespaces, selectorless Services (every 20th headless) and one slice each; the API
+    server allocates the cluster IPs."""
+    objects: list[dict] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{i}"}}
+        for i in range(NAMESPACES)
+    ]
+    for i in range(services):
+        ns, name = f"ns{i % NAMESPACES}", f"svc{i}"
+        spec: dict = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        if i % 20 == 0:
+            spec["clusterIP"] = "None"
+        objects.append({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": name, "namespace": ns}, "spec": spec})  # fmt: skip
+        first = i * endpoints
+        eps = [
+            {"addresses": [f"10.{200 + n // 65536}.{n // 256 % 256}.{n % 256}"],
+             "conditions": {"ready": True}}
+            for n in range(first, first + endpoints)
+        ]  # fmt: skip
+        objects.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-1", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        })  # fmt: skip
+    return objects
+
+
+def query_lines(cluster_ips: dict[tuple[str, str], str], count: int, seed: int = 7) -> list[str]:
+    """50% hits, 30% search-path misses (`svc.ns` asked from another namespace), 20% PTR."""
+    rng = random.Random(seed)
+    keys = sorted(cluster_ips)
+    with_ip = [k for k in keys if cluster_ips[k]]
+    lines = []
+    for _ in range(count):
+        roll = rng.random()
+        ns, name = rng.choice(keys)
+        if roll < 0.5:
+            lines.append(f"{name}.{ns}.svc.cluster.local A")
+        elif roll < 0.8:
+            lines.append(f"{name}.{ns}.ns{rng.randrange(NAMESPACES, NAMESPACES + 10)}"
+                         ".svc.cluster.local A")  # fmt: skip
+        else:
+            ns, name = rng.choice(with_ip)
+            a, b, c, d = cluster_ips[(ns, name)].split(".")
+            lines.append(f"{d}.{c}.{b}.{a}.in-addr.arpa PTR")
+    return lines
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return pids
+
+
+def memory_mb(pid: int) -> dict:
+    """RSS and PSS summed over the process and its children (smaps_rollup)."""
+    rss = pss = 0
+    pids = _tree(pid)
+    for p in pids:
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+            rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
+            pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+    return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "processes": len(pids)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU used by the process and its children, live and reaped."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return round(total / tick, 2)
+
+
+def _ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError("not ready")
+
+
+def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Path,
+            seconds: int) -> dict:  # fmt: skip
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_at = _ready(ready_port, proc)
+        out: dict = {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu_seconds(proc.pid)}
+        time.sleep(1)
+        out["idle"] = memory_mb(proc.pid)
+        dnsperf(host, port, queries, 2)  # warm caches (both cache answers)
+        out["peak"] = dnsperf(host, port, queries, seconds)
+        half = max(100, int(out["peak"]["qps"] / 2))
+        out["half_load"] = dnsperf(host, port, queries, seconds, qps=half, verbose=True)
+        out["after_load"] = memory_mb(proc.pid)
+        out["load_average"] = load + Path("/proc/loadavg").read_text().split()[:3]
+        return out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(quick: bool = False, peer: str = "coredns", output_dir=None, workers=(1, 2)) -> dict:
+    from netplane.testing import anchors
+    from netplane.testing.controlplane import ControlPlane
+
+    if peer != "coredns":
+        raise ValueError(f"unknown DNS peer {peer!r} (known: coredns)")
+    services = 1_000 if quick else 10_000
+    seconds = 5 if quick else 10
+    try:
+        coredns: Path | None = anchors.require("coredns")["coredns"]
+    except anchors.AnchorError as e:  # still say what ran; the table shows it missing
+        coredns = None
+        print(f"CoreDNS skipped: {e}", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="npdns-peers-"))
+    results: dict = {"services": services, "endpoints": services * 5, "seconds": seconds,
+                     "mix": "50% hits, 30% search-path misses, 20% PTR"}  # fmt: skip
+    with ControlPlane() as cp:
+        t = time.monotonic()
+        cp.apply_manifest(REPO / "deploy" / "rbac.yaml")
+        created = cp.create_missing(cluster_objects(services))
+        results["setup"] = {"created": created, "seconds": round(time.monotonic() - t, 1)}
+        listed = cp.api.get("/api/v1/services")["items"]
+        ips = {(s["metadata"]["namespace"], s["metadata"]["name"]):
+               ("" if s["spec"].get("clusterIP") == "None" else s["spec"].get("clusterIP", ""))
+               for s in listed if s["metadata"]["namespace"].startswith("ns")}  # fmt: skip
+        queries = work / "queries.txt"
+        queries.write_text("\n".join(query_lines(ips, 20_000)) + "\n")
+        admin = cp.kubeconfig(host=True)
+        ours = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
+        servers: dict[str, tuple[list[str], int, int]] = {}
+        port, ready, health, metrics = (_free_port(host if i == 0 else "127.0.0.1")
+                                        for i in range(4))  # fmt: skip
+        corefile = work / "Corefile"
+        corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
+                                            ready_port=ready, metrics_port=metrics,
+                                            kubeconfig=admin))  # fmt: skip
+        if coredns is not None:
+            servers["coredns"] = ([str(coredns), "-conf", str(corefile)], ready, port)
+        else:
+            results["coredns"] = {"skipped": "not built (netplane anchors build coredns)"}
+        for n in workers:
+            argv = [NETPLANE, "dns", "serve", "--kubeconfig", str(ours), "--listen",
+                    f"{host}:{port}", "--workers", str(n), "--ttl", "30", "--pods", "insecure",
+                    "--ready-addr", f"127.0.0.1:{ready}", "--health-addr", f"127.0.0.1:{health}",
+                    "--metrics-addr", f"127.0.0.1:{metrics}"]  # fmt: skip
+            servers[f"netplane-{n}w"] = (argv, ready, port)
+        for name, (argv, ready_port, dns_port) in servers.items():
+            results[name] = measure(argv, ready_port, host, dns_port, queries, seconds)
+            print(name, _line(results[name]), flush=True)
+    if coredns is not None:
+        version = subprocess.run([coredns, "-version"], capture_output=True, text=True).stdout
+        results["coredns_version"] = version.split()[0] if version else ""
+    results["series"] = series(results)
+    return results
+
+
+def _line(r: dict) -> str:
+    lat = r["half_load"].get("latency_ms", {})
+    return (f"ready {r['ready_s']} s, cpu {r['cpu_to_ready_s']} s, idle RSS/PSS "
+            f"{r['idle']['rss_mb']}/{r['idle']['pss_mb']} MB, QPS {r['peak']['qps']:.0f}, "
+            f"p50/p99 {lat.get(50)}/{lat.get(99)} ms, after load RSS/PSS "
+            f"{r['after_load']['rss_mb']}/{r['after_load']['pss_mb']} MB")  # fmt: skip
+
+
+def series(results: dict) -> list[dict]:
+    out = []
+    for server, r in results.items():
+        if not isinstance(r, dict) or "peak" not in r:
+            continue
+        labels = {"server": server, "services": results["services"], "api": "kube-apiserver"}
+
+        def add(metric: str, unit: str, value: float, labels=labels, **extra) -> None:
+            out.append({"metric": metric, "unit": unit, "labels": {**labels, **extra},
+                        "values": [value]})  # fmt: skip
+
+        add("dns_ready", "s", r["ready_s"])
+        add("dns_cpu_to_ready", "s", r["cpu_to_ready_s"])
+        add("dns_peak_qps", "queries/s", r["peak"]["qps"])
+        for when in ("idle", "after_load"):
+            add("dns_rss", "MB", r[when]["rss_mb"], when=when)
+            add("dns_pss", "MB", r[when]["pss_mb"], when=when)
+        for p, ms in r["half_load"].get("latency_ms", {}).items():
+            add("dns_latency_half_load", "ms", ms, percentile=str(p))
+    return out
