@@ -12,6 +12,8 @@ injects failures. Either way:
 - faults: `fail_every=N` refuses every Nth restore call, `fail_next(n)` the next n; a
   refused call changes nothing (the real tool is not even started);
 - `fingerprint()` changes with every committed write, ours or anybody's;
+- `save_seconds`: every `save()` takes that long, unless its stop event is set first
+  (then SyncInterrupted, as when the real tool is killed);
 - `after_restore(text)`, when set, runs after each committed restore (e.g. to set a stop
   event "while" a full sync is under way).
 """
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterable
 
 from netplane.proxy._iptables import Iptables, RestoreError
+from netplane.proxy.backend import SyncInterrupted
 
 _BUILTIN = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -42,11 +45,13 @@ class FakeIptables:
         *,
         real: Iptables | None = None,
         fail_every: int = 0,
+        save_seconds: float = 0.0,
     ) -> None:
         self.real = real
         self.variant = real.variant if real else variant
         self.family = real.family if real else family
         self.fail_every = fail_every
+        self.save_seconds = save_seconds  # a read-back this slow (stop cuts it short)
         self.texts: list[str] = []
         self.calls = 0  # restore calls, refused ones included
         self.refused = 0
@@ -100,6 +105,8 @@ class FakeIptables:
         return len(text.encode())
 
     def save(self, table: str | None = None, stop: threading.Event | None = None) -> str:
+        if self.save_seconds and stop is not None and stop.wait(self.save_seconds):
+            raise SyncInterrupted("iptables-save stopped")
         if self.real:
             return self.real.save(table, stop=stop)
         out = []

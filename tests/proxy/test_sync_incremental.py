@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from netplane.proxy import _plan
+from netplane.proxy import _plan, daemon
 from netplane.proxy.backend import SyncInterrupted
 from netplane.proxy.daemon import SyncLoop
 from netplane.proxy.metrics import Metrics
@@ -178,3 +178,22 @@ def test_verify_repairs_only_what_drifted() -> None:
     }
     assert text.count("-I INPUT ") == 3
     assert syncer.verify().drift == () and not syncer.kernel_changed()
+
+
+def test_periodic_read_back_yields_to_a_change() -> None:
+    state = ClusterState()
+    tracker = state.tracker()
+    state.apply(objects(1, 2))
+    ipt = FakeIptables(save_seconds=30)  # a slow read-back (10k services, busy machine)
+    loop = SyncLoop(state, tracker, Syncer(CONFIG, ipt), Metrics(), "node-a")
+    assert loop.sync_once(full=True)
+    stop = threading.Event()
+    state.apply(objects(1, 1)[1:])  # a change is waiting
+    assert loop.verify_once(stop, yielding=True) is daemon._YIELDED
+    assert loop.sync_once() and not loop.backend.needs_full
+    ipt.save_seconds = 0.01
+    assert loop.verify_once(stop, yielding=True).drift == ()
+    ipt.save_seconds = 30
+    stop.set()  # SIGTERM during a read-back
+    with pytest.raises(SyncInterrupted):
+        loop.verify_once(stop)
