@@ -14,6 +14,7 @@ APT_PACKAGES=(
     iputils-ping netcat-openbsd              # what the course runs inside pods (`run pingpong -- ping`)
     containernetworking-plugins              # the reference bridge/host-local plugins we compare with
     containerd runc podman                   # real CNI clients
+    gcc libc6-dev                            # the static CNI launcher (cni/launcher.c)
 )
 
 install_apt() {

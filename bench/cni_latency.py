@@ -1,15 +1,18 @@
 """CNI ADD/DEL latency: netplane-bridge (in-process and via the agent) beside the reference.
 
+Three modes: the reference `bridge` + `host-local` (Debian's containernetworking-plugins),
+netplane through the node agent (the static launcher a node runs, forwarding to
+`netplane cni agent`), and netplane in-process (the console script, no agent). Three configs:
+`plain` (isGateway, no ipMasq: the config most users run), `ipmasq`, and `hairpin`.
 Every mode gets its own host network namespace and its own worker threads, each of which
 enters that namespace (setns is per thread; the plugins it execs inherit it), so plugins run
 as a runtime would call them, with no `ip netns exec` in the timing. The modes are
 interleaved (pod by pod, batch by batch) so a change in machine load hits them alike.
-Run: `netplane bench cni` or `python -m netplane.bench.cni_latency [--quick]`.
+Run: `netplane bench cni` or `python -m netplane.bench.cni_latency [--quick] [--config NAME]`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -23,11 +26,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from netplane import netns as netplane_netns
+
 REF_DIR = "/usr/lib/cni"
 SCRIPTS = os.path.dirname(sys.executable)
 CONCURRENCY = 8
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
+CONFIGS = {
+    "plain": {},
+    "ipmasq": {"ipMasq": True},
+    "hairpin": {"hairpinMode": True},
+}
 
 
 @dataclass
@@ -41,15 +49,6 @@ class _Mode:
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
-def _enter_netns(name: str) -> None:
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
 def _netns(stack: ExitStack) -> str:
     name = f"npbench-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
@@ -57,7 +56,7 @@ def _netns(stack: ExitStack) -> str:
     return name
 
 
-def _conf(kind: str, data_dir: str) -> bytes:
+def _conf(kind: str, config: str, data_dir: str) -> bytes:
     return json.dumps(
         {
             "cniVersion": "1.0.0",
@@ -65,8 +64,7 @@ def _conf(kind: str, data_dir: str) -> bytes:
             "type": "bridge",
             "bridge": "npbench0",
             "isGateway": True,
-            "ipMasq": True,
-            "hairpinMode": True,
+            **CONFIGS[config],
             "ipam": {
                 "type": "host-local" if kind == "reference" else "netplane-ipam",
                 "ranges": [[{"subnet": "10.201.0.0/16"}]],
@@ -114,7 +112,7 @@ def _start_agent(mode: _Mode, socket_path: str, stack: ExitStack) -> None:
 
     stack.callback(stop)
     deadline = time.monotonic() + 60
-    while not os.path.exists(socket_path + ".netns"):
+    while not os.path.exists(socket_path):
         if time.monotonic() > deadline or agent.poll() is not None:
             raise RuntimeError("agent did not start")
         time.sleep(0.05)
@@ -130,7 +128,7 @@ def _setup(kind: str, binary: str, pods: int, workdir: str, stack: ExitStack) ->
     mode = _Mode(kind, binary, _netns(stack), env)
     mode.pods = [_netns(stack) for _ in range(pods)]
     for width in (1, CONCURRENCY):
-        pool = ThreadPoolExecutor(width, initializer=_enter_netns, initargs=(mode.host,))
+        pool = ThreadPoolExecutor(width, initializer=netplane_netns.enter, initargs=(mode.host,))
         stack.callback(pool.shutdown)
         mode.pools[width] = pool
     if kind == "agent":
@@ -138,9 +136,11 @@ def _setup(kind: str, binary: str, pods: int, workdir: str, stack: ExitStack) ->
     return mode
 
 
-def _phase(modes: list[_Mode], phase: str, width: int, workdir: str) -> None:
+def _phase(modes: list[_Mode], config: str, phase: str, width: int, workdir: str) -> None:
     """ADD every pod, then DEL every pod, `width` at a time, the modes taking turns."""
-    confs = {m.name: _conf(m.name, os.path.join(workdir, m.name, phase)) for m in modes}
+    confs = {
+        m.name: _conf(m.name, config, os.path.join(workdir, m.name, config, phase)) for m in modes
+    }
     for command in ("ADD", "DEL"):
         for start in range(0, len(modes[0].pods), width):
             for m in modes:
@@ -149,9 +149,9 @@ def _phase(modes: list[_Mode], phase: str, width: int, workdir: str) -> None:
                     m.pools[width].submit(_call, m.binary, command, confs[m.name], p, m.env)
                     for p in batch
                 ]
-                m.samples.setdefault(phase, {}).setdefault(command, []).extend(
-                    f.result() for f in futures
-                )
+                m.samples.setdefault(config, {}).setdefault(phase, {}).setdefault(
+                    command, []
+                ).extend(f.result() for f in futures)
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -164,47 +164,51 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """p50/p95/p99 of ADD and DEL, sequential and 8-way, for each mode, same run, same machine.
+def run(quick: bool, configs: tuple[str, ...] = tuple(CONFIGS)) -> dict[str, Any]:
+    """p50/p95/p99 of ADD and DEL, sequential and 8-way, for each config and mode, same run.
 
-    Returns percentiles per mode/phase/op, plus the raw samples as `series` in the bench
-    framework's format (so `netplane bench compare` can test differences).
+    Returns percentiles per config/mode/phase/op, plus the raw samples as `series` in the
+    bench framework's format (so `netplane bench compare` can test differences).
     """
-    from netplane.cni.launcher import render
+    from netplane.cni.launcher import binary
 
     pods = 16 if quick else 48
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="npbench-cni-") as workdir, ExitStack() as stack:
-        launcher = os.path.join(workdir, "netplane-bridge")
-        with open(launcher, "w") as f:
-            f.write(render(sys.executable, os.path.join(SCRIPTS, "netplane-bridge")))
-        os.chmod(launcher, 0o755)
         binaries = {
             "reference": os.path.join(REF_DIR, "bridge"),
+            "agent": binary(),  # the static launcher a node runs, forwarding to the agent
             "in-process": os.path.join(SCRIPTS, "netplane-bridge"),
-            "agent": launcher,
         }
         modes = [_setup(kind, b, pods, workdir, stack) for kind, b in binaries.items()]
-        _phase(modes, "sequential", 1, workdir)
-        _phase(modes, f"concurrent{CONCURRENCY}", CONCURRENCY, workdir)
+        for config in configs:
+            _phase(modes, config, "sequential", 1, workdir)
+            _phase(modes, config, f"concurrent{CONCURRENCY}", CONCURRENCY, workdir)
         samples = {m.name: m.samples for m in modes}
     results: dict[str, Any] = {
         "pods": pods,
         "cpus": os.cpu_count(),
         "loadavg_before": round(load, 2),
         "loadavg_after": round(os.getloadavg()[0], 2),
+        "configs": {name: {"isGateway": True, **CONFIGS[name]} for name in configs},
         "modes": {
-            kind: {ph: {op: _percentiles(v) for op, v in ops.items()} for ph, ops in phases.items()}
-            for kind, phases in samples.items()
+            kind: {
+                config: {
+                    ph: {op: _percentiles(v) for op, v in ops.items()} for ph, ops in phases.items()
+                }
+                for config, phases in by_config.items()
+            }
+            for kind, by_config in samples.items()
         },
         "series": [
             {
                 "metric": "cni_latency",
                 "unit": "ms",
-                "labels": {"mode": kind, "phase": ph, "op": op},
+                "labels": {"mode": kind, "config": config, "phase": ph, "op": op},
                 "values": v,
             }
-            for kind, phases in samples.items()
+            for kind, by_config in samples.items()
+            for config, phases in by_config.items()
             for ph, ops in phases.items()
             for op, v in ops.items()
         ],
@@ -218,11 +222,18 @@ def _print(results: dict[str, Any]) -> None:
         f"CNI latency, ms ({results['pods']} pods, {results['cpus']} CPUs, load average "
         f"{results['loadavg_before']} -> {results['loadavg_after']})"
     )
-    print(f"{'mode':<12}{'phase':<13}{'op':<5}{'p50':>8}{'p95':>8}{'p99':>8}")
-    for kind, phases in results["modes"].items():
+    print(f"{'config':<9}{'phase':<14}{'op':<5}{'mode':<12}{'p50':>8}{'p95':>8}{'p99':>8}")
+    modes = results["modes"]
+    for config in results["configs"]:
+        phases = next(iter(modes.values()))[config]
         for phase, ops in phases.items():
-            for op, p in ops.items():
-                print(f"{kind:<12}{phase:<13}{op:<5}{p['p50']:>8}{p['p95']:>8}{p['p99']:>8}")
+            for op in ops:
+                for kind in modes:
+                    p = modes[kind][config][phase][op]
+                    print(
+                        f"{config:<9}{phase:<14}{op:<5}{kind:<12}"
+                        f"{p['p50']:>8}{p['p95']:>8}{p['p99']:>8}"
+                    )
 
 
 def _write(results: dict[str, Any]) -> None:
@@ -235,4 +246,5 @@ def _write(results: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    _write(run(quick="--quick" in sys.argv))
+    chosen = tuple(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
+    _write(run(quick="--quick" in sys.argv, configs=chosen or tuple(CONFIGS)))

@@ -13,7 +13,7 @@ from netplane.cni import client
 
 
 def _handle(env, conf, environ):  # type: ignore[no-untyped-def]
-    """Imports pyroute2 only for commands that need it: VERSION stays cheap (podman polls it)."""
+    """Imports the netlink code only for commands that need it: VERSION stays cheap."""
     from netplane.cni.commands import handle
 
     return handle(env, conf, environ)

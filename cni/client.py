@@ -1,58 +1,44 @@
-"""Thin client for the node agent, and the wire format both ends share.
+"""The wire format between a plugin binary and the node agent, and the Python client side.
 
-Stdlib only and deliberately frugal: the launcher runs this under `python3 -I -S`, where
-`import json` (re, enum) and `import socket` (enum) cost ~8.5 ms of a ~14 ms client, so it
-uses the C `_socket` module and a plain framing instead of JSON:
+The binary a node runs is the static launcher (launcher.c); this module is the same client
+for hosts where netplane is installed (`netplane-bridge` tries the agent, then runs
+in-process). Stdlib only and frugal: no json, no socket module (enum), just `_socket`.
 
-    request: <netns id>\\n<env length>\\n<K=V\\0K=V...><stdin bytes>
-    reply:   <exit code>\\n<stdout bytes>       or   declined\\n<reason>
+    request: b"netplane-cni 2\\n" <env length> b"\\n" <K=V\\0K=V...> <stdin bytes>
+             with SCM_RIGHTS file descriptors: the caller's netns, then CNI_NETNS if it opened
+    reply:   <exit code> b"\\n" <stdout bytes>       or   b"declined\\n" <reason>
 
-The agent answers only callers in its own network namespace (that namespace is the host the
-plugin acts on); on any doubt the caller runs the plugin in-process instead.
+Passing the namespaces as descriptors means the agent never needs the caller's view of the
+filesystem (it runs in a container with its own mounts), and it can check that the caller is
+in its own network namespace (the "host" it acts on) by comparing inodes.
 """
 
 from __future__ import annotations
 
 import _socket
+import array
+import contextlib
 import os
 
 DEFAULT_SOCKET = "/run/netplane/cni.sock"
 SOCKET_ENV = "NETPLANE_CNI_SOCKET"
+MAGIC = b"netplane-cni 2\n"
 DECLINED = b"declined"
+MAX_FDS = 2
 
 
-def netns_id() -> str:
-    st = os.stat("/proc/thread-self/ns/net")
-    return f"{st.st_dev}:{st.st_ino}"
-
-
-def netns_marker(path: str) -> str:
-    """File beside the socket naming the agent's netns, checked before connecting."""
-    return path + ".netns"
-
-
-def agent_socket(environ: dict[str, str]) -> str | None:
-    """The socket of an agent serving this netns, or None (then run in-process)."""
-    path = environ.get(SOCKET_ENV, DEFAULT_SOCKET)
-    if not path:
-        return None
-    try:
-        with open(netns_marker(path)) as f:
-            return path if f.read() == netns_id() else None
-    except (OSError, ValueError):
-        return None
-
-
-def encode_request(environ: dict[str, str], stdin: bytes, netns: str) -> bytes:
+def encode_request(environ: dict[str, str], stdin: bytes) -> bytes:
     env = b"\0".join(
         os.fsencode(f"{k}={v}") for k, v in environ.items() if k.startswith("CNI_") or k == "PATH"
     )
-    return b"%s\n%d\n%s%s" % (netns.encode(), len(env), env, stdin)
+    return b"%s%d\n%s%s" % (MAGIC, len(env), env, stdin)
 
 
-def decode_request(data: bytes) -> tuple[str, dict[str, str], bytes]:
-    """(netns id, env, stdin); ValueError on a malformed frame."""
-    netns, size, rest = data.split(b"\n", 2)
+def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
+    """(env, stdin); ValueError on a malformed frame."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a netplane-cni 2 request (launcher and agent versions differ?)")
+    size, _, rest = data[len(MAGIC) :].partition(b"\n")
     n = int(size)
     env = {}
     for pair in filter(None, rest[:n].split(b"\0")):
@@ -60,18 +46,33 @@ def decode_request(data: bytes) -> tuple[str, dict[str, str], bytes]:
         if not sep:
             raise ValueError(f"bad env entry {pair!r}")
         env[key] = value
-    return netns.decode(), env, rest[n:]
+    return env, rest[n:]
+
+
+def _open_fds(environ: dict[str, str]) -> list[int]:
+    fds = [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+    netns = environ.get("CNI_NETNS", "")
+    if netns:
+        # a gone netns is the agent's call: DEL allows it, ADD reports it
+        with contextlib.suppress(OSError):
+            fds.append(os.open(netns, os.O_RDONLY | os.O_CLOEXEC))
+    return fds
 
 
 def via_agent(environ: dict[str, str], stdin: bytes) -> tuple[int, bytes] | None:
-    """(exit code, stdout) from the agent, or None when there is no usable agent."""
-    path = agent_socket(environ)
-    if path is None:
+    """(exit code, stdout) from the agent, or None when there is no agent that serves us."""
+    path = environ.get(SOCKET_ENV, DEFAULT_SOCKET)
+    if not path:
         return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    fds: list[int] = []
     try:
         sock.connect(path)
-        sock.sendall(encode_request(environ, stdin, netns_id()))
+        fds = _open_fds(environ)
+        frame = encode_request(environ, stdin)
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        sent = sock.sendmsg([frame], rights)
+        sock.sendall(frame[sent:])
         sock.shutdown(_socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
@@ -80,6 +81,8 @@ def via_agent(environ: dict[str, str], stdin: bytes) -> tuple[int, bytes] | None
         return None
     finally:
         sock.close()
+        for fd in fds:
+            os.close(fd)
     head, _, body = b"".join(chunks).partition(b"\n")
     if head == DECLINED or not head.isdigit():
         return None

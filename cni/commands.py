@@ -12,20 +12,28 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute
-
-from netplane.cni import delegate, masq, netops
+from netplane.cni import delegate, inflight, masq, netops
 from netplane.cni.config import BridgeConf, parse
+from netplane.cni.rtnl import Rtnl
 from netplane.cni.spec import INTERNAL, INVALID_CONFIG, CniError, Env
 
 
 def cmd_add(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     conf = parse(raw, env)
+    with inflight.pending(conf.name, env.container_id, env.ifname) as interrupted:
+        if interrupted:  # a killed ADD's leftovers: roll them back, then add afresh
+            _teardown(conf, env, raw, environ)
+        return _add_undoing(conf, env, raw, environ)
+
+
+def _add_undoing(
+    conf: BridgeConf, env: Env, raw: dict[str, Any], environ: Mapping[str, str]
+) -> dict[str, Any]:
     undo: list[Callable[[], object]] = []
     with contextlib.ExitStack() as stack:
-        ctr_fd = netops.open_netns(env.netns)
+        ctr_fd = netops.open_sandbox(env)
         stack.callback(os.close, ctr_fd)
-        host = stack.enter_context(IPRoute())
+        host = stack.enter_context(Rtnl())
         ctr = stack.enter_context(netops.ipr_in(ctr_fd))
         try:
             return _add(conf, env, raw, environ, host, ctr, ctr_fd, undo)
@@ -41,8 +49,8 @@ def _add(
     env: Env,
     raw: dict[str, Any],
     environ: Mapping[str, str],
-    host: IPRoute,
-    ctr: IPRoute,
+    host: Rtnl,
+    ctr: Rtnl,
     ctr_fd: int,
     undo: list[Callable[[], object]],
 ) -> dict[str, Any]:
@@ -60,20 +68,20 @@ def _add(
     undo.append(lambda: netops.delete_link(host, host_name))
     netops.port_options(
         host,
-        port["index"],
+        port.index,
         conf.hairpin_mode,
         conf.port_isolation,
         conf.vlan,
         conf.preserve_default_vlan,
     )
-    ctr_index = int(ctr_link["index"])
+    ctr_index = ctr_link.index
     result: dict[str, Any] = {
         "interfaces": [
             {"name": conf.bridge, "mac": ""},
-            {"name": host_name, "mac": port.get_attr("IFLA_ADDRESS")},
+            {"name": host_name, "mac": port.mac},
             {
                 "name": env.ifname,
-                "mac": ctr_link.get_attr("IFLA_ADDRESS"),
+                "mac": ctr_link.mac,
                 "sandbox": env.netns,
             },
         ],
@@ -84,7 +92,7 @@ def _add(
         result.update(_layer3(conf, ipam_result))
         _configure_l3(conf, env, host, ctr, ctr_fd, br, ctr_index, result, undo)
     else:
-        ctr.link("set", index=ctr_index, state="up")
+        ctr.set_link(ctr_index, up=True)
     result["interfaces"][0]["mac"] = netops.mac_of(host, br)  # final: ports may move it
     if conf.dns:
         result["dns"] = conf.dns
@@ -122,8 +130,8 @@ def _same_net(a: str, b: str) -> bool:
 def _configure_l3(
     conf: BridgeConf,
     env: Env,
-    host: IPRoute,
-    ctr: IPRoute,
+    host: Rtnl,
+    ctr: Rtnl,
     ctr_fd: int,
     br: int,
     ctr_index: int,
@@ -160,17 +168,22 @@ def _configure_l3(
                 netops.gratuitous_arp(env.ifname, result["interfaces"][2]["mac"], addr)
 
 
-def _drop_bridge_if_unused(host: IPRoute, br: int) -> None:
+def _drop_bridge_if_unused(host: Rtnl, br: int) -> None:
     if not netops.bridge_ports(host, br):
-        host.link("del", index=br)
+        host.del_link(br)
 
 
 def cmd_del(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Best effort and idempotent: no netns, a gone netns, or nothing left are all fine."""
     conf = parse(raw, env)
-    host = IPRoute()
+    inflight.forget(conf.name, env.container_id, env.ifname)
+    _teardown(conf, env, raw, environ)
+
+
+def _teardown(conf: BridgeConf, env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    host = Rtnl()
     try:
-        had = _delete_container_link(env) if env.netns and os.path.exists(env.netns) else []
+        had = _delete_container_link(env) if _sandbox_present(env) else []
         # The host end too: after kill -9 mid-ADD or a DEL without netns it may be all that is left.
         netops.delete_link(host, netops.host_veth_name(env.container_id, env.ifname))
     finally:
@@ -185,10 +198,14 @@ def cmd_del(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             masq.teardown({chain}, _families(conf.prev_result))
 
 
+def _sandbox_present(env: Env) -> bool:
+    return env.netns_fd is not None or bool(env.netns and os.path.exists(env.netns))
+
+
 def _delete_container_link(env: Env) -> list[str]:
     """Delete the sandbox end; return the global addresses it had (CIDR strings)."""
     try:
-        ctr_fd = netops.open_netns(env.netns)
+        ctr_fd = netops.open_sandbox(env)
     except CniError:
         return []
     try:
@@ -217,8 +234,8 @@ def cmd_check(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None
         raise CniError(INVALID_CONFIG, "Required prevResult missing")
     if conf.ipam_type:
         delegate.run("CHECK", raw, env, environ)
-    ctr_fd = netops.open_netns(env.netns)
-    host = IPRoute()
+    ctr_fd = netops.open_sandbox(env)
+    host = Rtnl()
     try:
         with netops.ipr_in(ctr_fd) as ctr:
             _check_container(ctr, env, prev)
@@ -227,14 +244,14 @@ def cmd_check(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None
             raise CniError(INTERNAL, f'bridge "{conf.bridge}" not found')
         host_name = netops.host_veth_name(env.container_id, env.ifname)
         port = netops.lookup(host, host_name)
-        if port is None or netops.link_info(host, port).get_attr("IFLA_MASTER") != br:
+        if port is None or host.link_by_index(port).master != br:
             raise CniError(INTERNAL, f"host veth {host_name} is not a port of {conf.bridge}")
     finally:
         host.close()
         os.close(ctr_fd)
 
 
-def _check_container(ctr: IPRoute, env: Env, prev: dict[str, Any]) -> None:
+def _check_container(ctr: Rtnl, env: Env, prev: dict[str, Any]) -> None:
     index = netops.lookup(ctr, env.ifname)
     if index is None:
         raise CniError(INTERNAL, f"container interface {env.ifname} not found")
@@ -270,7 +287,7 @@ def cmd_gc(env: Env, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
 def _gc_veths(conf: BridgeConf, valid: list[dict[str, Any]]) -> None:
     """Host ends left by a killed ADD: our derived names only, never someone else's port."""
     keep = {netops.host_veth_name(a.get("containerID", ""), a.get("ifname", "")) for a in valid}
-    with IPRoute() as host:
+    with Rtnl() as host:
         br = netops.lookup(host, conf.bridge)
         if br is None:
             return

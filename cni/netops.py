@@ -1,37 +1,39 @@
-"""Netlink side effects of the bridge plugin, through pyroute2 (no `ip` subprocesses).
+"""Netlink side effects of the bridge plugin, through rtnl.py (no `ip` subprocesses).
 
-Every function takes the IPRoute handle of the namespace it acts in; `in_netns` switches only
+Every function takes the Rtnl socket of the namespace it acts in; `in_netns` switches only
 the calling thread, so the agent can serve several requests at once.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import hashlib
 import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from netplane.cni.spec import CONTAINER_UNKNOWN, INTERNAL, CniError
-
-_CLONE_NEWNET = 0x40000000
-_IFF_UP = 0x1
-_IFF_PROMISC = 0x100
-_libc = ctypes.CDLL(None, use_errno=True)
+from netplane._setns import entered as in_netns
+from netplane.cni.rtnl import IFF_PROMISC, IFF_UP, Link, Rtnl
+from netplane.cni.spec import CONTAINER_UNKNOWN, INTERNAL, CniError, Env
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+def open_sandbox(env: Env) -> int:
+    """An fd on the sandbox's netns: a dup of the one the caller passed to the agent, or the
+    CNI_NETNS path opened here."""
+    if env.netns_fd is None:
+        return open_netns(env.netns)
+    fd = os.dup(env.netns_fd)
+    try:
+        _setns_check(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise CniError(
+            CONTAINER_UNKNOWN, f"{env.netns} is not a network namespace", str(exc)
+        ) from None
+    return fd
 
 
 def open_netns(path: str) -> int:
@@ -54,24 +56,10 @@ def _setns_check(fd: int) -> None:
         pass
 
 
-@contextmanager
-def in_netns(fd: int) -> Iterator[None]:
-    """Run the block with this thread in netns `fd`, then come back (also on errors)."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(fd)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-
-
-def ipr_in(fd: int) -> IPRoute:
+def ipr_in(fd: int) -> Rtnl:
     """A netlink socket bound to netns `fd` (a socket keeps the netns it was created in)."""
     with in_netns(fd):
-        return IPRoute()
+        return Rtnl()
 
 
 def write_sysctl(name: str, value: str) -> None:
@@ -90,138 +78,93 @@ def is_our_veth(name: str) -> bool:
     return len(name) == 15 and name.startswith("veth")
 
 
-def get_link(ipr: IPRoute, name: str) -> Any | None:
-    """One RTM_GETLINK by name (a link_lookup would dump every link: slow with many pods)."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-
-
-def lookup(ipr: IPRoute, name: str) -> int | None:
-    link = get_link(ipr, name)
-    return None if link is None else int(link["index"])
-
-
-def link_info(ipr: IPRoute, index: int) -> Any:
-    return ipr.get_links(index)[0]
+def lookup(ipr: Rtnl, name: str) -> int | None:
+    link = ipr.link(name)
+    return None if link is None else link.index
 
 
 def ensure_bridge(
-    ipr: IPRoute, name: str, mtu: int, promisc: bool, vlan_filtering: bool
+    ipr: Rtnl, name: str, mtu: int, promisc: bool, vlan_filtering: bool
 ) -> tuple[int, bool]:
     """The bridge's index, creating it if needed; True when this call created it."""
     created = False
-    link = get_link(ipr, name)
+    link = ipr.link(name)
     if link is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
-        if mtu:
-            spec["mtu"] = mtu
-        if vlan_filtering:
-            spec["br_vlan_filtering"] = 1
         try:
-            ipr.link("add", **spec)
+            ipr.add_bridge(name, mtu, vlan_filtering)
             created = True
-        except NetlinkError as exc:
-            if exc.code == errno.EOPNOTSUPP and vlan_filtering:
+        except OSError as exc:
+            if exc.errno == errno.EOPNOTSUPP and vlan_filtering:
                 raise CniError(
                     INTERNAL,
                     f'failed to create bridge "{name}": vlan needs kernel bridge VLAN filtering',
                     str(exc),
                 ) from None
-            if exc.code != errno.EEXIST:  # a concurrent ADD won the race: use its bridge
+            if exc.errno != errno.EEXIST:  # a concurrent ADD won the race: use its bridge
                 raise
-        link = get_link(ipr, name)
+        link = ipr.link(name)
         if link is None:
             raise CniError(INTERNAL, f"could not create bridge {name!r}")
         if created:
             # Pin the MAC, or the bridge takes its lowest port's MAC and changes as pods churn.
-            ipr.link("set", index=link["index"], address=link.get_attr("IFLA_ADDRESS"))
-    index = int(link["index"])
-    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
+            ipr.set_link(link.index, mac=link.mac)
+    if link.kind != "bridge":
         raise CniError(INTERNAL, f'"{name}" already exists but is not a bridge')
-    if promisc and not link["flags"] & _IFF_PROMISC:
-        ipr.link("set", index=index, flags=_IFF_PROMISC, change=_IFF_PROMISC)
-    if not link["flags"] & _IFF_UP:
-        ipr.link("set", index=index, state="up")
-    return index, created
+    if promisc and not link.flags & IFF_PROMISC:
+        ipr.set_link(link.index, promisc=True)
+    if not link.flags & IFF_UP:
+        ipr.set_link(link.index, up=True)
+    return link.index, created
 
 
 def create_veth(
-    host: IPRoute,
-    ctr: IPRoute,
+    host: Rtnl,
+    ctr: Rtnl,
     ctr_fd: int,
     names: tuple[str, str],
     bridge: int,
     mtu: int,
     mac: str,
-) -> tuple[Any, Any]:
+) -> tuple[Link, Link]:
     """The pair, made from the host side in one request: host end up and already a port of
-    `bridge`, the peer created directly in the sandbox. Returns both links' messages."""
+    `bridge`, the peer created directly in the sandbox. Returns both links."""
     host_name, ifname = names
-    peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": ctr_fd}
-    spec: dict[str, Any] = {
-        "ifname": host_name,
-        "kind": "veth",
-        "peer": peer,
-        "master": bridge,
-        "state": "up",
-    }
-    if mtu:
-        spec["mtu"] = peer["mtu"] = mtu
-    if mac:
-        peer["address"] = mac
     try:
-        host.link("add", **spec)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            which = ifname if get_link(ctr, ifname) is not None else host_name
-            raise CniError(
-                INTERNAL, f"container veth name provided ({which}) already exists"
-            ) from None
-        raise
-    host_link, ctr_link = get_link(host, host_name), get_link(ctr, ifname)
+        host.add_veth(host_name, ifname, ctr_fd, master=bridge, mtu=mtu, peer_mac=mac)
+    except FileExistsError:
+        which = ifname if ctr.link(ifname) is not None else host_name
+        raise CniError(INTERNAL, f"container veth name provided ({which}) already exists") from None
+    host_link, ctr_link = host.link(host_name), ctr.link(ifname)
     if host_link is None or ctr_link is None:
         raise CniError(INTERNAL, f"veth {host_name}/{ifname} vanished after creation")
     return host_link, ctr_link
 
 
 def port_options(
-    ipr: IPRoute, port: int, hairpin: bool, isolated: bool, vlan: int, preserve_default_vlan: bool
+    ipr: Rtnl, port: int, hairpin: bool, isolated: bool, vlan: int, preserve_default_vlan: bool
 ) -> None:
     if hairpin or isolated:
-        opts = {"mode": int(hairpin)} if hairpin else {}
-        if isolated:
-            opts["isolated"] = 1
-        ipr.brport("set", index=port, **opts)
+        ipr.set_port(port, hairpin, isolated)
     if vlan:
-        ipr.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": 6})  # PVID|UNTAGGED
+        ipr.port_vlan(port, vlan, 6, add=True)  # PVID|UNTAGGED
         if not preserve_default_vlan:
-            ipr.vlan_filter("del", index=port, vlan_info={"vid": 1})
+            ipr.port_vlan(port, 1, 0, add=False)
 
 
-def mac_of(ipr: IPRoute, index: int) -> str:
-    return str(link_info(ipr, index).get_attr("IFLA_ADDRESS"))
+def mac_of(ipr: Rtnl, index: int) -> str:
+    return ipr.link_by_index(index).mac
 
 
 def addresses(
-    ipr: IPRoute, index: int, version: int = 0
+    ipr: Rtnl, index: int, version: int = 0
 ) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """Global addresses of a link; `version` lets the kernel filter the dump by family (the
     bridge carries a link-local v6 address per port, parsing those costs ms at 50 pods)."""
-    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(version)
-    found = ipr.get_addr(index=index, family=family) if family else ipr.get_addr(index=index)
-    return [
-        ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-        for a in found
-        if a.get_attr("IFA_ADDRESS") and a["scope"] == 0
-    ]
+    return [a for a, scope in ipr.addresses(index, version) if scope == 0]
 
 
 def ensure_gateway_addr(
-    ipr: IPRoute,
+    ipr: Rtnl,
     bridge: int,
     bridge_name: str,
     gw: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
@@ -236,43 +179,24 @@ def ensure_gateway_addr(
                 raise CniError(
                     INTERNAL, f'"{bridge_name}" already has an IP address different from {gw}'
                 )
-            ipr.addr("del", index=bridge, address=str(have.ip), prefixlen=have.network.prefixlen)
-    try:
-        add_address(ipr, bridge, gw)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise
-
-
-def add_address(
-    ipr: IPRoute, index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
-) -> None:
-    """With the broadcast address for v4, as netlink-based tools (and the reference) set it."""
-    spec: dict[str, Any] = {"address": str(iface.ip), "prefixlen": iface.network.prefixlen}
-    if iface.version == 4:
-        spec["broadcast"] = str(iface.network.broadcast_address)
-    ipr.addr("add", index=index, **spec)
+            ipr.del_address(bridge, have)
+    with contextlib.suppress(FileExistsError):
+        ipr.add_address(bridge, gw)
 
 
 def configure_container(
-    ipr: IPRoute, index: int, ips: list[dict[str, Any]], routes: list[dict[str, Any]]
+    ipr: Rtnl, index: int, ips: list[dict[str, Any]], routes: list[dict[str, Any]]
 ) -> None:
     """Addresses, link up, then routes (a route needs its link up), like ipam.ConfigureIface."""
     for ip in ips:
-        add_address(ipr, index, ipaddress.ip_interface(ip["address"]))
-    ipr.link("set", index=index, state="up")
+        ipr.add_address(index, ipaddress.ip_interface(ip["address"]))
+    ipr.set_link(index, up=True)
     for route in routes:
         dst = ipaddress.ip_network(route["dst"], strict=False)
-        # proto "boot", the netlink library default the reference gets (pyroute2 says "static").
-        spec: dict[str, Any] = {"dst": str(dst), "oif": index, "proto": "boot"}
         gw = route.get("gw") or _default_gw(ips, dst.version)
-        if gw:
-            spec["gateway"] = gw
-        try:
-            ipr.route("add", **spec)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # a second interface in the same sandbox and subnet
-                raise
+        # proto "boot", the Go netlink library's default that the reference gets
+        with contextlib.suppress(FileExistsError):  # a second interface in the same subnet
+            ipr.add_route(str(dst), index, gw or "")
 
 
 def _default_gw(ips: list[dict[str, Any]], version: int) -> str:
@@ -308,21 +232,17 @@ def gratuitous_arp(ifname: str, mac: str, ip: str) -> None:
         threading.Thread(target=sock.close, daemon=True).start()
 
 
-def delete_link(ipr: IPRoute, name: str) -> bool:
-    index = lookup(ipr, name)
-    if index is None:
+def delete_link(ipr: Rtnl, name: str) -> bool:
+    link = ipr.link(name)
+    if link is None:
         return False
     try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code != errno.ENODEV:
+        ipr.del_link(link.index)
+    except OSError as exc:
+        if exc.errno != errno.ENODEV:
             raise
     return True
 
 
-def bridge_ports(ipr: IPRoute, bridge: int) -> list[str]:
-    return [
-        link.get_attr("IFLA_IFNAME")
-        for link in ipr.get_links()
-        if link.get_attr("IFLA_MASTER") == bridge
-    ]
+def bridge_ports(ipr: Rtnl, bridge: int) -> list[str]:
+    return [link.name for link in ipr.links() if link.master == bridge]

@@ -75,6 +75,9 @@ class Env:
     ifname: str = ""
     path: tuple[str, ...] = ()
     args: dict[str, str] = field(default_factory=dict)
+    # The sandbox's netns as an fd the launcher passed to the agent (the agent's own mounts
+    # may not show CNI_NETNS); None: open the CNI_NETNS path.
+    netns_fd: int | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Env:

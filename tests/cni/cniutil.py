@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-VENV_BIN = "/work/main/.venv/bin"
+VENV_BIN = os.path.dirname(sys.executable)
 OURS = os.path.join(VENV_BIN, "netplane-bridge")
 OURS_IPAM = os.path.join(VENV_BIN, "netplane-ipam")
 REF_DIR = "/usr/lib/cni"
 REF = os.path.join(REF_DIR, "bridge")
+
+
+NETPLANE = os.path.join(VENV_BIN, "netplane")
 
 
 def _run(*args: str) -> str:
@@ -93,6 +99,7 @@ def invoke(
         "CNI_PATH": cni_path,
         "CNI_ARGS": args,
         "NETPLANE_CNI_SOCKET": "",
+        "NETPLANE_CNI_STATE_DIR": os.environ.get("NETPLANE_CNI_STATE_DIR", ""),
         **(env or {}),
     }
     for key in drop:
@@ -140,3 +147,67 @@ def nat_rules(ns: str) -> list[str]:
 def store_files(data_dir: str, network: str = "nptest") -> set[str]:
     path = os.path.join(data_dir, network)
     return set(os.listdir(path)) - {"lock"} if os.path.isdir(path) else set()
+
+
+class Agents:
+    """Agents started in host namespaces; all stopped (and their workers reaped) at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, host: str, sock: str, *extra: str) -> subprocess.Popen:
+        before = os.stat(sock).st_ino if os.path.exists(sock) else None
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", host, NETPLANE, "cni", "agent", "--socket", sock, *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock) or os.stat(sock).st_ino == before:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            # workers die with their parent; make sure no test leaves one behind
+            wait_gone(session_pids(proc.pid), 10)
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return pids
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and not zombie(p)]
+        time.sleep(0.05)
+    return alive
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

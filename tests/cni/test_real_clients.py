@@ -17,11 +17,10 @@ import subprocess
 import time
 
 import pytest
-from cniutil import VENV_BIN, links, store_files
+from cniutil import NETPLANE, Agents, links, store_files
 from crihelp import Cri, busybox_layer, oci_archive
 
 pytestmark = pytest.mark.slow
-NETPLANE = os.path.join(VENV_BIN, "netplane")
 IMAGE = "localhost/npcni/busybox:1"
 
 
@@ -32,7 +31,8 @@ def _need(*tools: str) -> None:
 
 
 def _plugin_dir(base: str, network: str, bridge: str, subnet: str) -> tuple[str, str, str]:
-    """`netplane cni install` into private dirs, plus a logging wrapper around the plugin."""
+    """`netplane cni install` into private dirs, plus a logging wrapper around the plugin that
+    points it at the test's agent (`{base}/cni.sock`)."""
     bin_dir, conf_dir, log = f"{base}/bin", f"{base}/net.d", f"{base}/calls.log"
     subprocess.run(
         [
@@ -64,7 +64,7 @@ def _plugin_dir(base: str, network: str, bridge: str, subnet: str) -> tuple[str,
     with open(f"{bin_dir}/netplane-bridge", "w") as f:
         f.write(
             f'#!/bin/sh\necho "$CNI_COMMAND netns=$CNI_NETNS" >> {log}\n'
-            f"exec {bin_dir}/netplane-bridge.real\n"
+            f"NETPLANE_CNI_SOCKET={base}/cni.sock exec {bin_dir}/netplane-bridge.real\n"
         )
     os.chmod(f"{bin_dir}/netplane-bridge", 0o755)
     for extra in ("loopback", "host-local"):  # containerd always runs loopback
@@ -97,6 +97,15 @@ def _wait_for(path: str, proc: subprocess.Popen, what: str) -> None:
 
 
 @pytest.fixture
+def agents():
+    a = Agents()
+    try:
+        yield a
+    finally:
+        a.stop_all()
+
+
+@pytest.fixture
 def base():
     path = f"/var/tmp/npcni-{secrets.token_hex(3)}"
     os.makedirs(path)
@@ -106,12 +115,13 @@ def base():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_containerd_cri_add_and_double_del(netns, base):
+def test_containerd_cri_add_and_double_del(netns, base, agents):
     _need("containerd", "ctr", "runc", "busybox")
     host = netns.new()
     tag = secrets.token_hex(2)
     bridge = f"npcd{tag}"
     bin_dir, conf_dir, log = _plugin_dir(base, f"npcd-{tag}", bridge, "10.123.7.0/24")
+    agents.start(host, f"{base}/cni.sock")
     sock = f"{base}/state/containerd.sock"
     with open(f"{base}/containerd.toml", "w") as f:
         f.write(f"""version = 2
@@ -209,12 +219,13 @@ def _remove_empty_dirs(*tops: str) -> None:
         time.sleep(0.25)
 
 
-def test_podman_cni_backend_version_add_del(netns, base):
+def test_podman_cni_backend_version_add_del(netns, base, agents):
     _need("podman", "conmon", "runc")
     host = netns.new()
     tag = secrets.token_hex(2)
     network = f"nppm-{tag}"
     bin_dir, conf_dir, log = _plugin_dir(base, network, f"nppm{tag}", "10.124.7.0/24")
+    agents.start(host, f"{base}/cni.sock")
     with open(f"{base}/containers.conf", "w") as f:
         f.write(f"""[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
