@@ -142,15 +142,13 @@ def run(
     path: str,
     workers: int = 0,
     on_serving: Callable[[], None] | None = None,
-    on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then remove the socket (launchers then answer "try again").
 
     One process per CPU (forked after the imports, before any thread exists) share the
     listening socket: the work is CPU-bound Python, so threads alone would serialise on the
     GIL. `on_serving` runs once the socket takes requests (writing the conflist then means
-    the runtime never sees the network before the agent serves it); `on_stop` runs in the
-    parent after every worker has finished (uninstall cleanup).
+    the runtime never sees the network before the agent serves it).
     """
     workers = workers or os.cpu_count() or 1
     with Agent(path) as agent:
@@ -177,5 +175,3 @@ def run(
                     os.kill(pid, signal.SIGTERM)
             for pid in children:
                 os.waitpid(pid, 0)
-    if on_stop is not None:
-        on_stop()

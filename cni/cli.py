@@ -112,7 +112,7 @@ def uninstall(bin_dir, conf_dir, network, bridge, data_dir) -> None:
     "--conf-dir",
     default=None,
     type=click.Path(file_okay=False),
-    help="Write the conflist here once serving (and remove it on uninstall).",
+    help="Write the conflist here once serving (the runtime sees the network only then).",
 )
 @_bin_dir
 @_subnet
@@ -121,12 +121,6 @@ def uninstall(bin_dir, conf_dir, network, bridge, data_dir) -> None:
 @_node
 @_kubeconfig
 @_in_cluster
-@click.option(
-    "--uninstall-on-removal",
-    metavar="NAMESPACE/DAEMONSET",
-    default=None,
-    help="On SIGTERM, if this DaemonSet is being deleted, remove everything from the node.",
-)
 def agent(
     path,
     workers,
@@ -138,7 +132,6 @@ def agent(
     node,
     kubeconfig,
     in_cluster,
-    uninstall_on_removal,
 ) -> None:
     """Serve plugin requests on a unix socket (the node's launcher forwards to it)."""
     from netplane.cni.agent import run
@@ -153,19 +146,4 @@ def agent(
 
             log.info("wrote %s", install_conflist(plan))
 
-    def stopped() -> None:
-        if plan is None or not uninstall_on_removal:
-            return
-        from netplane.cni.install import clean_node, remove_files
-        from netplane.cni.node import daemonset_removed
-        from netplane.kube.options import api_client
-
-        namespace, _, name = uninstall_on_removal.partition("/")
-        api = api_client(kubeconfig=kubeconfig, in_cluster=in_cluster)
-        if daemonset_removed(api, namespace, name):
-            for what in remove_files(plan) + clean_node(plan):
-                log.info("uninstall: removed %s", what)
-        else:
-            log.info("%s is not being removed: node state kept for the next agent", name)
-
-    run(path, workers, on_serving=serving, on_stop=stopped)
+    run(path, workers, on_serving=serving)

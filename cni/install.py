@@ -111,6 +111,7 @@ def clean_node(plan: InstallPlan, data_dir: str = "") -> list[str]:
     bridge, masquerade chains of the network (found by comment), the IPAM store. For
     uninstall: the pods still on the bridge lose their network."""
     from netplane.cni import masq, netops
+    from netplane.cni.inflight import DEFAULT_STATE_DIR, STATE_ENV
     from netplane.cni.rtnl import Rtnl
     from netplane.cni.spec import CniError
     from netplane.cni.store import DEFAULT_DATA_DIR
@@ -135,4 +136,8 @@ def clean_node(plan: InstallPlan, data_dir: str = "") -> list[str]:
     if os.path.isdir(store):
         shutil.rmtree(store)
         done.append(f"IPAM store {store}")
+    markers = os.path.join(os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR, "cni-adds")
+    if os.path.isdir(markers):
+        shutil.rmtree(markers)
+        done.append(f"in-progress ADD markers {markers}")
     return done

@@ -1,6 +1,4 @@
-"""What the CNI DaemonSet asks the API server: the node's pod CIDRs, and whether it is being
-uninstalled (so the agent's exit removes everything) or only restarted (so it keeps the
-bridge and the pods' network for the next agent)."""
+"""What the CNI DaemonSet asks the API server: the node's pod CIDRs."""
 
 from __future__ import annotations
 
@@ -43,20 +41,3 @@ def pod_cidrs(api: Any, node: str, wait: float = 120.0) -> tuple[str, ...]:
                 "--pod-network-cidr), or pass --subnet"
             )
         time.sleep(1)
-
-
-def daemonset_removed(api: Any, namespace: str, name: str) -> bool:
-    """True when the DaemonSet is gone or being deleted, or our identity was (its service
-    account or role binding deleted with it): `kubectl delete -k deploy/`. Any other
-    failure (API unreachable) counts as a restart, which keeps the node's state."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        ds = client.AppsV1Api(api).read_namespaced_daemon_set(name, namespace, _request_timeout=5)
-    except ApiException as exc:
-        return exc.status in (401, 403, 404)
-    except Exception as exc:  # connection refused, timeouts: not evidence of removal
-        log.warning("cannot tell whether %s/%s is being removed: %s", namespace, name, exc)
-        return False
-    return ds.metadata.deletion_timestamp is not None

@@ -39,10 +39,12 @@ _SECTIONS = {
         "proxy": "netplane.proxy.cli:proxy",
         "dns": "netplane.dns.cli:dns",
         "cni": "netplane.cni.cli:cni",
+        "supervise": "netplane.kube.supervise:supervise",
     },
     "Measuring and testing": {
         "bench": "netplane.bench.cli:bench",
         "anchors": "netplane.testing.cli:anchors_group",
+        "image": "netplane.image:image",
         "demo": "netplane.demo:demo",
     },
 }

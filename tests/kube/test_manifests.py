@@ -93,12 +93,24 @@ def test_dns_replaces_coredns_behind_kube_dns():
     )
 
 
-def test_rbac_is_read_only_list_watch():
-    roles = [d for _, d in documents() if d["kind"] == "ClusterRole"]
-    assert {r["metadata"]["name"] for r in roles} == {"netplane-proxy", "netplane-dns"}
+def test_rbac_is_read_only():
+    """list/watch of what each component follows; `get` only of single objects: a node's pod
+    CIDR (CNI), the components' own DaemonSets (uninstall or restart?)."""
+    roles = [d for _, d in documents() if d["kind"] in ("ClusterRole", "Role")]
+    assert {r["metadata"]["name"] for r in roles} == {
+        "netplane-proxy",
+        "netplane-dns",
+        "netplane-cni",
+        "netplane-node-lifecycle",
+    }
     for role in roles:
         for rule in role["rules"]:
-            assert sorted(rule["verbs"]) == ["list", "watch"], role["metadata"]["name"]
+            if rule["verbs"] == ["get"]:
+                assert rule["resources"] in (["nodes"], ["daemonsets"]), role["metadata"]["name"]
+            else:
+                assert sorted(rule["verbs"]) == ["list", "watch"], role["metadata"]["name"]
+    lifecycle = find("Role", "netplane-node-lifecycle")
+    assert lifecycle["rules"][0]["resourceNames"] == ["netplane-proxy", "netplane-cni"]
     granted = {
         (r["metadata"]["name"], res)
         for r in roles
@@ -112,12 +124,15 @@ def test_rbac_is_read_only_list_watch():
         for _, d in documents()
         if d["kind"] in ("DaemonSet", "Deployment")
     }
-    assert {"netplane-proxy", "netplane-dns"} <= accounts
+    assert accounts == {"netplane-proxy", "netplane-dns", "netplane-cni"}
 
 
 def test_cni_installer_writes_host_directories():
     ds = find("DaemonSet", "netplane-cni")
     pod = ds["spec"]["template"]["spec"]
     paths = {v["hostPath"]["path"] for v in pod["volumes"]}
-    assert paths == {"/opt/cni/bin", "/etc/cni/net.d"}
+    assert {"/opt/cni/bin", "/etc/cni/net.d", "/run/netplane", "/var/lib/cni"} <= paths
     assert pod["initContainers"][0]["command"][:3] == ["netplane", "cni", "install"]
+    agent = pod["containers"][0]["command"]
+    assert agent[:2] == ["netplane", "supervise"] and "agent" in agent
+    assert "--node=$(NODE_NAME)" in agent
