@@ -31,7 +31,7 @@ from netplane import netns as netplane_netns
 REF_DIR = "/usr/lib/cni"
 SCRIPTS = os.path.dirname(sys.executable)
 CONCURRENCY = 8
-CONFIGS = {
+CONFIGS: dict[str, dict[str, bool]] = {
     "plain": {},
     "ipmasq": {"ipMasq": True},
     "hairpin": {"hairpinMode": True},
@@ -46,7 +46,8 @@ class _Mode:
     env: dict[str, str]
     pods: list[str] = field(default_factory=list)
     pools: dict[int, ThreadPoolExecutor] = field(default_factory=dict)
-    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # config -> phase -> op -> milliseconds
+    samples: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
 
 def _netns(stack: ExitStack) -> str:

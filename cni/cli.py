@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from netplane.cni.client import DEFAULT_SOCKET
+
+if TYPE_CHECKING:
+    from netplane.cni.install import InstallPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,16 @@ _in_cluster = click.option(
 )
 
 
-def _plan(bin_dir, conf_dir, subnets, network, bridge, node, kubeconfig, in_cluster):
+def _plan(
+    bin_dir: str,
+    conf_dir: str,
+    subnets: tuple[str, ...],
+    network: str,
+    bridge: str,
+    node: str | None,
+    kubeconfig: str | None,
+    in_cluster: bool,
+) -> InstallPlan:
     from netplane.cni.install import InstallPlan
 
     if not subnets and node:
@@ -47,8 +60,9 @@ def _plan(bin_dir, conf_dir, subnets, network, bridge, node, kubeconfig, in_clus
             subnets = pod_cidrs(api_client(kubeconfig=kubeconfig, in_cluster=in_cluster), node)
         except NodeError as exc:
             raise click.ClickException(str(exc)) from None
-    kwargs = {"subnets": tuple(subnets)} if subnets else {}
-    return InstallPlan(bin_dir, conf_dir, network=network, bridge=bridge, **kwargs)
+    if not subnets:
+        return InstallPlan(bin_dir, conf_dir, network=network, bridge=bridge)
+    return InstallPlan(bin_dir, conf_dir, tuple(subnets), network=network, bridge=bridge)
 
 
 @click.group()
@@ -71,7 +85,15 @@ def cni() -> None:
     help="Only the plugin: the agent writes the conflist once it serves (the DaemonSet).",
 )
 def install(
-    bin_dir, conf_dir, subnets, network, bridge, node, kubeconfig, in_cluster, plugin_only
+    bin_dir: str,
+    conf_dir: str,
+    subnets: tuple[str, ...],
+    network: str,
+    bridge: str,
+    node: str | None,
+    kubeconfig: str | None,
+    in_cluster: bool,
+    plugin_only: bool,
 ) -> None:
     """Put netplane-bridge (a static launcher that forwards to the agent) and a conflist on
     this node, like a CNI DaemonSet installer. The node needs nothing else installed."""
@@ -93,7 +115,7 @@ def install(
 @_network
 @_bridge
 @click.option("--data-dir", default="", help="IPAM store (default /var/lib/cni/networks).")
-def uninstall(bin_dir, conf_dir, network, bridge, data_dir) -> None:
+def uninstall(bin_dir: str, conf_dir: str, network: str, bridge: str, data_dir: str) -> None:
     """Remove the conflist and plugin, then the bridge, pod veths, masquerade chains and IPAM
     store of the network (run in the node's network namespace)."""
     from netplane.cni.install import InstallPlan, clean_node, remove_files
@@ -122,16 +144,16 @@ def uninstall(bin_dir, conf_dir, network, bridge, data_dir) -> None:
 @_kubeconfig
 @_in_cluster
 def agent(
-    path,
-    workers,
-    conf_dir,
-    bin_dir,
-    subnets,
-    network,
-    bridge,
-    node,
-    kubeconfig,
-    in_cluster,
+    path: str,
+    workers: int,
+    conf_dir: str | None,
+    bin_dir: str,
+    subnets: tuple[str, ...],
+    network: str,
+    bridge: str,
+    node: str | None,
+    kubeconfig: str | None,
+    in_cluster: bool,
 ) -> None:
     """Serve plugin requests on a unix socket (the node's launcher forwards to it)."""
     from netplane.cni.agent import run

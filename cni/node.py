@@ -31,7 +31,7 @@ def pod_cidrs(api: Any, node: str, wait: float = 120.0) -> tuple[str, ...]:
             log.warning("reading node %s: %s", node, exc.reason)
         cidrs: tuple[str, ...] = ()
         if spec is not None:
-            cidrs = tuple(spec.pod_cid_rs or ([spec.pod_cidr] if spec.pod_cidr else []))
+            cidrs = tuple(spec.pod_cidrs or ([spec.pod_cidr] if spec.pod_cidr else []))
         if cidrs:
             return cidrs
         if time.monotonic() > deadline:

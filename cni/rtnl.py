@@ -118,7 +118,9 @@ def _link(body: bytes) -> Link:
     )
 
 
-def _ifinfo(index: int = 0, family: int = socket.AF_UNSPEC, flags: int = 0, change: int = 0):
+def _ifinfo(
+    index: int = 0, family: int = socket.AF_UNSPEC, flags: int = 0, change: int = 0
+) -> bytes:
     return _IFINFO.pack(family, 0, index, flags, change)
 
 
@@ -226,7 +228,9 @@ class Rtnl:
         )
         self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _ifinfo(flags=IFF_UP, change=IFF_UP) + attrs)
 
-    def set_link(self, index: int, *, up: bool = False, promisc: bool = False, mac: str = ""):
+    def set_link(
+        self, index: int, *, up: bool = False, promisc: bool = False, mac: str = ""
+    ) -> None:
         flags = (IFF_UP if up else 0) | (IFF_PROMISC if promisc else 0)
         attrs = attr(IFLA_ADDRESS, mac_bytes(mac)) if mac else b""
         self.request(RTM_NEWLINK, 0, _ifinfo(index, flags=flags, change=flags) + attrs)

@@ -35,7 +35,7 @@ def daemonset_removed(api: Any, namespace: str, name: str) -> bool:
     except Exception as exc:  # connection refused, timeouts: not evidence of removal
         log.warning("cannot tell whether %s/%s is being removed: %s", namespace, name, exc)
         return False
-    return ds.metadata.deletion_timestamp is not None
+    return ds.metadata is not None and ds.metadata.deletion_timestamp is not None
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -51,7 +51,9 @@ def daemonset_removed(api: Any, namespace: str, name: str) -> bool:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None)
 @click.option("--in-cluster", is_flag=True, help="Ask the API with the pod's service account.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def supervise(daemonset: str, cleanup: str, kubeconfig, in_cluster, command) -> None:
+def supervise(
+    daemonset: str, cleanup: str, kubeconfig: str | None, in_cluster: bool, command: tuple[str, ...]
+) -> None:
     """Run COMMAND; when it exits, run CLEANUP if DAEMONSET is being removed."""
     namespace, sep, name = daemonset.partition("/")
     if not sep or not namespace or not name:
