@@ -58,10 +58,10 @@ def render(
         node_name=node, family=family, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all
     )
     if backend == "nftables":
-        from netplane.proxy.nft._text import format_ruleset
+        from netplane.proxy.nft._text import format_tables
         from netplane.proxy.nft.render import render_full as render_nft
 
-        sys.stdout.write(format_ruleset(render_nft(state.snapshot(), config)))
+        sys.stdout.write(format_tables(render_nft(state.snapshot(), config)))
         return
     sys.stdout.write(render_full(state.snapshot(), config))
 

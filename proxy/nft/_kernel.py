@@ -78,17 +78,21 @@ def build(batch: Batch, ops: Iterable[Op]) -> dict[str, int]:
 def read(
     netlink: Netlink,
     family: str,
-    table: str,
-    shared_sets: Iterable[str],
+    tables: dict[str, Iterable[str]],
     stop: threading.Event | None = None,
-) -> tuple[Kernel, int]:
-    """Our table as the kernel holds it, and the bytes read to learn it."""
-    if table not in netlink.tables(family):
-        return Kernel(), 0
-    kernel = Kernel(table=True)
+) -> tuple[dict[str, Kernel], int]:
+    """Our TABLES (name -> the shared sets whose elements to read) as the kernel holds
+    them, and the bytes read to learn it. Tables that do not exist are left out."""
+    present = netlink.tables(family)
+    kernels = {t: Kernel(table=True) for t in tables if t in present}
+    if not kernels:
+        return {}, 0
     size = 0
-    table_attr = string(1, table)
-    for attrs in netlink.chains(family, table):
+    for attrs in netlink.chains(family):  # every table's: the kernel does not filter
+        table = attrs[1].rstrip(b"\0").decode()
+        kernel = kernels.get(table)
+        if kernel is None:
+            continue
         name = attrs[3].rstrip(b"\0").decode()
         hook = None
         if 4 in attrs:
@@ -101,22 +105,25 @@ def read(
         if stop is not None and stop.is_set():
             raise Interrupted("stopped while reading the rules back")
         rules = []
-        for message in netlink.request(GETRULE, family, table_attr + string(2, name)):
+        for message in netlink.request(GETRULE, family, string(1, table) + string(2, name)):
             size += len(message)
             r = parse_attrs(message)
             rules.append((r.get(4, b""), r.get(7)))
-        kernel.chains[name] = ChainState(hook, None, hash(tuple(rules)))
-    for attrs in netlink.sets(family, table):
-        flags = struct.unpack(">I", attrs[3])[0] if 3 in attrs else 0
-        if flags & 0x1:  # anonymous: belongs to a rule, goes with it
-            continue
-        name = attrs[2].rstrip(b"\0").decode()
-        key = (struct.unpack(">I", attrs[4])[0], struct.unpack(">I", attrs[5])[0])
-        timeout = struct.unpack(">Q", attrs[11])[0] // 1000 if 11 in attrs else 0
-        kernel.sets[name] = (key, bool(flags & 0x8), timeout)
-    for name in shared_sets:
-        if name in kernel.sets:
-            elements = netlink.elements(family, table, name)
-            size += sum(map(len, elements))
-            kernel.elements[name] = {parse_attrs(parse_attrs(e)[1])[1]: hash(e) for e in elements}
-    return kernel, size
+        kernel.chains[name] = ChainState(hook, None, hash(tuple(rules)), len(rules))
+    for table, kernel in kernels.items():
+        for attrs in netlink.sets(family, table):
+            flags = struct.unpack(">I", attrs[3])[0] if 3 in attrs else 0
+            if flags & 0x1:  # anonymous: belongs to a rule, goes with it
+                continue
+            name = attrs[2].rstrip(b"\0").decode()
+            key = (struct.unpack(">I", attrs[4])[0], struct.unpack(">I", attrs[5])[0])
+            timeout = struct.unpack(">Q", attrs[11])[0] // 1000 if 11 in attrs else 0
+            kernel.sets[name] = (key, bool(flags & 0x8), timeout)
+        for name in tables[table]:
+            if name in kernel.sets:
+                elements = netlink.elements(family, table, name)
+                size += sum(map(len, elements))
+                kernel.elements[name] = {
+                    parse_attrs(parse_attrs(e)[1])[1]: hash(e) for e in elements
+                }
+    return kernels, size

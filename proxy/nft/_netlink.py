@@ -105,12 +105,16 @@ class Batch:
 
     def __init__(self, family: str, table: str) -> None:
         self.family = family
-        self.table = table
         self._nfproto = NFPROTO[family]
-        self._table_attr = string(1, table)  # NFTA_*_TABLE is attribute 1 everywhere
         self._parts: list[bytes] = []
-        self._what: list[tuple[str, str]] = []  # per message, for error reports
+        self._what: list[tuple[str, str, str]] = []  # per message, for error reports
         self.bytes = 0
+        self.use(table)
+
+    def use(self, table: str) -> None:
+        """The table the next messages are about (a transaction may span tables)."""
+        self.table = table
+        self._table_attr = string(1, table)  # NFTA_*_TABLE is attribute 1 everywhere
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -118,7 +122,7 @@ class Batch:
     def _add(self, kind: int, flags: int, body: bytes, what: tuple[str, str]) -> None:
         header = _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, 0, 0)
         self._parts.append(header + _NFGEN.pack(self._nfproto, 0, 0) + body)
-        self._what.append(what)
+        self._what.append((what[0], self.table, what[1]))
         self.bytes += 20 + len(body)
 
     # -- tables
@@ -219,8 +223,8 @@ class Batch:
         return out, seq + len(self._parts) + 2
 
     def describe(self, index: int) -> str:
-        verb, name = self._what[index]
-        return f"{verb} {self.family} {self.table} {name}"
+        verb, table, name = self._what[index]
+        return f"{verb} {self.family} {table} {name}"
 
 
 _SET_UDATA = bytes.fromhex("000402000000")
@@ -370,8 +374,9 @@ class Netlink:
     def tables(self, family: str) -> set[str]:
         return {parse_attrs(m)[1].rstrip(b"\0").decode() for m in self.request(GETTABLE, family)}
 
-    def chains(self, family: str, table: str) -> list[dict]:
-        return self._dump(GETCHAIN, family, table)
+    def chains(self, family: str) -> list[dict]:
+        """Every chain of FAMILY, all tables (the kernel dumps them all anyway)."""
+        return [parse_attrs(m) for m in self.request(GETCHAIN, family)]
 
     def rules(self, family: str, table: str) -> list[dict]:
         return self._dump(GETRULE, family, table)
@@ -388,13 +393,16 @@ class Netlink:
         return out
 
     def _dump(self, kind: int, family: str, table: str) -> list[dict]:
+        """The objects of TABLE (the kernel filters some dumps by table, not chains: so
+        filter here too)."""
         try:
             messages = self.request(kind, family, string(1, table))
         except NftError as e:
             if e.errno == errno.ENOENT:
                 return []
             raise
-        return [parse_attrs(m) for m in messages]
+        name = table.encode() + b"\0"
+        return [a for a in map(parse_attrs, messages) if a.get(1) == name]
 
 
 def _extack(data: bytes, offset: int, size: int, flags: int) -> str:

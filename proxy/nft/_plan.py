@@ -23,6 +23,7 @@ from netplane.proxy.nft._exprs import key_bytes, key_type
 from netplane.proxy.nft._model import Chain, Element, Hook, InSet, Rule, SetDef, Update
 
 STALE_SECONDS = 1.0
+_EMPTY_DIGEST = hash(())  # of a chain without rules
 
 
 class Op(NamedTuple):
@@ -42,6 +43,7 @@ class ChainState:
     hook: Hook | None
     rules: tuple[Rule, ...] | None
     digest: int | None = None
+    count: int = 0  # rules in it
 
 
 @dataclass(slots=True)
@@ -203,16 +205,17 @@ def apply(
         if verb == "add_table":
             kernel.table = True
         elif verb == "add_chain":
-            chains[arg.name] = ChainState(arg.hook, ())
+            chains[arg.name] = ChainState(arg.hook, (), _EMPTY_DIGEST)
             kernel.stale.pop(arg.name, None)
         elif verb == "flush_chain":
             have = chains.get(arg)
             if have is not None:
-                have.rules, have.digest = (), None
+                have.rules, have.digest, have.count = (), _EMPTY_DIGEST, 0
         elif verb == "add_rules":
             state = chains[arg.name]
             state.rules = arg.rules
-            state.digest = digests.get(arg.name)
+            state.digest = digests.get(arg.name, _EMPTY_DIGEST)
+            state.count = len(arg.rules)
             kernel.stale.pop(arg.name, None)
         elif verb == "delete_chain":
             chains.pop(arg, None)
@@ -234,6 +237,10 @@ def apply(
             bucket = elements.setdefault(name, {})
             for e in els:
                 bucket[key_bytes(e.key)] = element_digest(e)
+
+
+def rule_count(kernel: Kernel) -> int:
+    return sum(c.count for c in kernel.chains.values())
 
 
 def everything(

@@ -2,11 +2,14 @@
 prints and what `nft list table ip kube-proxy` shows for the same objects.
 
 `format_ruleset` writes the listing layout (`table ip kube-proxy { ... }`, sets and maps
-first, then chains), loadable with `nft -f`. `format_rule` is one rule's text, exactly as
-`nft list` prints it (tested against the real `nft`), so people can grep for it.
+first, then chains), loadable with `nft -f`; `format_tables` all our tables. `format_rule`
+is one rule's text, exactly as `nft list` prints it (tested against the real `nft`), so
+people can grep for it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from netplane.proxy.nft._model import (
     DISPATCH_IP,
@@ -155,3 +158,7 @@ def format_ruleset(ruleset: Ruleset) -> str:
         out += block if i == len(blocks) - 1 else [*block, ""]
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def format_tables(tables: Iterable[Ruleset]) -> str:
+    return "".join(format_ruleset(t) for t in tables)

@@ -1,8 +1,8 @@
 """Packet tracer for the nftables objects: where a packet goes, every branch explored.
 
 Same questions and the same answers (`netplane.proxy._trace.Packet` / `Trace`) as the
-iptables tracer, over a `Ruleset` (the renderer's, or one read from `nft list` text by
-`_text.parse_ruleset`). Hooks in the order the kernel runs our base chains:
+iptables tracer, over our tables (`Ruleset`s: the renderer's). Hooks in the order the
+kernel runs our base chains (equal priorities: in the order of the tables given):
 
     arriving:  prerouting (filter -110, nat -100) -> input | forward (filter 0)
                -> postrouting (nat 100)
@@ -56,18 +56,20 @@ Ending = tuple[_State, str | None]  # a walk's end: the state and its verdict
 
 
 class NftTracer:
-    def __init__(self, ruleset: Ruleset, local_ips: Sequence[str] = ()) -> None:
-        self.ruleset = ruleset
+    def __init__(self, tables: Sequence[Ruleset], local_ips: Sequence[str] = ()) -> None:
+        self.tables = tuple(tables)
         self.local = [
             ipaddress.ip_network(x, strict=False) for x in (*local_ips, "127.0.0.0/8", "::1/128")
         ]
-        # base chains per hook, lowest priority first: (priority, type, chain)
-        self.hooks: dict[str, list[tuple[int, str, Chain]]] = {h: [] for h in _ORDER}
-        for chain in ruleset.chains.values():
-            if chain.hook is not None:
-                self.hooks[chain.hook.hook].append((chain.hook.priority, chain.hook.type, chain))
+        # base chains per hook, lowest priority first: (priority, type, table, chain)
+        self.hooks: dict[str, list[tuple[int, str, Ruleset, Chain]]] = {h: [] for h in _ORDER}
+        for table in self.tables:
+            for chain in table.chains.values():
+                if chain.hook is not None:
+                    entry = (chain.hook.priority, chain.hook.type, table, chain)
+                    self.hooks[chain.hook.hook].append(entry)
         for entries in self.hooks.values():
-            entries.sort(key=lambda e: e[0])
+            entries.sort(key=lambda e: e[0])  # stable: tables keep their order
 
     def is_local(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
@@ -110,13 +112,13 @@ class NftTracer:
         """Every (state, verdict) the base chains of HOOK can end in (verdict: accept when
         the packet goes on, drop/reject, or masquerade at postrouting)."""
         states = [st]
-        for _, kind, chain in self.hooks[hook]:
+        for _, kind, table, chain in self.hooks[hook]:
             next_states: list[_State] = []
             for s in states:
                 if kind == "nat" and s.dnat is not None and hook in ("prerouting", "output"):
                     next_states.append(s)  # the NAT binding is made once
                     continue
-                for s2, v in self._chain(chain, packet, src_local, s, 0):
+                for s2, v in self._chain(table, chain, packet, src_local, s, 0):
                     if v in ("drop", "reject") or v == "masquerade":
                         yield s2, v
                     else:
@@ -126,15 +128,22 @@ class NftTracer:
             yield s, "accept"
 
     def _chain(
-        self, chain: Chain, packet: Packet, src_local: bool, st: _State, depth: int
+        self,
+        table: Ruleset,
+        chain: Chain,
+        packet: Packet,
+        src_local: bool,
+        st: _State,
+        depth: int,
     ) -> Iterator[Ending]:
         """(state, verdict) endings of CHAIN; verdict None = fell off its end (return)."""
         if depth > _MAX_DEPTH:
             raise TraceError(f"jump depth over {_MAX_DEPTH} at {chain.name}: a loop?")
-        yield from self._rules(chain.rules, 0, packet, src_local, st, depth)
+        yield from self._rules(table, chain.rules, 0, packet, src_local, st, depth)
 
     def _rules(
         self,
+        table: Ruleset,
         rules: tuple[Rule, ...],
         i: int,
         packet: Packet,
@@ -143,10 +152,10 @@ class NftTracer:
         depth: int,
     ) -> Iterator[Ending]:
         while i < len(rules):
-            outcomes = list(self._rule(rules[i].stmts, 0, packet, src_local, st, depth))
+            outcomes = list(self._rule(table, rules[i].stmts, 0, packet, src_local, st, depth))
             for st2, v in outcomes:
                 if v == "next":
-                    yield from self._rules(rules, i + 1, packet, src_local, st2, depth)
+                    yield from self._rules(table, rules, i + 1, packet, src_local, st2, depth)
                 else:
                     yield st2, v
             return
@@ -154,6 +163,7 @@ class NftTracer:
 
     def _rule(
         self,
+        table: Ruleset,
         stmts: tuple[Statement, ...],
         j: int,
         packet: Packet,
@@ -166,14 +176,14 @@ class NftTracer:
         while j < len(stmts):
             s = stmts[j]
             if isinstance(s, Verdict):
-                yield from self._verdict(s, packet, src_local, st, depth)
+                yield from self._verdict(table, s, packet, src_local, st, depth)
                 return
             if isinstance(s, VMap):
-                target = self._vmap(s, packet, st)
+                target = self._vmap(table, s, packet, st)
                 if target is None:
                     yield st, "next"
                 else:
-                    yield from self._verdict(target, packet, src_local, st, depth)
+                    yield from self._verdict(table, target, packet, src_local, st, depth)
                 return
             if isinstance(s, Numgen):
                 if s.mod > 1:  # not taken: the next rule
@@ -201,24 +211,24 @@ class NftTracer:
             if isinstance(s, Update):
                 j += 1
                 continue
-            if not self._match(s, packet, src_local, st):
+            if not self._match(table, s, packet, src_local, st):
                 yield st, "next"
                 return
             j += 1
         yield st, "next"
 
     def _verdict(
-        self, v: Verdict, packet: Packet, src_local: bool, st: _State, depth: int
+        self, table: Ruleset, v: Verdict, packet: Packet, src_local: bool, st: _State, depth: int
     ) -> Iterator[Ending]:
         if v.kind in ("accept", "drop"):
             yield st, v.kind
         elif v.kind == "return":
             yield st, None
         else:
-            chain = self.ruleset.chains.get(v.chain or "")
+            chain = table.chains.get(v.chain or "")
             if chain is None:
-                raise TraceError(f"{v.kind} to unknown chain {v.chain}")
-            for st2, v2 in self._chain(chain, packet, src_local, st, depth + 1):
+                raise TraceError(f"{v.kind} to unknown chain {table.table} {v.chain}")
+            for st2, v2 in self._chain(table, chain, packet, src_local, st, depth + 1):
                 if v2 is None:
                     # returned: after a jump the calling rule's chain goes on; a goto
                     # returns to whoever called the chain that went to it
@@ -226,16 +236,18 @@ class NftTracer:
                 else:
                     yield st2, v2
 
-    def _vmap(self, s: VMap, packet: Packet, st: _State) -> Verdict | None:
+    def _vmap(self, table: Ruleset, s: VMap, packet: Packet, st: _State) -> Verdict | None:
         proto = packet.proto
         if s.key == DISPATCH_IP:
             key: tuple[str, ...] = (str(ipaddress.ip_address(st.dst)), proto, str(st.dport))
         else:
             key = (proto, str(st.dport))
-        element = self.ruleset.elements.get(s.map, {}).get(key)
+        element = table.elements.get(s.map, {}).get(key)
         return element.verdict if element is not None else None
 
-    def _match(self, s: Statement, packet: Packet, src_local: bool, st: _State) -> bool:
+    def _match(
+        self, table: Ruleset, s: Statement, packet: Packet, src_local: bool, st: _State
+    ) -> bool:
         if isinstance(s, Addr):
             addr = ipaddress.ip_address(packet.src if s.field == "saddr" else st.dst)
             net = ipaddress.ip_network(s.value, strict=False)
@@ -252,7 +264,7 @@ class NftTracer:
             return st.mark & s.mark == 0
         if isinstance(s, InSet):
             where = packet.src if s.field == "saddr" else st.dst
-            return (str(ipaddress.ip_address(where)),) in self.ruleset.elements.get(s.set, {})
+            return (str(ipaddress.ip_address(where)),) in table.elements.get(s.set, {})
         raise TraceError(f"statement not modelled: {s!r}")
 
 

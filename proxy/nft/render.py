@@ -6,10 +6,8 @@ kube-proxy's nftables mode lays them out.
   (`service-ips`, `service-nodeports`, `no-endpoint-services`, `no-endpoint-nodeports`,
   `firewall-ips`, `cluster-ips`). Memoized by the identity of its inputs, like the iptables
   renderer: an unchanged service costs a dict lookup.
-- `base(config) -> Ruleset`: the table, its base chains, the dispatch chains and the maps
-  (empty), the same for every node.
-- `assemble(config, services) -> Ruleset`: base + every service: what the kernel must hold.
-- `render_full(snapshot, config) -> Ruleset`.
+- `render_full(snapshot, config) -> (Ruleset, ...)`: every table, complete (the tables'
+  fixed objects and how services are spread over them: `_tables`).
 
 Same Service semantics as the iptables renderer (`proxy/render.py`; endpoint selection is
 shared: `_endpoints`); the deliberate differences from kube-proxy are listed in
@@ -19,7 +17,7 @@ proxy/README.md ("nftables backend").
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -29,21 +27,13 @@ from netplane.proxy._chains import service_port_name
 from netplane.proxy._endpoints import categorize, port_endpoints
 from netplane.proxy.nft import _names
 from netplane.proxy.nft._model import (
-    CT_NEW,
-    DISPATCH_IP,
-    DISPATCH_PORT,
     DROP,
-    MASQUERADE,
-    REJECT,
     RETURN,
     Addr,
-    Chain,
     Dnat,
     Element,
     FibLocal,
-    Hook,
     InSet,
-    Mark,
     Numgen,
     Port,
     Proto,
@@ -52,66 +42,24 @@ from netplane.proxy.nft._model import (
     SetDef,
     Update,
     Verdict,
-    VMap,
     goto,
     jump,
 )
-from netplane.proxy.render import ProxyConfig, paused_gc
-from netplane.state import ServiceKey, Snapshot
-
-TABLE = "kube-proxy"
-
-# shared containers
-CLUSTER_IPS = "cluster-ips"
-SERVICE_IPS = "service-ips"
-SERVICE_NODEPORTS = "service-nodeports"
-NO_ENDPOINT_SERVICES = "no-endpoint-services"
-NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
-FIREWALL_IPS = "firewall-ips"
-SHARED_SETS = (
+from netplane.proxy.nft._tables import (
     CLUSTER_IPS,
-    NO_ENDPOINT_SERVICES,
-    NO_ENDPOINT_NODEPORTS,
     FIREWALL_IPS,
+    MARK_MASQ,
+    NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES,
+    REJECT_CHAIN,
     SERVICE_IPS,
     SERVICE_NODEPORTS,
+    addr_type,
+    assemble,
+    shard_count,
 )
-
-# top-level chains
-MARK_MASQ = "mark-for-masquerade"
-MASQUERADING = "masquerading"
-SERVICES = "services"
-REJECT_CHAIN = "reject-chain"
-FIREWALL_CHECK = "firewall-check"
-SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
-NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
-CLUSTER_IPS_CHECK = "cluster-ips-check"
-
-_DSTNAT, _FILTER, _SRCNAT = -100, 0, 100
-BASE_CHAINS: tuple[tuple[str, Hook], ...] = (
-    ("filter-prerouting-pre-dnat", Hook("filter", "prerouting", _DSTNAT - 10)),
-    ("filter-output-pre-dnat", Hook("filter", "output", _DSTNAT - 10)),
-    ("filter-input", Hook("filter", "input", _FILTER)),
-    ("filter-forward", Hook("filter", "forward", _FILTER)),
-    ("filter-output", Hook("filter", "output", _FILTER)),
-    ("nat-prerouting", Hook("nat", "prerouting", _DSTNAT)),
-    ("nat-output", Hook("nat", "output", _DSTNAT)),
-    ("nat-postrouting", Hook("nat", "postrouting", _SRCNAT)),
-)
-# (destination, base chain, only new connections): kube-proxy's jumps, in its order
-_JUMPS = (
-    (NODEPORT_ENDPOINTS_CHECK, "filter-input", True),
-    (SERVICE_ENDPOINTS_CHECK, "filter-input", True),
-    (SERVICE_ENDPOINTS_CHECK, "filter-forward", True),
-    (SERVICE_ENDPOINTS_CHECK, "filter-output", True),
-    (FIREWALL_CHECK, "filter-prerouting-pre-dnat", True),
-    (FIREWALL_CHECK, "filter-output-pre-dnat", True),
-    (SERVICES, "nat-output", False),
-    (SERVICES, "nat-prerouting", False),
-    (MASQUERADING, "nat-postrouting", False),
-    (CLUSTER_IPS_CHECK, "filter-forward", True),
-    (CLUSTER_IPS_CHECK, "filter-output", True),
-)
+from netplane.proxy.render import ProxyConfig, paused_gc
+from netplane.state import ServiceKey, Snapshot
 
 _TO_MASQ = jump(MARK_MASQ)
 _REJECT_VERDICT = goto(REJECT_CHAIN)
@@ -129,109 +77,6 @@ class ServiceObjects:
 
 
 EMPTY = ServiceObjects(None, MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
-
-
-def family(config: ProxyConfig) -> str:
-    return "ip6" if config.family == "ipv6" else "ip"
-
-
-def _addr_type(config: ProxyConfig) -> str:
-    return "ipv6_addr" if config.family == "ipv6" else "ipv4_addr"
-
-
-def _loopback(config: ProxyConfig) -> str:
-    return "::1" if config.family == "ipv6" else "127.0.0.0/8"
-
-
-# ---- base ----------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=16)
-def base(config: ProxyConfig) -> Ruleset:
-    """The table's fixed part: base chains, jumps, dispatch chains, empty maps and sets."""
-    mark = 1 << config.masquerade_bit
-    addr = _addr_type(config)
-    not_loopback = Addr("daddr", _loopback(config), negate=True)
-    chains: dict[str, Chain] = {}
-    jumps: dict[str, list[Rule]] = {name: [] for name, _ in BASE_CHAINS}
-    for dest, source, new_only in _JUMPS:
-        stmts = (CT_NEW, jump(dest)) if new_only else (jump(dest),)
-        jumps[source].append(Rule(stmts))
-    for name, hook in BASE_CHAINS:
-        chains[name] = Chain(name, tuple(jumps[name]), hook)
-
-    def add(name: str, *rules: Rule, comment: str | None = None) -> None:
-        chains[name] = Chain(name, rules, None, comment)
-
-    add(NODEPORT_ENDPOINTS_CHECK, Rule((not_loopback, VMap(DISPATCH_PORT, NO_ENDPOINT_NODEPORTS))))
-    add(SERVICE_ENDPOINTS_CHECK, Rule((VMap(DISPATCH_IP, NO_ENDPOINT_SERVICES),)))
-    add(FIREWALL_CHECK, Rule((VMap(DISPATCH_IP, FIREWALL_IPS),)))
-    add(
-        SERVICES,
-        Rule((VMap(DISPATCH_IP, SERVICE_IPS),)),
-        Rule((FibLocal("daddr"), not_loopback, VMap(DISPATCH_PORT, SERVICE_NODEPORTS))),
-    )
-    add(
-        MASQUERADING,
-        Rule((Mark("unset", mark), RETURN)),
-        Rule((Mark("xor", mark),)),
-        Rule((MASQUERADE,)),
-    )
-    add(
-        CLUSTER_IPS_CHECK,
-        Rule(
-            (InSet("daddr", CLUSTER_IPS), REJECT),
-            "Reject traffic to invalid ports of ClusterIPs",
-        ),
-    )
-    add(MARK_MASQ, Rule((Mark("or", mark),)))
-    add(
-        REJECT_CHAIN,
-        Rule((REJECT,)),
-        comment="helper for @no-endpoint-services / @no-endpoint-nodeports",
-    )
-    ip_proto_port = f"{addr} . inet_proto . inet_service"
-    sets = {
-        s.name: s
-        for s in (
-            SetDef(CLUSTER_IPS, addr, comment="Active ClusterIPs"),
-            SetDef(
-                NO_ENDPOINT_SERVICES,
-                ip_proto_port,
-                map=True,
-                comment="vmap to drop or reject packets to services with no endpoints",
-            ),
-            SetDef(
-                NO_ENDPOINT_NODEPORTS,
-                "inet_proto . inet_service",
-                map=True,
-                comment="vmap to drop or reject packets to service nodeports with no endpoints",
-            ),
-            SetDef(
-                FIREWALL_IPS,
-                ip_proto_port,
-                map=True,
-                comment="destinations that are subject to LoadBalancerSourceRanges",
-            ),
-            SetDef(
-                SERVICE_IPS,
-                ip_proto_port,
-                map=True,
-                comment="ClusterIP, ExternalIP and LoadBalancer IP traffic",
-            ),
-            SetDef(
-                SERVICE_NODEPORTS, "inet_proto . inet_service", map=True, comment="NodePort traffic"
-            ),
-        )
-    }
-    return Ruleset(
-        family(config),
-        TABLE,
-        "rules for kube-proxy",
-        MappingProxyType(chains),
-        MappingProxyType(sets),
-        MappingProxyType({name: MappingProxyType({}) for name in SHARED_SETS}),
-    )
 
 
 # ---- render_service ------------------------------------------------------------------------
@@ -403,7 +248,7 @@ def _render(
             chains[chain] = ep_rules
             if aff_set:
                 sets[aff_set] = SetDef(
-                    aff_set, _addr_type(config), timeout=svc.session_affinity_timeout
+                    aff_set, addr_type(config), timeout=svc.session_affinity_timeout
                 )
 
         # -- service-, local-: affinity, then a cascade of numgen choices
@@ -487,34 +332,13 @@ def _unique(elements: list[Element]) -> tuple[Element, ...]:
     return tuple(seen.values())
 
 
-# ---- assemble ------------------------------------------------------------------------------
+# ---- everything ----------------------------------------------------------------------------
 
 
-def assemble(config: ProxyConfig, services: Iterable[ServiceObjects]) -> Ruleset:
-    """The complete ruleset. Where two services claim the same element key (a duplicate IP
-    and port), the first in (namespace, name) order wins, as the first rule does in the
-    iptables backend."""
-    fixed = base(config)
-    chains = dict(fixed.chains)
-    sets = dict(fixed.sets)
-    elements: dict[str, dict[tuple[str, ...], Element]] = {name: {} for name in SHARED_SETS}
-    for objects in sorted(services, key=_order):
-        for name, rules in objects.chains.items():
-            chains[name] = Chain(name, rules)
-        sets.update(objects.sets)
-        for container, els in objects.elements.items():
-            bucket = elements[container]
-            for e in els:
-                bucket.setdefault(e.key, e)
-    return Ruleset(fixed.family, fixed.table, fixed.comment, chains, sets, elements)
-
-
-def _order(objects: ServiceObjects) -> tuple[int, ServiceKey]:
-    return (0, objects.key) if objects.key is not None else (1, ("", ""))
-
-
-def render_full(snapshot: Snapshot, config: ProxyConfig) -> Ruleset:
+def render_full(
+    snapshot: Snapshot, config: ProxyConfig, shards: int | None = None
+) -> tuple[Ruleset, ...]:
+    """Every table for SNAPSHOT (SHARDS: as many as the proxy would use)."""
     with paused_gc():
-        return assemble(
-            config, (render_service(snapshot, key, config) for key in sorted(snapshot.services))
-        )
+        services = [render_service(snapshot, key, config) for key in sorted(snapshot.services)]
+        return assemble(config, services, shards or shard_count(len(services)))

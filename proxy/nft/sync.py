@@ -1,14 +1,15 @@
 """The nftables backend: cluster snapshot + changes -> one netlink transaction per sync.
 
 It keeps each service's rendered objects, which service claims each element of the
-shared maps, and what the kernel holds of our table (`_plan.Kernel`). A sync renders the
-services that changed, plans the difference (`_plan.plan`) and commits it as one
-transaction over a long-lived netlink socket (`_netlink`):
+shared maps, and what the kernel holds of each of our tables (`_plan.Kernel`). A sync
+renders the services that changed, plans the difference per table (`_plan.plan`) and
+commits it as one transaction over a long-lived netlink socket (`_netlink`):
 - partial sync: only the changed services' chains, sets and map elements are compared, so
-  an endpoint change writes one service chain and one endpoint chain;
-- full sync (at start, after a failure, when asked): the table is read back (`_kernel.read`)
-  and everything is compared, so a restart with the same objects writes nothing and keeps
-  the affinity sets' contents; an empty kernel gets everything in one transaction.
+  an endpoint change writes one service chain and one endpoint chain, in one table;
+- full sync (at start, after a failure, when asked): the tables are read back
+  (`_kernel.read`) and everything is compared, so a restart with the same objects writes
+  nothing and keeps the affinity sets' contents; an empty kernel gets everything in one
+  transaction. It also decides how many tables the services are spread over (`_tables`).
 Every transaction carries the ruleset generation it was planned against: if anybody
 committed in between (the kernel answers ERESTART), our picture of the kernel is stale,
 and the sync becomes a full one in the same call.
@@ -27,17 +28,23 @@ from netplane.proxy._conntrack import Conntrack, UdpFlows
 from netplane.proxy.backend import Drift, SyncError, SyncInterrupted, SyncResult, VerifyResult
 from netplane.proxy.nft import _kernel, _plan
 from netplane.proxy.nft._exprs import key_bytes
-from netplane.proxy.nft._model import Chain, Element, SetDef
+from netplane.proxy.nft._model import Chain, Element
 from netplane.proxy.nft._netlink import Batch, Netlink, NftError
-from netplane.proxy.nft.render import (
-    EMPTY,
+from netplane.proxy.nft._tables import (
+    SHARD_SETS,
     SHARED_SETS,
     TABLE,
-    ServiceObjects,
-    base,
+    assemble,
+    chain_table,
+    element_table,
     family,
-    render_service,
+    shard_base,
+    shard_count,
+    shard_index,
+    shard_of,
+    table_name,
 )
+from netplane.proxy.nft.render import EMPTY, ServiceObjects, render_service
 from netplane.proxy.render import ProxyConfig, paused_gc
 from netplane.state import Changes, ServiceKey, Snapshot
 
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Claims = dict[tuple[str, bytes], dict[ServiceKey, Element]]
 Rendered = list[tuple[ServiceKey, ServiceObjects, ServiceObjects]]  # (key, old, new)
+Kernels = dict[str, _plan.Kernel]  # table -> what it holds
 
 
 class _Written(NamedTuple):
@@ -57,7 +65,8 @@ class _Written(NamedTuple):
 
 
 class NftSyncer:
-    """The nftables `Backend` (proxy/backend.py) for one IP family."""
+    """The nftables `Backend` (proxy/backend.py) for one IP family. SHARDS: the number of
+    tables the services are spread over (None: by their number, `_tables.shard_count`)."""
 
     name = "nftables"
 
@@ -66,15 +75,18 @@ class NftSyncer:
         config: ProxyConfig,
         netlink: Netlink | None = None,
         conntrack: Conntrack | None = None,
+        shards: int | None = None,
     ) -> None:
         self.config = config
         self.family = family(config)
         self.netlink = netlink if netlink is not None else Netlink()
+        self._fixed_shards = shards
+        self.shards = shards or 1
         self._udp = UdpFlows(config.family, conntrack)
         self._objects: dict[ServiceKey, ServiceObjects] = {}
         self._rendered_all = False
         self._claims: Claims = {}  # (set, key) -> the services that want that element
-        self._kernel = _plan.Kernel()
+        self._kernels: Kernels = {}
         self._genid = 0  # the ruleset generation our picture of the kernel is from
         self._pending_full = True
         self._rules = 0
@@ -88,6 +100,10 @@ class NftSyncer:
     @property
     def in_sync(self) -> bool:
         return not self._pending_full
+
+    def tables(self) -> list[str]:
+        """Our tables, as the last sync left them."""
+        return [table_name(i) for i in range(self.shards)]
 
     # ---- sync --------------------------------------------------------------------------
 
@@ -133,70 +149,117 @@ class NftSyncer:
     def _partial(
         self, rendered: Rendered, touched: set[tuple[str, bytes]], start: float
     ) -> _Written:
-        want = _plan.Want(base(self.config).comment)
-        for _, old, new in rendered:
+        wants: dict[str, _plan.Want] = {}
+
+        def want(table: str) -> _plan.Want:
+            found = wants.get(table)
+            if found is None:
+                found = wants[table] = _plan.Want(self._comment(table))
+            return found
+
+        for key, old, new in rendered:
+            home = self._table_of(key)
             for name in old.chains:
-                want.chains.setdefault(name, None)
+                want(chain_table(name, home)).chains.setdefault(name, None)
             for name, rules in new.chains.items():
-                want.chains[name] = Chain(name, rules)
+                want(chain_table(name, home)).chains[name] = Chain(name, rules)
             for name in old.sets:
-                want.sets.setdefault(name, None)
-            want.sets.update(new.sets)
-        for set_name, key in touched:
-            winner = self._winner(set_name, key)
-            want.elements.setdefault(set_name, {})[key] = winner
-        return self._commit(want, full=False, start=start)
+                want(home).sets.setdefault(name, None)
+            want(home).sets.update(new.sets)
+        for set_name, element_key in touched:
+            owner, winner = self._winner(set_name, element_key)
+            target = element_table(set_name, self._table_of(owner)) if owner else None
+            for table in self._holders(set_name, element_key):
+                if table != target:
+                    want(table).elements.setdefault(set_name, {})[element_key] = None
+            if target is not None:
+                want(target).elements.setdefault(set_name, {})[element_key] = winner
+        for table, kernel in self._kernels.items():
+            if kernel.stale:  # emptied chains whose second has passed go now
+                want(table)
+        return self._commit(wants, full=False, start=start)
 
     def _full(self, stop: threading.Event | None, start: float) -> _Written:
-        """Read the table back and write whatever differs from the desired objects; when
+        """Read the tables back and write whatever differs from the desired objects; when
         somebody commits in between, read again (a few times)."""
         self._pending_full = True
         for attempt in range(3):
-            kernel, _ = self._read(stop)
+            kernels, _ = self._read(stop)
             if stop is not None and stop.is_set():
                 raise SyncInterrupted("stopped before writing")
-            # chains already waiting for deletion keep their time (not another second)
-            kernel.stale.update((n, t) for n, t in self._kernel.stale.items() if n in kernel.chains)
-            self._kernel = kernel
+            existing = [i for t in kernels if (i := shard_index(t)) is not None]
+            current = max(existing) + 1 if existing else None
+            self.shards = self._fixed_shards or shard_count(len(self._objects), current)
+            for table, kernel in kernels.items():  # waiting chains keep their time
+                old = self._kernels.get(table)
+                if old is not None:
+                    kernel.stale.update((n, t) for n, t in old.stale.items() if n in kernel.chains)
+            self._kernels = kernels
             try:
-                return self._commit(self._want_everything(kernel), full=True, start=start)
+                return self._commit(
+                    self._want_everything(kernels), full=True, start=start, drop=self._extra()
+                )
             except _Stale:
                 log.info("the ruleset changed while we read it (attempt %d): again", attempt + 1)
         raise SyncError("the ruleset keeps changing under us", partial=False)
 
-    def _read(self, stop: threading.Event | None) -> tuple[_plan.Kernel, int]:
-        """Our table read back, and the generation it is from."""
+    def _extra(self) -> list[str]:
+        """Our tables beyond the shard count: deleted whole (their services moved)."""
+        return [t for t in self._kernels if (shard_index(t) or 0) >= self.shards]
+
+    def _read(self, stop: threading.Event | None) -> tuple[Kernels, int]:
+        """Our tables read back, and the bytes read; our picture is then of this
+        generation."""
         try:
             genid = self.netlink.genid()
-            kernel, size = _kernel.read(self.netlink, self.family, TABLE, SHARED_SETS, stop)
+            ours = [t for t in self.netlink.tables(self.family) if shard_index(t) is not None]
+            wanted: dict[str, Iterable[str]] = {
+                t: SHARED_SETS if t == TABLE else SHARD_SETS for t in sorted(ours)
+            }
+            kernels, size = _kernel.read(self.netlink, self.family, wanted, stop)
         except _kernel.Interrupted as e:
             raise SyncInterrupted(str(e)) from None
         except (NftError, OSError) as e:
             self._pending_full = True
-            raise SyncError(f"reading {self.family} {TABLE} back: {e}", partial=False) from e
+            raise SyncError(f"reading the {self.family} tables back: {e}", partial=False) from e
         self._genid = genid
-        return kernel, size
+        return kernels, size
 
-    def _want_everything(self, kernel: _plan.Kernel) -> _plan.Want:
-        fixed = base(self.config)
-        chains: dict[str, Chain] = dict(fixed.chains)
-        sets: dict[str, SetDef] = dict(fixed.sets)
-        for objects in self._objects.values():
-            for name, rules in objects.chains.items():
-                chains[name] = Chain(name, rules)
-            sets.update(objects.sets)
-        elements: dict[str, dict[bytes, Element]] = {name: {} for name in SHARED_SETS}
-        for set_name, key in self._claims:
-            winner = self._winner(set_name, key)
-            if winner is not None:
-                elements[set_name][key] = winner
-        return _plan.everything(chains, sets, elements, kernel, fixed.comment)
+    def _want_everything(self, kernels: Kernels) -> dict[str, _plan.Want]:
+        wants: dict[str, _plan.Want] = {}
+        for ruleset in assemble(self.config, self._objects.values(), self.shards):
+            elements = {
+                name: {key_bytes(k): e for k, e in els.items()}
+                for name, els in ruleset.elements.items()
+            }
+            kernel = kernels.get(ruleset.table, _plan.Kernel())
+            wants[ruleset.table] = _plan.everything(
+                ruleset.chains, ruleset.sets, elements, kernel, ruleset.comment
+            )
+        return wants
 
-    def _commit(self, want: _plan.Want, *, full: bool, start: float) -> _Written:
+    def _commit(
+        self,
+        wants: dict[str, _plan.Want],
+        *,
+        full: bool,
+        start: float,
+        drop: Iterable[str] = (),
+    ) -> _Written:
+        """Plan WANTS (per table) and DROP (tables to delete) into one transaction."""
         now = time.monotonic()
-        ops = _plan.plan(self._kernel, want, self._chain_digest, _kernel.element_digest, now)
         batch = Batch(self.family, TABLE)
-        digests = _kernel.build(batch, ops)
+        plans = []
+        for table, want in wants.items():
+            kernel = self._kernels.get(table) or _plan.Kernel()
+            digest = self._chain_digest
+            ops = _plan.plan(kernel, want, digest, _kernel.element_digest, now)
+            batch.use(table)
+            plans.append((table, kernel, ops, _kernel.build(batch, ops)))
+        dropped = list(drop)
+        for table in dropped:
+            batch.use(table)
+            batch.delete_table()
         compute = time.monotonic() - start
         try:
             made = self.netlink.commit(batch, self._genid) if len(batch) else None
@@ -210,19 +273,40 @@ class NftSyncer:
             raise SyncError(f"netlink: {e}", partial=not full) from e
         if made is not None:
             self._genid = made  # the kernel checked the generation we planned against
-        _plan.apply(self._kernel, ops, digests, _kernel.element_digest, now)
+        written = deleted = 0
+        for table, kernel, ops, digests in plans:
+            touched = {
+                op.arg if isinstance(op.arg, str) else op.arg.name
+                for op in ops
+                if op.verb in ("add_chain", "flush_chain", "delete_chain", "add_rules")
+            }
+            before = sum(kernel.chains[n].count for n in touched if n in kernel.chains)
+            _plan.apply(kernel, ops, digests, _kernel.element_digest, now)
+            self._rules += sum(kernel.chains[n].count for n in touched if n in kernel.chains)
+            self._rules -= before
+            self._kernels[table] = kernel
+            written += sum(1 for op in ops if op.verb in ("add_rules", "add_set", "add_elements"))
+            deleted += sum(1 for op in ops if op.verb in ("delete_chain", "delete_set"))
+        for table in dropped:
+            self._kernels.pop(table, None)
+        if full or dropped:
+            self._rules = sum(_plan.rule_count(k) for k in self._kernels.values())
         self._pending_full = False
-        written = sum(1 for op in ops if op.verb in ("add_rules", "add_set", "add_elements"))
-        deleted = sum(1 for op in ops if op.verb in ("delete_chain", "delete_set"))
-        self._rules = sum(len(c.rules or ()) for c in self._kernel.chains.values())
-        return _Written(full, 1 if len(batch) else 0, batch.bytes, written, deleted, compute)
+        restores = 1 if len(batch) else 0
+        return _Written(full, restores, batch.bytes, written, deleted + len(dropped), compute)
 
     def _chain_digest(self, chain: Chain) -> int:
         """Only chains read back (contents known by digest) need this: at the first sync
         after a restart, and after drift."""
         return _kernel.chain_digest(chain, self.family)
 
+    def _comment(self, table: str) -> str | None:
+        return shard_base(self.config, shard_index(table) or 0).comment
+
     # ---- rendering and claims ----------------------------------------------------------
+
+    def _table_of(self, key: ServiceKey) -> str:
+        return table_name(shard_of(key, self.shards))
 
     def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> Rendered:
         """(key, old objects, new objects) of the services among KEYS that changed."""
@@ -265,13 +349,18 @@ class NftSyncer:
                 self._objects[key] = new
         return touched
 
-    def _winner(self, set_name: str, key: bytes) -> Element | None:
-        """The element for KEY: the first claimant's in (namespace, name) order, as the
-        first rule wins in the iptables backend."""
+    def _winner(self, set_name: str, key: bytes) -> tuple[ServiceKey | None, Element | None]:
+        """The service whose element KEY gets, and the element: the first claimant in
+        (namespace, name) order, as the first rule wins in the iptables backend."""
         owners = self._claims.get((set_name, key))
         if not owners:
-            return None
-        return owners[min(owners)] if len(owners) > 1 else next(iter(owners.values()))
+            return None, None
+        owner = min(owners) if len(owners) > 1 else next(iter(owners))
+        return owner, owners[owner]
+
+    def _holders(self, set_name: str, key: bytes) -> list[str]:
+        """The tables whose SET_NAME holds KEY now."""
+        return [t for t, k in self._kernels.items() if key in k.elements.get(set_name, ())]
 
     # ---- the kernel, read back ---------------------------------------------------------
 
@@ -282,15 +371,15 @@ class NftSyncer:
             return True
 
     def verify(self, stop: threading.Event | None = None) -> VerifyResult:
-        """Read our table back if anybody committed since we last looked; repair what
+        """Read our tables back if anybody committed since we last looked; repair what
         drifted (only that) in one transaction."""
         start = time.monotonic()
         if self._pending_full:
             return VerifyResult((), 0, 0, 0.0)  # the next sync compares everything anyway
         if not self.kernel_changed():
             return VerifyResult((), 0, 0, time.monotonic() - start)
-        kernel, size = self._read(stop)
-        drift = self._drift(kernel)
+        kernels, size = self._read(stop)
+        drift = self._drift(kernels)
         if not drift:
             return VerifyResult((), 0, size, time.monotonic() - start)
         log.warning(
@@ -299,53 +388,30 @@ class NftSyncer:
             ", ".join(map(str, drift[:10])),
             ", ..." if len(drift) > 10 else "",
         )
-        self._kernel = kernel
+        self._kernels = kernels
         try:
-            result = self._commit(self._want_everything(kernel), full=False, start=start)
+            result = self._commit(
+                self._want_everything(kernels), full=False, start=start, drop=self._extra()
+            )
         except _Stale:
             self._pending_full = True  # changing under us: the next sync reads it again
             return VerifyResult(tuple(drift), 0, size, time.monotonic() - start)
         repaired = result.written + result.deleted
         return VerifyResult(tuple(drift), repaired, size, time.monotonic() - start)
 
-    def _drift(self, kernel: _plan.Kernel) -> list[Drift]:
-        """What KERNEL (read back) holds differently from what we wrote. Chains found as
-        we wrote them take our bookkeeping's rules, so planning the repair compares
-        them without encoding them again."""
-        ours = self._kernel
-        if not kernel.table:
-            return [Drift(TABLE, TABLE, "missing", "table")]
+    def _drift(self, kernels: Kernels) -> list[Drift]:
+        """What KERNELS (read back) hold differently from what we wrote. Chains found as we
+        wrote them take our bookkeeping's rules, so planning the repair compares them
+        without encoding them again."""
         out: list[Drift] = []
-        for name, have in ours.chains.items():
-            got = kernel.chains.get(name)
-            if got is None:
-                out.append(Drift(TABLE, name, "missing"))
-            elif got.digest == have.digest and got.hook == have.hook:
-                kernel.chains[name] = have
-            else:
-                kind = "flushed" if got.digest == _EMPTY_DIGEST else "changed"
-                out.append(Drift(TABLE, name, kind))
-        for name in kernel.chains.keys() - ours.chains.keys():
-            out.append(Drift(TABLE, name, "stale"))
-        kernel.stale.update((n, t) for n, t in ours.stale.items() if n in kernel.chains)
-        for name, signature in ours.sets.items():
-            if kernel.sets.get(name) != signature:
-                kind = "changed" if name in kernel.sets else "missing"
-                out.append(Drift(TABLE, name, kind, "set"))
-        for name in kernel.sets.keys() - ours.sets.keys():
-            out.append(Drift(TABLE, name, "stale", "set"))
-        for name, have_elements in ours.elements.items():
-            got_elements = kernel.elements.get(name, {})
-            if got_elements != have_elements:
-                missing = len(have_elements.keys() - got_elements.keys())
-                extra = len(got_elements.keys() - have_elements.keys())
-                changed = sum(
-                    1
-                    for k in have_elements.keys() & got_elements.keys()
-                    if have_elements[k] != got_elements[k]
-                )
-                detail = f"elements: {missing} missing, {extra} extra, {changed} changed"
-                out.append(Drift(TABLE, name, "changed", detail))
+        for table in kernels.keys() - self._kernels.keys():
+            out.append(Drift(table, table, "stale", "table"))
+        for table, ours in self._kernels.items():
+            kernel = kernels.get(table)
+            if kernel is None:
+                out.append(Drift(table, table, "missing", "table"))
+                continue
+            out += _table_drift(table, ours, kernel)
         return out
 
     # ---- the rest ----------------------------------------------------------------------
@@ -354,22 +420,57 @@ class NftSyncer:
         cleanup(self.netlink, (self.family,))
 
 
+def _table_drift(table: str, ours: _plan.Kernel, kernel: _plan.Kernel) -> list[Drift]:
+    out: list[Drift] = []
+    for name, have in ours.chains.items():
+        got = kernel.chains.get(name)
+        if got is None:
+            out.append(Drift(table, name, "missing"))
+        elif got.digest == have.digest and got.hook == have.hook:
+            kernel.chains[name] = have
+        else:
+            kind = "flushed" if got.digest == _EMPTY_DIGEST else "changed"
+            out.append(Drift(table, name, kind))
+    for name in kernel.chains.keys() - ours.chains.keys():
+        out.append(Drift(table, name, "stale"))
+    kernel.stale.update((n, t) for n, t in ours.stale.items() if n in kernel.chains)
+    for name, signature in ours.sets.items():
+        if kernel.sets.get(name) != signature:
+            kind = "changed" if name in kernel.sets else "missing"
+            out.append(Drift(table, name, kind, "set"))
+    for name in kernel.sets.keys() - ours.sets.keys():
+        out.append(Drift(table, name, "stale", "set"))
+    for name, want_elements in ours.elements.items():
+        got_elements = kernel.elements.get(name, {})
+        if got_elements != want_elements:
+            missing = len(want_elements.keys() - got_elements.keys())
+            extra = len(got_elements.keys() - want_elements.keys())
+            both = want_elements.keys() & got_elements.keys()
+            changed = sum(1 for k in both if want_elements[k] != got_elements[k])
+            detail = f"elements: {missing} missing, {extra} extra, {changed} changed"
+            out.append(Drift(table, name, "changed", detail))
+    return out
+
+
 _EMPTY_DIGEST = hash(())
 
 
 class _Stale(Exception):
-    """A partial sync's transaction was refused: the ruleset changed since we looked."""
+    """A transaction was refused: the ruleset changed since we looked."""
 
 
 def cleanup(netlink: Netlink | None = None, families: Iterable[str] = ("ip", "ip6")) -> int:
-    """Delete our table (`ip kube-proxy`, `ip6 kube-proxy`) in this namespace, each of
-    FAMILIES; returns how many there were."""
+    """Delete our tables (`kube-proxy`, `kube-proxy-<n>`) of FAMILIES in this namespace;
+    returns how many there were."""
     netlink = netlink if netlink is not None else Netlink()
     gone = 0
     for fam in families:
-        if TABLE in netlink.tables(fam):
+        ours = [t for t in netlink.tables(fam) if shard_index(t) is not None]
+        if ours:
             batch = Batch(fam, TABLE)
-            batch.delete_table()
+            for table in ours:
+                batch.use(table)
+                batch.delete_table()
             netlink.commit(batch)
-            gone += 1
+            gone += len(ours)
     return gone

@@ -13,7 +13,7 @@ import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from netplane.proxy._trace import Packet, Trace, Tracer
-from netplane.proxy.nft._text import format_ruleset
+from netplane.proxy.nft._text import format_tables
 from netplane.proxy.nft._trace import NftTracer
 from netplane.proxy.nft.render import render_full as nft_render_full
 from netplane.proxy.render import ProxyConfig, render_full
@@ -54,8 +54,9 @@ class Cluster:
     """Builds a snapshot, renders it for node1 and traces packets through the result
     (BACKEND: which renderer and tracer, iptables or nftables)."""
 
-    def __init__(self, backend: str = "iptables") -> None:
+    def __init__(self, backend: str = "iptables", shards: int | None = None) -> None:
         self.backend = backend
+        self.shards = shards  # nftables: tables the services are spread over
         self.objects: list = []
 
     def service(
@@ -111,11 +112,12 @@ class Cluster:
 
     def tracer(self, local_ips: Sequence[str] = (NODE_IP,), **kw) -> Tracer | NftTracer:
         if self.backend == "nftables":
-            return NftTracer(nft_render_full(self.snapshot(), self.config(**kw)), local_ips)
+            tables = nft_render_full(self.snapshot(), self.config(**kw), self.shards)
+            return NftTracer(tables, local_ips)
         return Tracer(self.render(**kw), local_ips)
 
     def render_nft(self, **kw) -> str:
-        return format_ruleset(nft_render_full(self.snapshot(), self.config(**kw)))
+        return format_tables(nft_render_full(self.snapshot(), self.config(**kw), self.shards))
 
     def trace(
         self, src: str, dst: str, dport: int = 80, proto: str = "tcp", output: bool = False, **kw
@@ -128,7 +130,9 @@ def cluster() -> Cluster:
     return Cluster()
 
 
-@pytest.fixture(params=["iptables", "nftables"])
+@pytest.fixture(params=["iptables", "nftables", "nftables-4-tables"])
 def any_cluster(request) -> Cluster:
-    """A Cluster for each backend: for the tests of Service semantics (by tracing)."""
-    return Cluster(request.param)
+    """A Cluster for each backend: for the tests of Service semantics (by tracing); the
+    nftables one also with its services spread over 4 tables."""
+    backend, _, shards = request.param.partition("-")
+    return Cluster(backend, int(shards.split("-")[0]) if shards else None)

@@ -15,10 +15,11 @@ from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, Servi
 from netplane.netns import create, delete, run, unique_name
 from netplane.proxy.backend import SyncError
 from netplane.proxy.nft import _kernel
-from netplane.proxy.nft._exprs import element, rule_exprs, udata_comment
+from netplane.proxy.nft._exprs import element, key_bytes, rule_exprs, udata_comment
 from netplane.proxy.nft._netlink import Batch, Netlink, NftError
+from netplane.proxy.nft._tables import SHARD_SETS, SHARED_SETS, TABLE, shard_index
 from netplane.proxy.nft._text import format_ruleset
-from netplane.proxy.nft.render import SHARED_SETS, TABLE, render_full
+from netplane.proxy.nft.render import render_full
 from netplane.proxy.nft.sync import NftSyncer, cleanup
 from netplane.proxy.render import ProxyConfig
 from netplane.state import ClusterState
@@ -117,7 +118,7 @@ def test_encoding_is_what_nft_makes_of_the_text(v6, cfg) -> None:
     """Our netlink encoding of every rule is byte for byte what the kernel holds after
     `nft -f` of the text we print, and `nft list` prints both tables the same."""
     snapshot, config = _scenario(v6, **cfg)
-    ruleset = render_full(snapshot, config)
+    [ruleset] = render_full(snapshot, config)
     a, b = create(unique_name("npnfta")), create(unique_name("npnftb"))
     try:
         run(a, ["nft", "-f", "-"], input=format_ruleset(ruleset))
@@ -158,7 +159,7 @@ def service(i: int, endpoints: int = 3, shift: int = 0, **kw):
 
 
 class World:
-    def __init__(self, netns: str, n: int = 20) -> None:
+    def __init__(self, netns: str, n: int = 20, shards: int | None = None) -> None:
         self.netns = netns
         self.state = ClusterState()
         self.tracker = self.state.tracker()
@@ -166,31 +167,51 @@ class World:
             self.state.apply(service(i))
         self.config = ProxyConfig("n1", cluster_cidr="10.0.0.0/8")
         self.netlink = Recording(netns)
-        self.syncer = NftSyncer(self.config, self.netlink)
+        self.shards = shards
+        self.syncer = NftSyncer(self.config, self.netlink, shards=shards)
 
     def sync(self, **kw):
         return self.syncer.sync(self.state.snapshot(), self.tracker.pop(), **kw)
 
     def listing(self) -> str:
-        text = run(self.netns, ["nft", "list", "table", "ip", TABLE])
-        return re.sub(r" expires \S+", "", text)  # affinity entries count down
+        """`nft list ruleset`, tables in name order (a re-made table comes last)."""
+        text = run(self.netns, ["nft", "list", "ruleset"])
+        text = re.sub(r" expires \S+", "", text)  # affinity entries count down
+        return "".join(sorted("table " + t for t in text.split("table ") if t))
 
-    def kernel(self):
-        return _kernel.read(Netlink(self.netns), "ip", TABLE, SHARED_SETS)[0]
+    def table_with(self, set_name: str, key: str) -> str:
+        """The table whose SET_NAME holds KEY (`nft` element syntax)."""
+        for table, kernel in self.syncer._kernels.items():
+            for k in kernel.elements.get(set_name, {}):
+                if k == key_bytes(tuple(key.split(" . "))):
+                    return table
+        raise KeyError(key)
 
-    def fresh_kernel(self):
+    def kernel(self, netns: str | None = None) -> dict:
+        """Every table of ours, read back: {table: (chain digests, sets, elements)}."""
+        netlink = Netlink(netns or self.netns)
+        ours = [t for t in netlink.tables("ip") if shard_index(t) is not None]
+        wanted = {t: SHARED_SETS if t == TABLE else SHARD_SETS for t in ours}
+        kernels = _kernel.read(netlink, "ip", wanted)[0]
+        return {
+            t: ({n: c.digest for n, c in k.chains.items()}, k.sets, k.elements)
+            for t, k in kernels.items()
+        }
+
+    def fresh_kernel(self) -> dict:
         """What a fresh syncer writes for the same state, read back from the kernel."""
         other = create(unique_name("npnftc"))
         try:
-            NftSyncer(self.config, Netlink(other)).sync(self.state.snapshot(), None)
-            return _kernel.read(Netlink(other), "ip", TABLE, SHARED_SETS)[0]
+            fresh = NftSyncer(self.config, Netlink(other), shards=self.shards)
+            fresh.sync(self.state.snapshot(), None)
+            return self.kernel(other)
         finally:
             delete(other)
 
 
-@pytest.fixture
-def world(netns):
-    return World(netns)
+@pytest.fixture(params=[None, 4], ids=["one-table", "4-shards"])
+def world(netns, request):
+    return World(netns, shards=request.param)
 
 
 def test_partial_sync_writes_only_the_changed_service(world: World) -> None:
@@ -215,10 +236,12 @@ def test_partial_sync_writes_only_the_changed_service(world: World) -> None:
 def test_restart_writes_nothing_and_keeps_affinity(world: World) -> None:
     world.state.apply(service(0, session_affinity="ClientIP"))
     world.sync()
-    aff = next(n for n in world.syncer._kernel.sets if n.startswith("affinity-"))
-    run(world.netns, ["nft", "add", "element", "ip", TABLE, aff, "{ 10.9.9.9 }"])
+    table, aff = next(
+        (t, n) for t, k in world.syncer._kernels.items() for n in k.sets if "affinity-" in n
+    )
+    run(world.netns, ["nft", "add", "element", "ip", table, aff, "{ 10.9.9.9 }"])
     before = world.listing()
-    again = NftSyncer(world.config, Recording(world.netns))
+    again = NftSyncer(world.config, Recording(world.netns), shards=world.shards)
     result = again.sync(world.state.snapshot(), None)
     assert result.full and result.restores == 0
     assert world.listing() == before and "10.9.9.9" in before
@@ -254,18 +277,14 @@ def test_every_change_leaves_what_a_fresh_full_sync_writes(world: World) -> None
         assert not result.full, step
     time.sleep(1.1)
     world.sync()  # stale chains of removed services go now
-    kernel, fresh = world.kernel(), world.fresh_kernel()
-    assert {n: c.digest for n, c in kernel.chains.items()} == {
-        n: c.digest for n, c in fresh.chains.items()
-    }
-    assert kernel.sets == fresh.sets and kernel.elements == fresh.elements
+    assert world.kernel() == world.fresh_kernel()
 
 
 @pytest.mark.parametrize(
     "damage, kind",
     [
         (["flush", "chain", "ip", TABLE, "services"], "flushed"),
-        (["delete", "element", "ip", TABLE, "service-ips", "{ 10.96.0.3 . tcp . 80 }"], "changed"),
+        (["delete", "element", "ip", "@3", "service-ips", "{ 10.96.0.3 . tcp . 80 }"], "changed"),
         (["add", "rule", "ip", TABLE, "nat-prerouting", "drop"], "changed"),
         (["add", "chain", "ip", TABLE, "intruder"], "stale"),
         (["delete", "table", "ip", TABLE], "missing"),
@@ -274,6 +293,9 @@ def test_every_change_leaves_what_a_fresh_full_sync_writes(world: World) -> None
 )
 def test_foreign_changes_are_noticed_and_only_they_repaired(world: World, damage, kind) -> None:
     world.sync()
+    if "@3" in damage:  # the table holding service 3's element
+        damage = [world.table_with("service-ips", "10.96.0.3 . tcp . 80") if d == "@3" else d
+                  for d in damage]  # fmt: skip
     before = world.listing()
     assert not world.syncer.kernel_changed()
     run(world.netns, ["nft", *damage])
@@ -301,9 +323,7 @@ def test_refused_transaction_makes_the_next_sync_full(world: World) -> None:
     assert failure.value.partial and world.syncer.needs_full
     result = world.sync()
     assert result.full
-    assert {n: c.digest for n, c in world.kernel().chains.items()} == {
-        n: c.digest for n, c in world.fresh_kernel().chains.items()
-    }
+    assert world.kernel() == world.fresh_kernel()
 
 
 def test_a_foreign_commit_during_a_partial_sync_turns_it_full(world: World) -> None:
@@ -330,6 +350,21 @@ def test_removed_service_chains_go_a_second_later(world: World) -> None:
 def test_cleanup_removes_only_our_tables(world: World) -> None:
     world.sync()
     run(world.netns, ["nft", "add", "table", "ip", "keep-me"])
-    assert cleanup(Netlink(world.netns)) == 1
+    assert cleanup(Netlink(world.netns)) == len(world.syncer.tables())
     tables = run(world.netns, ["nft", "list", "tables"])
     assert "kube-proxy" not in tables and "keep-me" in tables
+
+
+def test_spreading_over_more_or_fewer_tables_moves_everything(netns) -> None:
+    """A proxy started with another table count (the cluster grew or shrank) moves the
+    services in one transaction and deletes the tables it no longer uses."""
+    world = World(netns, shards=2)
+    world.sync()
+    for shards in (4, 1):
+        world.shards = shards
+        again = NftSyncer(world.config, Recording(netns), shards=shards)
+        assert again.sync(world.state.snapshot(), None).restores == 1
+        assert sorted(world.kernel()) == sorted(again.tables())
+        time.sleep(1.1)
+        again.sync(world.state.snapshot(), None)  # the moved services' emptied chains go
+        assert world.kernel() == world.fresh_kernel(), shards
