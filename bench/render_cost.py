@@ -68,7 +68,6 @@ def _cold(then: Callable[[], object] = lambda: None) -> None:
     R._memo.clear()
     R._endpoint.cache_clear()
     _chains.port_hash.cache_clear()
-    _chains.endpoint_chain.cache_clear()
     then()
 
 

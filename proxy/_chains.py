@@ -10,8 +10,9 @@ svcPortName is `ns/name:portname`, or `ns/name` when the port is unnamed (kube-p
 `ServicePortName.String()`); protocol is lower case; the endpoint is Go's
 `net.JoinHostPort` form (`[fd00::1]:80` for IPv6).
 
-Hashing is the most expensive step of rendering a service, so both functions are cached
-(bounded, so endpoint churn in a long-running daemon cannot grow them without limit).
+Hashing is the most expensive step of rendering a service, so `port_hash` is cached here and
+endpoint chain names with the rest of an endpoint's rules (`render._endpoint`); both caches
+are bounded, so endpoint churn in a long-running daemon cannot grow them without limit.
 """
 
 from __future__ import annotations
@@ -46,11 +47,6 @@ def service_port_name(namespace: str, name: str, port_name: str) -> str:
     return f"{namespace}/{name}:{port_name}" if port_name else f"{namespace}/{name}"
 
 
-def join_host_port(ip: str, port: int) -> str:
-    """Go's net.JoinHostPort: brackets around IPv6 addresses."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 @lru_cache(maxsize=_CACHE)
 def port_hash(svc_port_name: str, protocol: str) -> str:
     """The 16-character suffix shared by KUBE-SVC-/SVL-/EXT-/FW- of one service port."""
@@ -62,29 +58,3 @@ def endpoint_chain_name(svc_port_name: str, protocol: str, endpoint: str) -> str
     data = (svc_port_name + protocol.lower() + endpoint).encode()
     return "KUBE-SEP-" + _b32_16(hashlib.sha256(data).digest())
 
-
-endpoint_chain = lru_cache(maxsize=_CACHE)(endpoint_chain_name)  # the cached variant
-
-
-def cluster_chain(svc_port_name: str, protocol: str) -> str:
-    return "KUBE-SVC-" + port_hash(svc_port_name, protocol)
-
-
-def local_chain(svc_port_name: str, protocol: str) -> str:
-    return "KUBE-SVL-" + port_hash(svc_port_name, protocol)
-
-
-def external_chain(svc_port_name: str, protocol: str) -> str:
-    return "KUBE-EXT-" + port_hash(svc_port_name, protocol)
-
-
-def firewall_chain(svc_port_name: str, protocol: str) -> str:
-    return "KUBE-FW-" + port_hash(svc_port_name, protocol)
-
-
-SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
-
-
-def is_service_chain(chain: str) -> bool:
-    """True for per-service chains (owned by one service), as kube-proxy's isServiceChainName."""
-    return chain.startswith(SERVICE_CHAIN_PREFIXES)

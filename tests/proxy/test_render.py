@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from netplane.model import Service
-from netplane.proxy._chains import endpoint_chain, port_hash, service_port_name
+from netplane.proxy._chains import endpoint_chain_name, port_hash, service_port_name
 from netplane.proxy._trace import Outcome, parse_restore
 from netplane.proxy.nft._names import port_base
 from netplane.proxy.render import (
@@ -50,7 +50,7 @@ def test_port_hash_vectors(name, proto, expected):
     ],
 )
 def test_endpoint_chain_vectors(name, ep, expected):
-    assert endpoint_chain(name, "tcp", ep) == expected
+    assert endpoint_chain_name(name, "tcp", ep) == expected
 
 
 def test_service_port_name_like_kube_proxy():
@@ -63,7 +63,7 @@ def test_unnamed_port_comment_and_ipv6_endpoint_chain(cluster):
     cluster.endpoints("svc1", [endpoint("fd00:180::1")], ports=[("", 80)], address_type="IPv6")
     text = cluster.render(family="ipv6", cluster_cidr="fd00::/8")
     h = port_hash("ns1/svc1", "tcp")
-    sep = endpoint_chain("ns1/svc1", "tcp", "[fd00:180::1]:80")
+    sep = endpoint_chain_name("ns1/svc1", "tcp", "[fd00:180::1]:80")
     assert '-d fd00:30::41/128 -p tcp -m comment --comment "ns1/svc1 cluster IP"' in text
     assert f"-j KUBE-SVC-{h}" in text
     assert (
@@ -486,7 +486,7 @@ def test_adding_a_service_changes_only_its_rules(cluster):
     rb = render_service(after, ("ns1", "b"), config)
     assert set(rb.nat_chains) == {
         "KUBE-SVC-" + port_hash("ns1/b:p80", "tcp"),
-        endpoint_chain("ns1/b:p80", "tcp", "10.180.0.2:80"),
+        endpoint_chain_name("ns1/b:p80", "tcp", "10.180.0.2:80"),
     }
     assert list(rb.shared) == [("nat", "KUBE-SERVICES")]
     assert rb.key == ("ns1", "b")
