@@ -34,6 +34,7 @@ _SECTIONS = {
         "exec": f"{_LAB}.pods:exec_",
         "logs": f"{_LAB}.pods:logs",
         "port-forward": f"{_LAB}.pods:port_forward",
+        "trace": f"{_LAB}.trace:trace",
     },
     "Components (run on real clusters)": {
         "proxy": "netplane.proxy.cli:proxy",

@@ -57,4 +57,3 @@ def endpoint_chain_name(svc_port_name: str, protocol: str, endpoint: str) -> str
     """KUBE-SEP-<hash> for one endpoint (`ip:port` / `[ip]:port`) of one service port."""
     data = (svc_port_name + protocol.lower() + endpoint).encode()
     return "KUBE-SEP-" + _b32_16(hashlib.sha256(data).digest())
-

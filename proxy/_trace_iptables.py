@@ -1,7 +1,7 @@
-"""Packet tracer: follow a packet through iptables-restore text the way the kernel would,
-exploring every branch a random or stateful match could take.
+"""The iptables reader of the packet tracer: follow a packet through iptables-restore text
+(ours, or `iptables-save` output of a live node) the way the kernel would, exploring every
+branch a random or stateful match could take. The result is `_trace.Trace`.
 
-Input: restore text (ours, or `iptables-save` output of the same rules) or `Tables`.
 Path (as kube-proxy wires the built-in chains, see `render.BUILTIN_JUMPS`; when the input
 already has rules in a built-in chain those are used instead):
 
@@ -10,10 +10,13 @@ already has rules in a built-in chain those are used instead):
     locally generated:         nat OUTPUT -> filter OUTPUT -> nat POSTROUTING
                                (-> filter INPUT when the final destination is local)
 
-`-m statistic` and `-m recent --rcheck` are both taken and not taken, so the result lists
-every endpoint a packet can reach. Only the matches and targets the renderer emits are
-understood (plus the default options iptables-save adds to them); anything else raises
-`TraceError` rather than being guessed.
+`-m statistic` is both taken (with its probability) and skipped; `-m recent --rcheck` both
+(taken only by a client that connected before), so the result lists every endpoint a
+packet can reach and how likely each is. Only the matches and targets the renderer emits
+are understood (plus the default options iptables-save adds to them). Strict parsing (our
+own rules) raises `TraceError` for anything else rather than guessing; a live node's
+ruleset is read leniently: rules of other programs that are not understood are reported
+on the paths that meet them and assumed not to match.
 """
 
 from __future__ import annotations
@@ -23,18 +26,15 @@ import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from netplane.proxy._trace import Outcome, Packet, Path, Step, Trace, TraceError
 from netplane.proxy.render import BUILTIN_JUMPS
 
 _BUILTIN = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
 }
-_TERMINAL = ("ACCEPT", "DROP", "REJECT", "DNAT", "MASQUERADE")
+
 _MAX_DEPTH = 64
-
-
-class TraceError(ValueError):
-    """The rules use something the tracer does not model, or are malformed."""
 
 
 # ---- parsing -----------------------------------------------------------------------------
@@ -50,6 +50,7 @@ class Rule:
     matches: tuple[tuple, ...] = ()
     target: str | None = None
     target_args: tuple[tuple[str, str], ...] = ()
+    unknown: str = ""  # why the rule is not understood (lenient parsing only)
 
     def arg(self, name: str) -> str | None:
         for k, v in self.target_args:
@@ -222,8 +223,11 @@ def _compile_match(module: str, opts: dict, line: str) -> tuple:
     raise TraceError(f"match -m {module} not modelled: {line}")  # pragma: no cover
 
 
-def parse_restore(text: str) -> ParsedTables:
-    """iptables-restore / iptables-save text -> {table: {chain: [Rule]}}."""
+def parse_restore(text: str, strict: bool = True) -> ParsedTables:
+    """iptables-restore / iptables-save text -> {table: {chain: [Rule]}}.
+
+    STRICT=False keeps a rule that is not understood as an `unknown` Rule instead of
+    raising (a live node also holds other programs' rules)."""
     tables: ParsedTables = {}
     table: dict[str, list[Rule]] | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -242,7 +246,12 @@ def parse_restore(text: str) -> ParsedTables:
         elif line.startswith("-X"):
             table.pop(line.split()[1], None)
         elif line.startswith("-A"):
-            rule = parse_rule(line)
+            try:
+                rule = parse_rule(line)
+            except TraceError as e:
+                if strict or len(line.split()) < 2:
+                    raise
+                rule = Rule(line.split()[1], line, unknown=str(e))
             if rule.chain not in table:
                 raise TraceError(f"line {number}: chain {rule.chain} not declared")
             table[rule.chain].append(rule)
@@ -262,48 +271,30 @@ def parse_tables(tables: Mapping[str, Mapping[str, Sequence[str]]]) -> ParsedTab
 
 
 @dataclass(frozen=True, slots=True)
-class Packet:
-    src: str
-    dst: str
-    proto: str = "tcp"
-    dport: int = 80
-    output: bool = False  # locally generated (nat/filter OUTPUT) instead of arriving
-    src_local: bool | None = None  # None: src is one of the local addresses
-    dst_local: bool | None = None  # None: dst is one of the local addresses
-    ctstate: str = "NEW"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Outcome:
-    verdict: str  # DNAT | NO_MATCH (left unchanged, not dropped) | DROP | REJECT
-    endpoint: str | None = None  # "ip:port" after DNAT
-    masquerade: bool = False  # MASQUERADE applied in POSTROUTING
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    outcomes: frozenset[Outcome]
-
-    @property
-    def endpoints(self) -> set[str]:
-        return {o.endpoint for o in self.outcomes if o.endpoint and o.verdict == "DNAT"}
-
-    @property
-    def verdicts(self) -> set[str]:
-        return {o.verdict for o in self.outcomes}
-
-    @property
-    def masquerade(self) -> set[bool]:
-        """Masquerade flags of the delivered outcomes ({True}, {False} or both)."""
-        return {o.masquerade for o in self.outcomes if o.verdict in ("DNAT", "NO_MATCH")}
-
-
-@dataclass(frozen=True, slots=True)
 class _State:
+    """One branch's packet and history so far."""
+
     dst: str
     mark: int = 0
     dnat: str | None = None
     recent: frozenset[str] = field(default_factory=frozenset)
+    probability: float = 1.0
+    conditions: tuple[str, ...] = ()
+    steps: tuple[Step, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def passed(self, table: str, rule: Rule, note: str = "") -> _State:
+        return replace(self, steps=(*self.steps, Step(table, rule.chain, rule.text, note)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    """A rule that may or may not match: taken with PROBABILITY (None: decided by what
+    earlier connections left, see CONDITION)."""
+
+    probability: float | None
+    condition: str = ""  # what the taken branch assumes
+    negation: str = ""  # what the skipped one assumes
 
 
 _Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -312,9 +303,15 @@ _Walk = Iterator[tuple[_State, str | None]]  # (state, verdict); None: fell thro
 
 class Tracer:
     def __init__(
-        self, rules: str | Mapping[str, Mapping[str, Sequence[str]]], local_ips: Sequence[str] = ()
+        self,
+        rules: str | Mapping[str, Mapping[str, Sequence[str]]],
+        local_ips: Sequence[str] = (),
+        strict: bool = True,
     ) -> None:
-        self.tables = parse_restore(rules) if isinstance(rules, str) else parse_tables(rules)
+        if isinstance(rules, str):
+            self.tables = parse_restore(rules, strict)
+        else:
+            self.tables = parse_tables(rules)
         self.local = [
             ipaddress.ip_network(x, strict=False) for x in (*local_ips, "127.0.0.0/8", "::1/128")
         ]
@@ -325,6 +322,7 @@ class Tracer:
                 continue  # the input wires this built-in chain itself, or lacks the target
             text = f"-A {chain} {match + ' ' if match else ''}-j {target}"
             self._builtin.setdefault((table, chain), []).append(parse_rule(text))
+        self._implied = {r for rules in self._builtin.values() for r in rules}
 
     def is_local(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
@@ -335,44 +333,37 @@ class Tracer:
         src_local = packet.src_local
         if src_local is None:
             src_local = self.is_local(packet.src)
-        outcomes: set[Outcome] = set()
+        paths = list(self._paths(packet, src, src_local))
+        return Trace(frozenset(p.outcome for p in paths), tuple(paths))
+
+    def _paths(self, packet: Packet, src: _Addr, src_local: bool) -> Iterator[Path]:
         first = "OUTPUT" if packet.output else "PREROUTING"
         for st, verdict in self._chain("nat", first, packet, src, src_local, _State(packet.dst)):
             if verdict in ("DROP", "REJECT"):
-                outcomes.add(Outcome(verdict))
+                yield _end(st, Outcome(verdict))
                 continue
-            endpoint = st.dnat
-            dst_ip = _host(endpoint) if endpoint else packet.dst
-            st = replace(st, dst=dst_ip)
+            st = replace(st, dst=_host(st.dnat) if st.dnat else packet.dst)
             dst_local = self._dst_local(packet, st)
             hooks = ["OUTPUT"] if packet.output else ["INPUT" if dst_local else "FORWARD"]
             if packet.output and dst_local:
                 hooks.append("INPUT")
-            blocked = None
-            for hook in hooks:
-                blocked = self._filter(hook, packet, src, src_local, st)
-                if blocked:
-                    break
-            if blocked:
-                outcomes.add(Outcome(blocked, endpoint))
-                continue
-            masq = False
-            for _st2, v in self._chain("nat", "POSTROUTING", packet, src, src_local, st):
-                masq = masq or v == "MASQUERADE"
-                if v in ("DROP", "REJECT"):
-                    raise TraceError("POSTROUTING dropped a packet: not modelled")
-            outcomes.add(Outcome("DNAT" if endpoint else "NO_MATCH", endpoint, masq))
-        return Trace(frozenset(outcomes))
+            yield from self._filter_then_postrouting(hooks, packet, src, src_local, st)
 
-    def _filter(
-        self, hook: str, packet: Packet, src: _Addr, src_local: bool, st: _State
-    ) -> str | None:
-        """DROP/REJECT if any branch of the filter hook blocks, else None."""
-        verdicts = {v for _, v in self._chain("filter", hook, packet, src, src_local, st)}
-        blocked = verdicts & {"DROP", "REJECT"}
-        if len(blocked) > 1 or (blocked and verdicts - blocked):
-            raise TraceError(f"filter {hook} verdict depends on a random branch: {verdicts}")
-        return blocked.pop() if blocked else None
+    def _filter_then_postrouting(
+        self, hooks: list[str], packet: Packet, src: _Addr, src_local: bool, st: _State
+    ) -> Iterator[Path]:
+        if hooks:
+            for st2, verdict in self._chain("filter", hooks[0], packet, src, src_local, st):
+                if verdict in ("DROP", "REJECT"):
+                    yield _end(st2, Outcome(verdict, st2.dnat))
+                else:
+                    yield from self._filter_then_postrouting(hooks[1:], packet, src, src_local, st2)
+            return
+        for st2, verdict in self._chain("nat", "POSTROUTING", packet, src, src_local, st):
+            if verdict in ("DROP", "REJECT"):
+                raise TraceError("POSTROUTING dropped a packet: not modelled")
+            kind = "DNAT" if st2.dnat else "NO_MATCH"
+            yield _end(st2, Outcome(kind, st2.dnat, verdict == "MASQUERADE"))
 
     def _dst_local(self, packet: Packet, st: _State) -> bool:
         if st.dst == packet.dst and packet.dst_local is not None:
@@ -418,24 +409,45 @@ class Tracer:
     ) -> _Walk:
         while i < len(rules):
             rule = rules[i]
+            if rule.unknown:
+                note = f"not understood ({rule.unknown}): assumed not to match"
+                st = replace(st.passed(table, rule, note), warnings=(*st.warnings, rule.text))
+                i += 1
+                continue
             m = self._match(rule, packet, src, src_local, st)
             if m is False:
                 i += 1
                 continue
-            if m is None:  # could go either way: explore the not-taken branch too
-                yield from self._walk(table, rules, i + 1, packet, src, src_local, st, depth)
+            skipped = None
+            if m is not True:  # could go either way: the skipped branch is explored too
+                p = m.probability
+                if p is None:
+                    skipped = st.passed(table, rule, f"skipped: {m.negation}")
+                    st = st.passed(table, rule, f"taken: {m.condition}")
+                    st = replace(st, conditions=(*st.conditions, m.condition))
+                else:
+                    skipped = st.passed(table, rule, f"skipped ({1 - p:.1%})")
+                    skipped = replace(skipped, probability=st.probability * (1 - p))
+                    st = replace(
+                        st.passed(table, rule, f"taken ({p:.1%})"),
+                        probability=st.probability * p,
+                    )
+            else:
+                st = st.passed(table, rule, "implied" if rule in self._implied else "")
             for st2, v in self._apply(table, rule, packet, src, src_local, st, depth):
                 if v is None:
                     yield from self._walk(table, rules, i + 1, packet, src, src_local, st2, depth)
                 else:
                     yield st2, v
+            if skipped is not None:
+                yield from self._walk(table, rules, i + 1, packet, src, src_local, skipped, depth)
             return
         yield st, None
 
     def _match(
         self, rule: Rule, packet: Packet, src: _Addr, src_local: bool, st: _State
-    ) -> bool | None:
-        """True, False, or None (both possible: random / unknown history)."""
+    ) -> bool | _Branch:
+        """True, False, or a `_Branch` (both possible: random / unknown history)."""
         if rule.src is not None:
             net, neg = rule.src
             if ((src.version == net.version and src in net) != neg) is False:
@@ -447,7 +459,9 @@ class Tracer:
                 return False
         if rule.proto is not None and rule.proto != packet.proto:
             return False
-        result: bool | None = True
+        probability: float | None = 1.0
+        conditions: list[str] = []
+        negations: list[str] = []
         for m in rule.matches:
             kind = m[0]
             if kind == "comment":
@@ -462,11 +476,13 @@ class Tracer:
             elif kind == "statistic":
                 if m[1] <= 0:
                     return False
-                if m[1] < 1:
-                    result = None
+                if m[1] < 1 and probability is not None:
+                    probability *= m[1]
             elif kind == "recent-check":
-                if m[1] not in st.recent:
-                    result = None  # an earlier connection may have set it
+                if m[1] not in st.recent:  # an earlier connection may have set it
+                    probability = None
+                    conditions.append(f"source in recent list {m[1]} (an earlier connection)")
+                    negations.append(f"source not in recent list {m[1]}")
             elif kind == "recent-set":
                 continue
             elif kind == "mark":
@@ -478,7 +494,9 @@ class Tracer:
                     return False
             else:  # pragma: no cover
                 raise TraceError(f"match {kind} not modelled")
-        return result
+        if probability == 1.0:
+            return True
+        return _Branch(probability, " and ".join(conditions), " or ".join(negations))
 
     def _apply(
         self,
@@ -520,6 +538,10 @@ class Tracer:
             if rule.target_args:
                 raise TraceError(f"options for a chain jump: {rule.text}")
             yield from self._chain(table, target, packet, src, src_local, st, depth + 1)
+
+
+def _end(st: _State, outcome: Outcome) -> Path:
+    return Path(outcome, st.probability, st.conditions, st.steps, st.warnings)
 
 
 def _host(endpoint: str) -> str:

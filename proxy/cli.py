@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
 from netplane.kube import source_options
+from netplane.proxy.trace import packet_options
 
 _FAMILY = click.Choice(["ipv4", "ipv6"])
 _BACKEND = click.Choice(["iptables", "nftables"])
@@ -156,3 +157,52 @@ def cleanup(iptables_variant: str) -> None:
 
     do_cleanup(iptables_variant)
     nft_cleanup()
+
+
+@proxy.command("trace")
+@packet_options
+@click.option("--netns", default=None, help="Read the live rules of this network namespace.")
+@click.option(
+    "--rules-file",
+    type=click.File("r"),
+    default=None,
+    help="Trace a saved ruleset instead (iptables-save output; - for stdin).",
+)
+@click.option(
+    "--local-ip",
+    "local_ips",
+    multiple=True,
+    help="With --rules-file: an address of the node (repeatable; what addrtype LOCAL is).",
+)
+@click.option(
+    "--iptables-variant",
+    type=click.Choice(["auto", "legacy", "nft"]),
+    default="auto",
+    show_default=True,
+)
+def trace_(
+    src: str,
+    dst: str,
+    dport: int,
+    proto: str,
+    from_node: bool,
+    as_json_: bool,
+    netns: str | None,
+    rules_file: TextIO | None,
+    local_ips: tuple[str, ...],
+    iptables_variant: str,
+) -> None:
+    """Where a packet goes on this node and why: every rule it passes, each random branch
+    with its probability, the NAT it gets and the endpoints it can reach (reads only)."""
+    from netplane.proxy import trace as t
+
+    packet = t.packet_of(src, dst, dport, proto, from_node)
+    family = "ipv6" if ":" in dst else "ipv4"
+    try:
+        if rules_file is not None:
+            ruleset = t.read_file(rules_file.name, rules_file.read(), local_ips)
+        else:
+            ruleset = t.read_live(netns, family, iptables_variant)
+    except t.TraceError as e:
+        raise click.ClickException(str(e)) from None
+    t.report(ruleset, packet, as_json_)

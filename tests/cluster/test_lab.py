@@ -323,3 +323,21 @@ def test_other_images_echo_on_their_named_container_ports(lab, client):
     ), line
     ip = cluster_ip(lab, "echo")
     assert lab.np("exec", "client", "--", sys.executable, "-c", UDP_CLIENT, ip).strip() == "ping"
+
+
+def test_trace_reads_a_nodes_live_rules(lab, blue):
+    """`netplane trace --node`: the node's rules, read in its namespace, predict the endpoints
+    a pod's connection to the service can reach (each node holds every ready endpoint)."""
+    pods = [p for p in lab.wait_ready() if p["metadata"]["name"].startswith("blue-")]
+    ready = {f"{p['status']['podIP']}:80" for p in pods}
+    for node in ("pi-red", "pi-black"):
+        argv = ("trace", "--node", node, "--src", "10.244.0.250", "--dst", cluster_ip(lab, "blue"),
+                "--port", "80", "--json")  # fmt: skip
+        deadline = time.monotonic() + 15
+        while set((doc := json.loads(lab.np(*argv)))["endpoints"]) != ready:
+            assert time.monotonic() < deadline, (node, doc["endpoints"], ready)
+            time.sleep(0.5)
+        assert abs(sum(doc["endpoints"].values()) - 1) < 1e-5
+        assert f"-{node} " in doc["rules"]["origin"] + " "
+    assert "no node named" in lab.run("trace", "--node", "nope", "--src", "1.1.1.1",
+                                      "--dst", "2.2.2.2", "--port", "1").stderr  # fmt: skip

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import pytest
 
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from netplane.proxy._trace import Packet, Trace, Tracer
+from netplane.proxy._trace import Packet, Trace
+from netplane.proxy._trace_iptables import Tracer
 from netplane.proxy.nft._text import format_tables
 from netplane.proxy.nft._trace import NftTracer
 from netplane.proxy.nft.render import render_full as nft_render_full

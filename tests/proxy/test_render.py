@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from netplane.model import Service
 from netplane.proxy._chains import endpoint_chain_name, port_hash, service_port_name
-from netplane.proxy._trace import Outcome, parse_restore
+from netplane.proxy._trace import Outcome
+from netplane.proxy._trace_iptables import parse_restore
 from netplane.proxy.nft._names import port_base
 from netplane.proxy.render import (
     EMPTY_RULES,
@@ -554,7 +555,8 @@ def test_ipv6_dual_stack(cluster):
     assert "/32" not in v6
     assert "! -s fd00:180::/64 -d fd00:30::41/128" in v6
     assert "! -d ::1/128" in v6
-    from netplane.proxy._trace import Packet, Tracer
+    from netplane.proxy._trace import Packet
+    from netplane.proxy._trace_iptables import Tracer
 
     tracer = Tracer(v6, ["2001:db8::2"])
     t = tracer.trace(Packet("fd00:180::9", "fd00:30::41"))
@@ -712,7 +714,8 @@ def test_cli_render(tmp_path):
     tables = parse_restore(text)  # well-formed and only what the tracer understands
     assert set(tables) == {"filter", "nat"}
     assert text.startswith("*filter\n") and text.endswith("COMMIT\n")
-    from netplane.proxy._trace import Packet, Tracer
+    from netplane.proxy._trace import Packet
+    from netplane.proxy._trace_iptables import Tracer
 
     tracer = Tracer(text, ["192.168.0.2"])
     assert tracer.trace(Packet("10.1.2.3", "172.30.0.10")).endpoints == {"10.1.0.5:8080"}

@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from netplane.proxy._trace import Packet, Tracer
+from netplane.proxy._trace import Packet
+from netplane.proxy._trace_iptables import Tracer
 
 from .conftest import EXTERNAL, NODE_IP, POD, endpoint, port
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from netplane.proxy._trace import Outcome, Packet, TraceError, Tracer, parse_rule, trace
+from netplane.proxy._trace import Outcome, Packet, TraceError
+from netplane.proxy._trace_iptables import Tracer, parse_rule, trace
 
 from .conftest import EXTERNAL, NODE_IP, POD, endpoint
 
