@@ -122,8 +122,10 @@ def memory_mb(pid: int) -> dict:
     for p in pids:
         with contextlib.suppress(OSError):
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
-            rss += int(re.search(r"^Rss:\s+(\d+)", text, re.M).group(1))
-            pss += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+            found = [re.search(rf"^{k}:\s+(\d+)", text, re.M) for k in ("Rss", "Pss")]
+            if found[0] and found[1]:  # a kernel without them: not counted
+                rss += int(found[0].group(1))
+                pss += int(found[1].group(1))
     return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "processes": len(pids)}
 
 
@@ -144,7 +146,7 @@ def _ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited during start-up")
+            raise RuntimeError(f"{proc.args!r} exited during start-up")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
                 if r.status == 200:
@@ -181,7 +183,12 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
             proc.wait()
 
 
-def run(quick: bool = False, peer: str = "coredns", output_dir=None, workers=(1, 2)) -> dict:
+def run(
+    quick: bool = False,
+    peer: str = "coredns",
+    output_dir: str | Path | None = None,
+    workers: tuple[int, ...] = (1, 2),
+) -> dict:
     from netplane.testing import anchors
     from netplane.testing.controlplane import ControlPlane
 
@@ -253,7 +260,9 @@ def series(results: dict) -> list[dict]:
             continue
         labels = {"server": server, "services": results["services"], "api": "kube-apiserver"}
 
-        def add(metric: str, unit: str, value: float, labels=labels, **extra) -> None:
+        def add(
+            metric: str, unit: str, value: float, labels: dict = labels, **extra: object
+        ) -> None:
             out.append({"metric": metric, "unit": unit, "labels": {**labels, **extra},
                         "values": [value]})  # fmt: skip
 
