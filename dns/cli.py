@@ -15,8 +15,8 @@ import click
 
 from netplane.dns.forward import parse_hostport
 from netplane.dns.records import ZoneConfig
-from netplane.dns.search import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
 from netplane.kube.options import source_from_options, source_options
+from netplane.resolvconf import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
 
 HostPort = tuple[str, int]
 ClickCallback = Callable[[click.Context, click.Parameter, Any], Any]

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from netplane.dns.search import (
-    ResolvConf,
-    for_pod,
-    parse_resolv_conf,
-    pod_resolv_conf,
-    search_names,
-)
+from netplane.dns.search import search_names
 from netplane.model import Pod, PodDNSConfig
+from netplane.resolvconf import ResolvConf, for_pod, parse_resolv_conf, pod_resolv_conf
 
 HOST = parse_resolv_conf(
     "# node\nnameserver 192.168.0.1\nnameserver 192.168.0.2\nsearch lan example.org\n"

@@ -20,8 +20,8 @@ from netplane.cluster.node.children import Child
 from netplane.cluster.node.plumbing import NETNS_DIR
 from netplane.cluster.node.responders import is_dns_image
 from netplane.cluster.statedir import StateDir
-from netplane.dns.search import ResolvConf, for_pod
 from netplane.model import Pod, parse_as
+from netplane.resolvconf import ResolvConf, effective_policy, for_pod
 
 
 def component_available(module: str) -> bool:
@@ -40,7 +40,7 @@ def resolv_conf(pod: dict) -> str | None:
     """What kubelet writes for the pod (the DNS component's rules: policy, dnsConfig); None
     for dnsPolicy Default, which keeps the node's (here: the host's) resolv.conf."""
     model = parse_as(pod, Pod)
-    if model.dns_policy == "Default" or (model.host_network and model.dns_policy == "ClusterFirst"):
+    if effective_policy(model.dns_policy, model.host_network) == "Default":
         return None
     return for_pod(model, ResolvConf(), (DNS_IP,), "cluster.local").render()
 
