@@ -41,16 +41,16 @@ PODS = ("hello-1", "hello-2", "hello-3")
 
 @click.command()
 @click.option("--requests", "count", default=30, show_default=True, type=click.IntRange(1, 300))
+@click.option("--backend", type=click.Choice(["iptables", "nftables"]), default="iptables",
+              show_default=True)  # fmt: skip
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default="auto",
               show_default=True)  # fmt: skip
-def demo(count: int, iptables_variant: str) -> None:
+def demo(count: int, backend: str, iptables_variant: str) -> None:
     """Load-balance a ClusterIP Service over 3 pods in temporary network namespaces (< 30 s)."""
     from netplane.model import parse_manifests
-    from netplane.netns import NetnsError, run
-    from netplane.proxy._conntrack import Conntrack
-    from netplane.proxy._iptables import Iptables, detect_variant
+    from netplane.netns import NetnsError, entered, run
+    from netplane.proxy.daemon import make_backend
     from netplane.proxy.render import ProxyConfig
-    from netplane.proxy.sync import Syncer
     from netplane.state import ClusterState
     from netplane.testing.lab import Lab
 
@@ -74,12 +74,12 @@ def demo(count: int, iptables_variant: str) -> None:
                 raise click.ClickException("; ".join(map(str, loaded.errors)))
             state = ClusterState()
             state.apply(loaded.objects)
-            variant = detect_variant(iptables_variant, netns=lab.node)
             config = ProxyConfig("demo-node", cluster_cidr=lab.pod_cidr)
-            syncer = Syncer(config, Iptables(variant, netns=lab.node), Conntrack(netns=lab.node))
-            result = syncer.sync(state.snapshot())
+            with entered(lab.node):  # the proxy as on that node: this thread, its children
+                kernel, detail = make_backend(backend, config, iptables_variant)
+                result = kernel.sync(state.snapshot())
             click.echo(
-                f"proxy sync ({variant} iptables): {result.chains_written} chains, "
+                f"proxy sync ({backend}, {detail}): {result.chains_written} chains, "
                 f"{sum(result.rules.values())} rules in {result.total_seconds * 1000:.0f} ms"
             )
             click.echo(f"client -> http://{CLUSTER_IP}/ x {count}")
