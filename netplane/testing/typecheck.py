@@ -11,6 +11,7 @@ errors under the repository's own paths.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def build_tree(tree: Path, root: Path = ROOT) -> dict[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if importlib.util.find_spec("mypy") is None:
+        sys.stdout.write("mypy is not installed: .venv/bin/pip install -e '.[test,bench]'\n")
+        return 2
     cache = ROOT / ".mypy_cache"
     tree = cache / "tree"
     shown = build_tree(tree)
