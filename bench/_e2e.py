@@ -58,11 +58,14 @@ class Daemon:
     """`netplane proxy run` inside NS, stopped with SIGTERM (then SIGKILL) on close."""
 
     def __init__(self, ns_name: str, manifests: Path, variant: str, log: Path) -> None:
+        backend = (
+            ("--backend", "nftables") if variant == "nftables" else ("--iptables-variant", variant)
+        )
         argv = [
             *("ip", "netns", "exec", ns_name, sys.executable, "-c"),
             "from netplane.cli import main; main()",
             *("-v", "proxy", "run", "--manifests", str(manifests), "--node", "bench-node"),
-            *("--cluster-cidr", str(w.POD_NET), "--iptables-variant", variant),
+            *("--cluster-cidr", str(w.POD_NET), *backend),
             *("--metrics-addr", "127.0.0.1:10249", "--healthz-addr", "127.0.0.1:10249"),
             *("--min-sync-period", "0", "--sync-period", "3600"),
         ]
@@ -168,13 +171,17 @@ def run_e2e(
             )
             for _ in range(flush_repeat):
                 t0, c0 = time.monotonic(), process_cpu(daemon.proc.pid)
-                ns.exec(f"iptables-{variant}-restore", "-w", "10", input=FLUSH)
+                if variant == "nftables":
+                    ns.exec("nft", "flush", "ruleset")
+                else:
+                    ns.exec(f"iptables-{variant}-restore", "-w", "10", input=FLUSH)
                 end = t0 + change_timeout
                 ns.call(wait_for, probe_ip, Expect("refused"), end, cancel=ns.closing)
                 t1 = ns.call(wait_for, probe_ip, Expect("open"), end, cancel=ns.closing)
                 latency["flush-resync"].append(t1 - t0)
                 cpu["flush-resync"].append(process_cpu(daemon.proc.pid) - c0)
-                _await_canary(ns, variant, end)
+                if variant != "nftables":  # nftables repairs in one transaction
+                    _await_canary(ns, variant, end)
             peak = process_peak_rss(daemon.proc.pid)
             daemon.check()
         except (ProbeTimeout, RuntimeError) as e:  # keep the other points' figures

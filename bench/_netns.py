@@ -71,7 +71,8 @@ def netns() -> Iterator[Netns]:
 
 
 def kernel_check(variants: tuple[str, ...]) -> dict[str, str]:
-    """Which iptables variants are usable here: {variant: reason it is not} for the others.
+    """Which backends (iptables variants, "nftables") are usable here: {backend: reason it is
+    not} for the others.
 
     Under qemu-user (the emulated arm64 run) netfilter's sockopts and netlink messages are
     not translated, so this tries the real thing in a throwaway namespace instead of
@@ -87,7 +88,7 @@ def kernel_check(variants: tuple[str, ...]) -> dict[str, str]:
     missing = {
         v: f"iptables-{v}-restore is not installed"
         for v in variants
-        if not shutil.which(f"iptables-{v}-restore")
+        if v != "nftables" and not shutil.which(f"iptables-{v}-restore")
     }
     usable = [v for v in variants if v not in missing]
     if not usable:
@@ -96,9 +97,17 @@ def kernel_check(variants: tuple[str, ...]) -> dict[str, str]:
         with netns() as ns:
             for v in usable:
                 try:
-                    ns.exec(f"iptables-{v}", "-w", "5", "-t", "nat", "-S", timeout=30)
+                    if v == "nftables":  # the nftables backend talks netlink itself
+                        from netplane.proxy.nft._netlink import Netlink
+
+                        Netlink(ns.name).tables("ip")
+                    else:
+                        ns.exec(f"iptables-{v}", "-w", "5", "-t", "nat", "-S", timeout=30)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                    missing[v] = f"iptables-{v} does not work in a namespace: {e}"
+                    missing[v] = (
+                        f"{'nf_tables' if v == 'nftables' else 'iptables-' + v}"
+                        f" does not work in a namespace: {e}"
+                    )
     except (RuntimeError, OSError) as e:
         return {v: f"cannot create a network namespace: {e}" for v in variants}
     return missing

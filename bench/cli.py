@@ -108,9 +108,10 @@ def compute(quick: bool, output_dir: Path) -> None:
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(["legacy", "nft"]),
+    type=click.Choice(["legacy", "nft", "nftables"]),
     multiple=True,
-    help="iptables variants to run (repeatable); default: every one installed.",
+    help="iptables variants (legacy, nft) and the nftables backend to run (repeatable); "
+    "default: every one available.",
 )
 @click.option("--repeat", type=int, default=None, help="Samples per change kind.")
 @_quick
@@ -132,7 +133,9 @@ def sync(
 
 @bench.command()
 @click.option("--services", "scales", type=int, multiple=True, help="Service counts (repeatable).")
-@click.option("--backend", "backends", type=click.Choice(["legacy", "nft"]), multiple=True)
+@click.option(
+    "--backend", "backends", type=click.Choice(["legacy", "nft", "nftables"]), multiple=True
+)
 @click.option("--repeat", type=int, default=None, help="Connections per point.")
 @_quick
 @_output_dir

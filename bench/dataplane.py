@@ -3,9 +3,12 @@
 Three namespaces: a client pod, the node (netplane's rules, forwarding) and a server pod,
 joined by veth pairs. N services all lead to the server pod; the client times TCP connects
 (SYN -> SYN-ACK, i.e. the first packet through the node's NAT rules) to the first and to
-the last service in KUBE-SERVICES order, straight to the pod IP with the rules in place
-("direct": every new connection walks KUBE-SERVICES, service or not), and to the pod IP
-before any rule exists ("no-rules": the floor of this topology).
+the last service in dispatch order, straight to the pod IP with the rules in place
+("direct": every new connection goes through the dispatch, service or not), and to the pod
+IP before any rule exists ("no-rules": the floor of this topology). Dispatch order: iptables
+tests KUBE-SERVICES rule by rule; the nftables backend looks a service up in its table's
+map, and tables are tried in turn, so "first" is a service of table `kube-proxy` and
+"last" one of the last table.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class DataplanePlan:
         return cls(
             quick,
             tuple(sorted(set(scales))) or (QUICK_SCALES if quick else FULL_SCALES),
-            tuple(dict.fromkeys(backends)) or ("legacy", "nft"),
+            tuple(dict.fromkeys(backends)) or ("legacy", "nft", "nftables"),
             min(repeat, 20_000),
         )
 
@@ -96,8 +99,26 @@ def dispatch_order(kube_services: tuple[str, ...]) -> list[str]:
     return [m.group(1) for line in kube_services if (m := re.search(r"-d (\S+)/32 ", line))]
 
 
+def nft_dispatch_order(services: int, shards: int) -> list[str]:
+    """A service of the first table the nftables backend's NAT tries (the lowest index) and
+    one of the last (the highest index: another service when there is one table)."""
+    from netplane.proxy.nft._tables import shard_of
+
+    first = last = None
+    for i in range(services):
+        shard = shard_of((w.NAMESPACE, w.service_name(i)), shards)
+        if shard == 0 and first is None:
+            first = w.cluster_ip(i)
+        if shard == shards - 1:
+            last = w.cluster_ip(i)
+    assert first is not None and last is not None
+    return [first, last]
+
+
 def _one(variant: str, services: int, repeat: int) -> list[Series]:
     from netplane.proxy._iptables import Iptables
+    from netplane.proxy.nft._netlink import Netlink
+    from netplane.proxy.nft.sync import NftSyncer
     from netplane.proxy.render import ProxyConfig
     from netplane.proxy.sync import Syncer
     from netplane.state import ClusterState
@@ -110,15 +131,18 @@ def _one(variant: str, services: int, repeat: int) -> list[Series]:
         _wire(client, node, server)
         listener = Listener(server)
         stack.callback(listener.close)
-        syncer = Syncer(
-            ProxyConfig(node_name="bench-node", cluster_cidr=POD_CIDR),
-            Iptables(variant, "ipv4", netns=node.name),
-        )
+        config = ProxyConfig(node_name="bench-node", cluster_cidr=POD_CIDR)
         floor = client.call(_connect_times, [SERVER], repeat)[SERVER]  # before any rule
-        syncer.sync(state.snapshot(), None, full=True)
-        applied = syncer.applied
-        assert applied is not None  # the sync succeeded
-        order = dispatch_order(applied["nat"]["KUBE-SERVICES"])
+        if variant == "nftables":
+            nft = NftSyncer(config, Netlink(node.name))
+            nft.sync(state.snapshot(), None, full=True)
+            order = nft_dispatch_order(services, nft.shards)
+        else:
+            syncer = Syncer(config, Iptables(variant, "ipv4", netns=node.name))
+            syncer.sync(state.snapshot(), None, full=True)
+            applied = syncer.applied
+            assert applied is not None  # the sync succeeded
+            order = dispatch_order(applied["nat"]["KUBE-SERVICES"])
         targets = {"first": order[0], "last": order[-1], "direct": SERVER}
         times = client.call(_connect_times, list(targets.values()), repeat)
     labels: dict[str, Label] = {"backend": variant, "services": services}

@@ -19,7 +19,8 @@ with a `system:kube-proxy` client certificate (the default `system:node-proxier`
 kube-proxy gets a KubeProxyConfiguration that changes no global kernel setting; the root
 namespace's sysctls are compared before and after the run.
 
-    netplane bench proxy-sync --peers kube-proxy-iptables,kube-proxy-nftables [--services N]
+    netplane bench proxy-sync --peers netplane-nftables,kube-proxy-iptables,kube-proxy-nftables
+                              [--services N]
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ CONTENDERS: dict[str, Contender] = {
     c.name: c
     for c in (
         NetplaneProxy("netplane"),
+        NetplaneProxy("netplane-nftables", ("--backend", "nftables")),
         KubeProxy("kube-proxy-iptables", "iptables"),
         KubeProxy("kube-proxy-nftables", "nftables"),
     )

@@ -1,13 +1,14 @@
 """`netplane bench sync`: how long a Service change takes to become a rule in the kernel.
 
-For each iptables variant and scale (S background services x E endpoints) two parts run,
-each in network namespaces it creates and deletes:
+For each backend (iptables legacy and nft variants, nftables) and scale (S background
+services x E endpoints) two parts run, each in network namespaces it creates and deletes:
 
 - end to end (_e2e): the real daemon follows a manifest directory; the time from writing
   the manifest to a probe connection seeing the new behaviour, and the daemon's CPU time;
-- per sync (_inproc): netplane's Syncer split into compute and kernel time with the bytes
-  it hands to iptables-restore, beside the floor (its exact restore inputs replayed by
-  hand) and kube-proxy-equivalent behaviour (full KUBE-SERVICES rewrite per sync).
+- per sync (_inproc, _inproc_nft): netplane's syncer split into compute and kernel time
+  with the bytes it hands to the kernel, beside the floor (its exact restore inputs or
+  netlink transactions replayed by hand) and, for iptables, kube-proxy-equivalent
+  behaviour (full KUBE-SERVICES rewrite per sync).
 Change kinds: see _scenario.
 """
 
@@ -32,7 +33,7 @@ Checkpoint = Callable[[dict[str, Any], list[Series], list[Skipped]], None]
 QUICK_POINTS = ((100,), (1,))
 FULL_POINTS = ((100, 1000, 10000), (1, 10, 100))
 MAX_TOTAL_ENDPOINTS = 100_000  # 10k x 100 would be 3M rules: hours on this class of machine
-BACKENDS = ("legacy", "nft")
+BACKENDS = ("legacy", "nft", "nftables")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +122,16 @@ def _run(
             for variant, services, endpoints in progress(jobs, "bench sync"):
                 where = f"{variant} {services}x{endpoints}"
                 try:
-                    new, why = run_inproc(
-                        variant, services, endpoints, plan.repeat, plan.flush_repeat
-                    )
+                    if variant == "nftables":
+                        from netplane.bench._inproc_nft import run_inproc_nft
+
+                        new, why = run_inproc_nft(
+                            services, endpoints, plan.repeat, plan.flush_repeat
+                        )
+                    else:
+                        new, why = run_inproc(
+                            variant, services, endpoints, plan.repeat, plan.flush_repeat
+                        )
                     series += new
                     skipped += why
                 except (RuntimeError, OSError) as e:  # SyncError, a tool failing: go on

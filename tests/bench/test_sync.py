@@ -129,7 +129,7 @@ def test_emulated_runs_skip_kernel_benchmarks_with_a_reason(tmp_path, monkeypatc
         assert "qemu-user cannot pass netfilter netlink" in result.output
     for path in tmp_path.glob("*.json"):
         r = load_result(path)
-        assert r.emulated and r.series == () and len(r.skipped) == 2
+        assert r.emulated and r.series == () and len(r.skipped) == len(r.parameters["backends"])
 
 
 @pytest.mark.slow
@@ -160,6 +160,12 @@ def test_quick_sync_run_in_namespaces(tmp_path, made):
             ):
                 assert by[metric, impl, backend, change].values, (metric, impl, change)
         assert by["daemon_peak_rss", "netplane", backend, None].values[0] > 0
+    for change in CHANGES:  # the nftables backend: netplane and its floor
+        if change != "noop-resync":
+            assert len(by["latency", "netplane", "nftables", change].values) >= 1
+        for metric, impl in (("sync", "netplane"), ("restore", "floor")):
+            assert by[metric, impl, "nftables", change].values, (metric, impl, change)
+    assert by["daemon_peak_rss", "netplane", "nftables", None].values[0] > 0
     assert all(v >= 0 for s in r.series for v in s.values)
 
 
@@ -188,7 +194,7 @@ def test_quick_dataplane_run_in_namespaces(tmp_path, made):
         (s.labels["backend"], s.labels["services"], s.labels["target"]): len(s.values)
         for s in load_result(path).series
     }
-    assert len(targets) == 2 * 2 * 4 and set(targets.values()) == {20}
+    assert len(targets) == 3 * 2 * 4 and set(targets.values()) == {20}
 
 
 @pytest.mark.slow

@@ -16,33 +16,18 @@ from netplane.netns import create, delete, run, unique_name
 from netplane.proxy.backend import SyncError
 from netplane.proxy.nft import _kernel
 from netplane.proxy.nft._exprs import element, key_bytes, rule_exprs, udata_comment
-from netplane.proxy.nft._netlink import Batch, Netlink, NftError
+from netplane.proxy.nft._netlink import Batch, Netlink
 from netplane.proxy.nft._tables import SHARD_SETS, SHARED_SETS, TABLE, shard_index
 from netplane.proxy.nft._text import format_ruleset
 from netplane.proxy.nft.render import render_full
 from netplane.proxy.nft.sync import NftSyncer, cleanup
 from netplane.proxy.render import ProxyConfig
 from netplane.state import ClusterState
+from netplane.testing.netlink import RecordingNetlink
 
 from .conftest import Cluster, endpoint, port
 
 pytestmark = [pytest.mark.root]
-
-
-class Recording(Netlink):
-    """The real socket; remembers what each transaction held and refuses when told."""
-
-    def __init__(self, netns: str) -> None:
-        super().__init__(netns)
-        self.batches: list[list[str]] = []
-        self.refuse = 0
-
-    def commit(self, batch: Batch, genid: int = 0) -> int | None:
-        self.batches.append([batch.describe(i) for i in range(len(batch))])
-        if self.refuse:
-            self.refuse -= 1
-            raise NftError("refused by the test", 22)
-        return super().commit(batch, genid)
 
 
 @pytest.fixture
@@ -166,7 +151,7 @@ class World:
         for i in range(n):
             self.state.apply(service(i))
         self.config = ProxyConfig("n1", cluster_cidr="10.0.0.0/8")
-        self.netlink = Recording(netns)
+        self.netlink = RecordingNetlink(netns)
         self.shards = shards
         self.syncer = NftSyncer(self.config, self.netlink, shards=shards)
 
@@ -221,7 +206,7 @@ def test_partial_sync_writes_only_the_changed_service(world: World) -> None:
     world.state.apply([service(3, shift=1)[1]])  # one endpoint of s3 replaced
     result = world.sync()
     assert not result.full
-    [batch] = world.netlink.batches
+    [batch] = world.netlink.described
     written = {line.split(" ", 2)[0] + " " + line.split()[1] for line in batch}
     assert written <= {"add chain", "flush chain", "add rule", "delete chain"}
     touched = {line.rsplit(" ", 1)[1] for line in batch}
@@ -241,7 +226,7 @@ def test_restart_writes_nothing_and_keeps_affinity(world: World) -> None:
     )
     run(world.netns, ["nft", "add", "element", "ip", table, aff, "{ 10.9.9.9 }"])
     before = world.listing()
-    again = NftSyncer(world.config, Recording(world.netns), shards=world.shards)
+    again = NftSyncer(world.config, RecordingNetlink(world.netns), shards=world.shards)
     result = again.sync(world.state.snapshot(), None)
     assert result.full and result.restores == 0
     assert world.listing() == before and "10.9.9.9" in before
@@ -362,7 +347,7 @@ def test_spreading_over_more_or_fewer_tables_moves_everything(netns) -> None:
     world.sync()
     for shards in (4, 1):
         world.shards = shards
-        again = NftSyncer(world.config, Recording(netns), shards=shards)
+        again = NftSyncer(world.config, RecordingNetlink(netns), shards=shards)
         assert again.sync(world.state.snapshot(), None).restores == 1
         assert sorted(world.kernel()) == sorted(again.tables())
         time.sleep(1.1)
