@@ -166,7 +166,7 @@ def cleanup(iptables_variant: str) -> None:
     "--rules-file",
     type=click.File("r"),
     default=None,
-    help="Trace a saved ruleset instead (iptables-save output; - for stdin).",
+    help="Trace a saved ruleset instead (iptables-save or `nft list ruleset` output; - for stdin).",
 )
 @click.option(
     "--local-ip",
@@ -180,6 +180,13 @@ def cleanup(iptables_variant: str) -> None:
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "iptables", "nftables"]),
+    default="auto",
+    show_default=True,
+    help="Whose live rules to read (auto: the nftables backend's tables when there).",
+)
 def trace_(
     src: str,
     dst: str,
@@ -191,6 +198,7 @@ def trace_(
     rules_file: TextIO | None,
     local_ips: tuple[str, ...],
     iptables_variant: str,
+    backend: str,
 ) -> None:
     """Where a packet goes on this node and why: every rule it passes, each random branch
     with its probability, the NAT it gets and the endpoints it can reach (reads only)."""
@@ -202,7 +210,7 @@ def trace_(
         if rules_file is not None:
             ruleset = t.read_file(rules_file.name, rules_file.read(), local_ips)
         else:
-            ruleset = t.read_live(netns, family, iptables_variant)
+            ruleset = t.read_live(netns, family, iptables_variant, backend)
     except t.TraceError as e:
         raise click.ClickException(str(e)) from None
     t.report(ruleset, packet, as_json_)

@@ -7,8 +7,8 @@ it reaches. `netplane trace --node` (the emulated cluster) uses the same functio
 node's namespace.
 
 One result model (`_trace.Trace`), one reader per ruleset format (`READERS`): iptables-save
-text is traced by `_trace_iptables`; another format plugs in with its `detect` and `tracer`
-(and a `live` source for `--backend`).
+text is traced by `_trace_iptables`, `nft list ruleset` text (the nftables backend's tables)
+by `nft._trace`; each with its `detect` and `tracer`, and a `live` source (`--backend`).
 """
 
 from __future__ import annotations
@@ -85,15 +85,64 @@ def _looks_like_iptables_save(text: str) -> bool:
     return first.startswith("*")
 
 
+def _nftables_tracer(text: str, local_ips: Sequence[str]) -> _Tracer:
+    from netplane.proxy.nft._parse import parse_ruleset
+    from netplane.proxy.nft._trace import NftTracer
+
+    parsed = parse_ruleset(text)
+    if not parsed.tables:
+        others = ", ".join(parsed.others) or "none"
+        raise TraceError(f"no table of the nftables backend (kube-proxy) here; tables: {others}")
+    return NftTracer(parsed.tables, local_ips)
+
+
+def _nftables_live(netns: str | None, family: str, variant: str) -> tuple[str, str]:
+    from netplane import netns as ns
+
+    nft_family = "ip6" if family == "ipv6" else "ip"
+    try:
+        text = ns.run(netns, ["nft", "list", "ruleset", nft_family])
+    except (ns.NetnsError, OSError) as e:
+        raise TraceError(f"cannot read the rules: {e}") from None
+    return text, f"nft list ruleset {nft_family}" + (
+        f" in network namespace {netns}" if netns else ""
+    )
+
+
+def _looks_like_nft(text: str) -> bool:
+    from netplane.proxy.nft._parse import looks_like_nft
+
+    return looks_like_nft(text)
+
+
 READERS: dict[str, Reader] = {
     "iptables": Reader(_looks_like_iptables_save, _iptables_tracer, _iptables_live),
+    "nftables": Reader(_looks_like_nft, _nftables_tracer, _nftables_live),
 }
 
 
+def detect_backend(netns: str | None, family: str) -> str:
+    """nftables when the nftables backend's table of FAMILY is there, else iptables."""
+    from netplane import netns as ns
+
+    try:
+        tables = ns.run(netns, ["nft", "list", "tables", "ip6" if family == "ipv6" else "ip"])
+    except (ns.NetnsError, OSError):
+        return "iptables"
+    return (
+        "nftables"
+        if any(t.split()[-1] == "kube-proxy" for t in tables.splitlines())
+        else ("iptables")
+    )
+
+
 def read_live(
-    netns: str | None = None, family: str = "ipv4", variant: str = "auto", backend: str = "iptables"
+    netns: str | None = None, family: str = "ipv4", variant: str = "auto", backend: str = "auto"
 ) -> Ruleset:
-    """The rules the kernel holds now (in NETNS, or here), with the node's addresses."""
+    """The rules the kernel holds now (in NETNS, or here), with the node's addresses.
+    BACKEND "auto": the nftables backend's tables when they are there, else iptables."""
+    if backend == "auto":
+        backend = detect_backend(netns, family)
     reader = READERS.get(backend)
     if reader is None:
         raise TraceError(f"no tracer for the {backend} backend (known: {', '.join(READERS)})")
@@ -106,7 +155,9 @@ def read_file(path: str, text: str, local_ips: Sequence[str] = ()) -> Ruleset:
     for name, reader in READERS.items():
         if reader.detect(text):
             return Ruleset(text, name, path, tuple(local_ips))
-    raise TraceError(f"{path}: not a ruleset this tracer reads (iptables-save output)")
+    raise TraceError(
+        f"{path}: not a ruleset this tracer reads (iptables-save or `nft list ruleset` output)"
+    )
 
 
 def local_addresses(netns: str | None = None) -> list[str]:

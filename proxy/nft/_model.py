@@ -113,6 +113,13 @@ class Update(NamedTuple):
     field: str = "saddr"
 
 
+class Unparsed(NamedTuple):
+    """A rule the reader of `nft list` text did not understand (another program's rule on
+    a live node): the tracer reports it and assumes it does not match. Never rendered."""
+
+    text: str
+
+
 class Verdict(NamedTuple):
     """`jump X`, `goto X`, `return`, `drop`, `accept`."""
 
@@ -146,6 +153,7 @@ Statement = (
     | Dnat
     | Update
     | Verdict
+    | Unparsed
 )
 
 

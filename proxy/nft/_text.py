@@ -28,6 +28,7 @@ from netplane.proxy.nft._model import (
     Ruleset,
     SetDef,
     Statement,
+    Unparsed,
     Update,
     Verdict,
     VMap,
@@ -73,7 +74,7 @@ def format_stmt(s: Statement, family: str) -> str:
         return f"update @{s.set} {{ {family} {s.field} }}"
     if isinstance(s, FibLocal):
         return f"fib {s.field} type local"
-    if isinstance(s, Keyword):
+    if isinstance(s, Keyword | Unparsed):
         return s.text
     if isinstance(s, Mark):
         if s.op == "unset":
