@@ -24,6 +24,9 @@ class Lab:
         self.state, self.name = state, name
         self.env = {**os.environ, "NETPLANE_STATE_DIR": str(state), "NETPLANE_CLUSTER": name}
 
+    def argv(self, *args: str) -> list[str]:
+        return [NETPLANE, *args]
+
     def run(self, *args: str, stdin: str | None = None, timeout: float = 120):
         return subprocess.run(
             [NETPLANE, *args],
@@ -101,8 +104,9 @@ def start_lab(tmp_path_factory, *args: str) -> Lab:
     return lab
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory):
+    """One cluster for every test that can share it (each keeps to its own objects)."""
     lab = start_lab(tmp_path_factory)
     yield lab
     lab.cleanup()

@@ -80,3 +80,19 @@ def test_pod_resolv_conf_follows_dns_policy():
     assert resolv_conf(pod(dnsPolicy="Default")) is None
     custom = pod(dnsPolicy="None", dnsConfig={"nameservers": ["192.168.0.1"]})
     assert resolv_conf(custom) == "nameserver 192.168.0.1\n"
+
+
+def test_tabwriter_aligns_blocks_as_gos():
+    from netplane.cluster.client.tabwriter import tabwrite
+
+    text = "Name:\tweb\nLabels:\tapp=web\n\ttier=front\nIPs:\n  IP:\t10.0.0.1\nEvents:\t<none>"
+    assert tabwrite(text, 0, 2) == (
+        "Name:    web\nLabels:  app=web\n         tier=front\nIPs:\n  IP:    10.0.0.1\n"
+        "Events:  <none>"  # consecutive lines with a tab share the column, whatever the indent
+    )
+    # get's tables: every column at least 6 wide; an empty last cell keeps the padding
+    assert tabwrite("A\tB\tC\nx\t\t", 6, 3) == "A     B     C\nx           "
+    # a line with fewer cells ends a column's block
+    assert tabwrite("a\tb\tc\nlong-one\td\nz\tyy\tq", 0, 1) == (
+        "a        b c\nlong-one d\nz        yy q"
+    )

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from netplane.cluster.control import defaults
 from netplane.cluster.control.admission import admit, object_key
 from netplane.cluster.control.builtin import builtin_objects
 from netplane.cluster.control.controller import reconcile
@@ -101,7 +102,9 @@ def test_deployment_pods_have_replicaset_names_and_spread_over_nodes(c):
     c.settle()
     pods = c.live()
     assert len(pods) == 4
-    h = template_hash(deployment_manifest("blue", "jpetazzo/color")["spec"]["template"])
+    stored = deployment_manifest("blue", "jpetazzo/color")
+    defaults.apply(stored)  # the hash is of the template as stored, with the API's defaults
+    h = template_hash(stored["spec"]["template"])
     assert all(ch in ALPHABET for ch in h) and 8 <= len(h) <= 10
     for p in pods:
         assert re.fullmatch(rf"blue-{h}-[{ALPHABET}]{{5}}", p["metadata"]["name"])
@@ -417,3 +420,31 @@ def test_rolling_update_keeps_available_pods_within_max_unavailable(c):
         assert steps < 50
     sets = sorted(k[2] for k in c.objects if k[0] == "ReplicaSet" and k[1] == "default")
     assert len(sets) == 2  # the old one is kept at 0 replicas for rollout undo
+
+
+def test_objects_read_back_with_the_api_servers_defaults(c):
+    c.apply(deployment_manifest("blue", "jpetazzo/color:v2"))
+    c.apply(service_manifest("blue", "default", {"app": "blue"}, 80, 80, "NodePort"))
+    c.settle()
+    dep = c.objects[("Deployment", "default", "blue")]
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+    }
+    assert (dep["spec"]["revisionHistoryLimit"], dep["spec"]["progressDeadlineSeconds"]) == (
+        10,
+        600,
+    )
+    template = dep["spec"]["template"]["spec"]
+    assert template["containers"][0]["imagePullPolicy"] == "IfNotPresent"  # tagged, not latest
+    assert "serviceAccountName" not in template and "tolerations" not in template
+    (pod,) = c.live()
+    assert pod["spec"]["serviceAccountName"] == "default"
+    assert pod["spec"]["dnsPolicy"] == "ClusterFirst"
+    assert [t["key"] for t in pod["spec"]["tolerations"]] == [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    spec = c.objects[("Service", "default", "blue")]["spec"]
+    assert spec["ipFamilies"] == ["IPv4"] and spec["ipFamilyPolicy"] == "SingleStack"
+    assert spec["externalTrafficPolicy"] == spec["internalTrafficPolicy"] == "Cluster"

@@ -260,7 +260,7 @@ def test_get_tables(lab, blue):
     assert "ADDRESSTYPE" in lab.np("get", "endpointslices")
     described = lab.np("describe", "svc", "blue")
     assert re.search(r"Endpoints:\s+(\d+\.){3}\d+:80", described), described
-    assert f"IP:               {cluster_ip(lab, 'blue')}" in described
+    assert re.search(rf"\nIP: +{re.escape(cluster_ip(lab, 'blue'))}\n", described), described
     out = lab.run("get", "pods", "nope")
     assert out.returncode == 1 and 'pods "nope" not found' in out.stderr
 

@@ -9,6 +9,7 @@ commands live in get.py, imperative ones in imperative.py, pod access in pods.py
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +18,67 @@ from typing import Any
 import click
 
 from netplane.cluster.client import api, manifests
-from netplane.cluster.client.kinds import CLUSTER_SCOPED, error_text, kind_of, name_of, report
+from netplane.cluster.client.kinds import (
+    CLUSTER_SCOPED,
+    KubectlError,
+    error_text,
+    kind_of,
+    name_of,
+    report,
+)
 from netplane.cluster.statedir import StateDir, read_json
+
+
+class KubectlCommand(click.Command):
+    """Takes Go's `--flag=true|false` for boolean flags (`delete --wait=false`,
+    `label --overwrite=true`), as kubectl's flag parser does; click alone refuses them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags: dict[str, tuple[click.Option, bool]] = {}
+        for p in self.params:
+            if isinstance(p, click.Option) and p.is_flag:
+                flags.update({o: (p, True) for o in p.opts})
+                flags.update({o: (p, False) for o in p.secondary_opts})
+        out, rest = [], list(args)
+        while rest and rest[0] != "--":
+            arg = rest.pop(0)
+            name, eq, value = arg.partition("=")
+            if eq and name in flags and value.lower() in ("true", "false"):
+                param, positive = flags[name]
+                if (value.lower() == "true") == positive:
+                    out.append(param.opts[0])
+                elif param.secondary_opts:
+                    out.append(param.secondary_opts[0])
+                continue  # a plain flag set to false: its default
+            out.append(arg)
+        return super().parse_args(ctx, out + rest)
+
+
+class GoDuration(click.ParamType):
+    """A Go duration as kubectl takes it (`60s`, `5m`, `1m30s`, `500ms`, a bare number of
+    seconds), in seconds."""
+
+    name = "duration"
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            self.fail(f'invalid duration "{text}" (e.g. 30s, 5m, 1m30s)', param, ctx)
+        return sum(float(n) * self._UNITS[u] for n, u in parts)
+
+
+class KubectlGroup(click.Group):
+    command_class = KubectlCommand
 
 
 def cluster_options(f: Callable[..., None]) -> Callable[..., None]:
@@ -41,7 +101,13 @@ def cluster_options(f: Callable[..., None]) -> Callable[..., None]:
         try:
             return f(state=state, cluster=cluster, **kw)
         except api.NotRunning as e:
-            raise click.ClickException(str(e)) from None
+            raise KubectlError(f"error: {e}") from None
+        except click.UsageError:
+            raise
+        except click.ClickException as e:
+            if isinstance(e, KubectlError):
+                raise
+            raise KubectlError(f"error: {e.message}") from None
 
     return wrapper
 
@@ -68,7 +134,7 @@ def targets(args: tuple[str, ...], namespace: str) -> list[tuple[str, str, str]]
 # -- up / down -------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.option(
     "--nodes",
@@ -102,7 +168,7 @@ def up(
     ensure_up(state, cluster, nodes, cni, wait, docs)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 def down(state: StateDir, cluster: str) -> None:
     """Delete the cluster: every namespace, interface, rule, file and process it made."""
@@ -137,7 +203,7 @@ def send_documents(state: StateDir, docs: list, op: str, namespace: str | None) 
     return results
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.option("-f", "--filename", "path", required=True, help="File, directory or - (stdin).")
 @click.option("-n", "--namespace", default=None)
@@ -153,7 +219,7 @@ def apply(state: StateDir, cluster: str, path: str, namespace: str | None, dry_r
     report(send_documents(state, docs, "apply", namespace))
 
 
-def _wait_gone(state: StateDir, results: list[dict], timeout: float = 60) -> None:
+def wait_gone(state: StateDir, results: list[dict], timeout: float = 60) -> None:
     waiting = [r for r in results if r["key"][0] in ("Pod", "Namespace") and "error" not in r]
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
@@ -165,7 +231,7 @@ def _wait_gone(state: StateDir, results: list[dict], timeout: float = 60) -> Non
         time.sleep(0.05)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1)
 @click.option("-f", "--filename", "path", default=None)
@@ -219,7 +285,7 @@ def delete(
     if ignore_not_found:
         results = [r for r in results if r.get("error") != "NotFound"]
     if wait:
-        _wait_gone(state, results)
+        wait_gone(state, results)
     report(results, "deleted")
 
 

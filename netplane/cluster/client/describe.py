@@ -1,180 +1,596 @@
-"""`netplane describe`: kubectl-like summaries of one object (pure)."""
+"""`netplane describe`: kubectl's describers (pure: objects in, text out).
+
+Each describer writes what kubectl's does, line for line, with cells separated by tabs
+through Go's tabwriter (minwidth 0, padding 2), so the columns line up where kubectl's do.
+Fields kubectl reads from objects the emulated cluster does not have (volumes, resource
+requests, leases) are shown as a cluster without them shows them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime
 
-import yaml
+from netplane.cluster.client.tables import age, event_order
+from netplane.cluster.client.tabwriter import tabwrite
 
-
-def _labels(d: dict | None) -> str:
-    return "\n".join(f"{k}={v}" for k, v in sorted((d or {}).items())) or "<none>"
-
-
-def _block(pairs: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in pairs) + 2
-    out = []
-    for k, v in pairs:
-        lines = str(v).split("\n")
-        out.append(f"{k + ':':<{width}}{lines[0]}")
-        out.extend(" " * width + line for line in lines[1:])
-    return "\n".join(out)
+_SKIPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+_MAX_ANNOTATION = 140
 
 
-def events_section(obj: dict, events: list[dict]) -> str:
-    """describe's trailing `Events:` table for OBJ."""
-    from netplane.cluster.client.tables import age, render
+def rfc1123z(stamp: str | None) -> str:
+    """Go's time.RFC1123Z, as describe prints timestamps."""
+    if not stamp:
+        return "Mon, 01 Jan 0001 00:00:00 +0000"  # Go's zero time
+    t = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+    return t.strftime("%a, %d %b %Y %H:%M:%S +0000")
 
-    uid = obj["metadata"].get("uid")
-    mine = [e for e in events if (e.get("involvedObject") or {}).get("uid") == uid]
-    if not mine:
-        return "Events:            <none>"
-    rows = [["Type", "Reason", "Age", "From", "Message"], ["----", "------", "----", "----",
-                                                            "-------"]]  # fmt: skip
-    for e in sorted(mine, key=lambda e: e.get("lastTimestamp") or ""):
-        rows.append(
-            [
-                e.get("type", ""),
-                e.get("reason", ""),
-                age(e.get("lastTimestamp") or ""),
-                (e.get("source") or {}).get("component", ""),
-                e.get("message", ""),
+
+class _Writer:
+    """kubectl's PrefixWriter: lines at an indent level (two spaces each)."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+
+    def write(self, level: int, text: str) -> None:
+        self.text.append("  " * level + text)
+
+    def labels(self, title: str, labels: dict | None, indent: str = "") -> None:
+        self.text.append(f"{indent}{title}:\t")
+        if not labels:
+            self.text.append("<none>\n")
+        for i, key in enumerate(sorted(labels or {})):
+            self.text.append(("" if i == 0 else f"{indent}\t") + f"{key}={labels[key]}\n")
+
+    def annotations(self, title: str, annotations: dict | None, indent: str = "") -> None:
+        shown = {k: v for k, v in (annotations or {}).items() if k not in _SKIPPED_ANNOTATIONS}
+        self.text.append(f"{indent}{title}:\t")
+        if not shown:
+            self.text.append("<none>\n")
+        for i, key in enumerate(sorted(shown)):
+            line = f"{key}: {shown[key]}"
+            if len(line) > _MAX_ANNOTATION:
+                line = line[:_MAX_ANNOTATION] + "..."
+            self.text.append(("" if i == 0 else f"{indent}\t") + line + "\n")
+
+    def tolerations(self, title: str, tolerations: list | None, indent: str = "") -> None:
+        self.text.append(f"{indent}{title}:\t")
+        if not tolerations:
+            self.text.append("<none>\n")
+        for i, t in enumerate(tolerations or []):
+            line = t.get("key", "")
+            if t.get("value"):
+                line += f"={t['value']}"
+            if t.get("effect"):
+                line += f":{t['effect']}"
+            if t.get("operator") == "Exists":
+                line += " op=Exists"
+            if t.get("tolerationSeconds") is not None:
+                line += f" for {t['tolerationSeconds']}s"
+            self.text.append(("" if i == 0 else f"{indent}\t") + line + "\n")
+
+    def events(self, obj: dict, events: list[dict]) -> None:
+        uid = obj["metadata"].get("uid")
+        mine = [e for e in events if (e.get("involvedObject") or {}).get("uid") == uid]
+        if not mine:
+            self.write(0, "Events:\t<none>\n")
+            return
+        self.write(0, "Events:\n  Type\tReason\tAge\tFrom\tMessage\n")
+        self.write(1, "----\t------\t----\t----\t-------\n")
+        for e in sorted(mine, key=event_order):
+            first = age(e.get("firstTimestamp") or e.get("lastTimestamp") or "")
+            count = e.get("count") or 1
+            interval = (
+                f"{age(e.get('lastTimestamp') or '')} (x{count} over {first})"
+                if count > 1
+                else first
+            )
+            source = (e.get("source") or {}).get("component") or e.get("reportingComponent", "")
+            self.write(
+                1,
+                f"{e.get('type', '')}\t{e.get('reason', '')}\t{interval}\t{source}\t"
+                f"{(e.get('message') or '').strip()}\n",
+            )
+
+    def render(self) -> str:
+        return tabwrite("".join(self.text).rstrip("\n"), 0, 2)
+
+
+def _selector(selector: dict | None) -> str:
+    """metav1.FormatLabelSelector for matchLabels (and labels.FormatLabels for a map)."""
+    labels = (selector or {}).get("matchLabels", selector) if selector else {}
+    parts = [f"{k}={v}" for k, v in sorted((labels or {}).items())]
+    for e in (selector or {}).get("matchExpressions") or []:
+        parts.append(f"{e['key']} {e['operator'].lower()} ({','.join(e.get('values') or [])})")
+    return ",".join(parts) or "<none>"
+
+
+def _controller(obj: dict) -> str:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return f"{ref['kind']}/{ref['name']}"
+    return ""
+
+
+def _header(w: _Writer, meta: dict, namespaced: bool = True) -> None:
+    w.write(0, f"Name:\t{meta['name']}\n")
+    if namespaced:
+        w.write(0, f"Namespace:\t{meta.get('namespace', '')}\n")
+
+
+# -- containers --------------------------------------------------------------------------------
+def _ports(ports: list[dict], host: bool) -> str:
+    field = "hostPort" if host else "containerPort"
+    return ", ".join(f"{p.get(field, 0)}/{p.get('protocol', 'TCP')}" for p in ports)
+
+
+def _containers(
+    w: _Writer, label: str, containers: list[dict], statuses: list[dict] | None, space: str = ""
+) -> None:
+    w.write(0, f"{space}{label}:\n")
+    indent = " " if space else ""
+    for c in containers:
+        status = next((s for s in statuses or [] if s.get("name") == c["name"]), None)
+        w.write(1, f"{indent}{c['name']}:\n")
+        if status is not None:
+            w.write(2, f"Container ID:{indent}\t{status.get('containerID', '')}\n")
+        w.write(2, f"Image:{indent}\t{c.get('image', '')}\n")
+        if status is not None:
+            w.write(2, f"Image ID:{indent}\t{status.get('imageID', '')}\n")
+        ports, host = _ports(c.get("ports") or [], False), _ports(c.get("ports") or [], True)
+        if "," in ports:
+            w.write(2, f"Ports:{indent}\t{ports}\n")
+        else:
+            w.write(2, f"Port:{indent}\t{ports or '<none>'}\n")
+        if "," in host:
+            w.write(2, f"Host Ports:{indent}\t{host}\n")
+        else:
+            w.write(2, f"Host Port:{indent}\t{host or '<none>'}\n")
+        for field, title in (("command", "Command"), ("args", "Args")):
+            if c.get(field):
+                w.write(2, f"{title}:\n")
+                for arg in c[field]:
+                    for line in str(arg).split("\n"):
+                        w.write(3, f"{line}\n")
+        if status is not None:
+            _state(w, "State", status.get("state") or {})
+            if (status.get("lastState") or {}).get("terminated"):
+                _state(w, "Last State", status["lastState"])
+            w.write(2, f"Ready:\t{'True' if status.get('ready') else 'False'}\n")
+            w.write(2, f"Restart Count:\t{status.get('restartCount', 0)}\n")
+        if not c.get("env"):
+            w.write(2, "Environment:\t<none>\n")
+        else:
+            w.write(2, "Environment:\n")
+            for e in c["env"]:
+                w.write(3, f"{e['name']}:\t{e.get('value', '')}\n")
+        w.write(2, "Mounts:\t<none>\n" if not c.get("volumeMounts") else "Mounts:\n")
+        for m in c.get("volumeMounts") or []:
+            ro = "ro" if m.get("readOnly") else "rw"
+            w.write(3, f"{m['mountPath']} from {m['name']} ({ro})\n")
+
+
+def _state(w: _Writer, name: str, state: dict) -> None:
+    if "running" in state:
+        w.write(2, f"{name}:\tRunning\n")
+        w.write(3, f"Started:\t{rfc1123z(state['running'].get('startedAt'))}\n")
+    elif "terminated" in state:
+        t = state["terminated"]
+        w.write(2, f"{name}:\tTerminated\n")
+        if t.get("reason"):
+            w.write(3, f"Reason:\t{t['reason']}\n")
+        if t.get("message"):
+            w.write(3, f"Message:\t{t['message']}\n")
+        w.write(3, f"Exit Code:\t{t.get('exitCode', 0)}\n")
+        if t.get("signal"):
+            w.write(3, f"Signal:\t{t['signal']}\n")
+        w.write(3, f"Started:\t{rfc1123z(t.get('startedAt'))}\n")
+        w.write(3, f"Finished:\t{rfc1123z(t.get('finishedAt'))}\n")
+    else:
+        w.write(2, f"{name}:\tWaiting\n")
+        reason = (state.get("waiting") or {}).get("reason")
+        if reason:
+            w.write(3, f"Reason:\t{reason}\n")
+
+
+def _pod_template(w: _Writer, template: dict) -> None:
+    w.write(0, "Pod Template:\n")
+    meta, spec = template.get("metadata") or {}, template.get("spec") or {}
+    w.labels("Labels", meta.get("labels"), "  ")
+    if meta.get("annotations"):
+        w.annotations("Annotations", meta["annotations"], "  ")
+    if spec.get("serviceAccountName"):
+        w.write(1, f"Service Account:\t{spec['serviceAccountName']}\n")
+    _containers(w, "Containers", spec.get("containers") or [], None, "  ")
+    w.write(0, "  Volumes:\t<none>\n")
+    w.labels("Node-Selectors", spec.get("nodeSelector"), "  ")
+    w.tolerations("Tolerations", spec.get("tolerations"), "  ")
+
+
+def _conditions(w: _Writer, conditions: list[dict]) -> None:
+    if conditions:
+        w.write(0, "Conditions:\n  Type\tStatus\tReason\n")
+        w.write(1, "----\t------\t------\n")
+        for c in conditions:
+            w.write(1, f"{c['type']} \t{c['status']}\t{c.get('reason', '')}\n")
+
+
+# -- kinds -------------------------------------------------------------------------------------
+def _pod(w: _Writer, pod: dict, ctx: dict) -> None:
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    _header(w, meta)
+    w.write(0, f"Priority:\t{spec.get('priority', 0)}\n")
+    w.write(0, f"Service Account:\t{spec.get('serviceAccountName', 'default')}\n")
+    node = f"{spec['nodeName']}/{status.get('hostIP', '')}" if spec.get("nodeName") else "<none>"
+    w.write(0, f"Node:\t{node}\n")
+    if status.get("startTime"):
+        w.write(0, f"Start Time:\t{rfc1123z(status['startTime'])}\n")
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    if meta.get("deletionTimestamp"):
+        w.write(0, f"Status:\tTerminating (lasts {age(meta['deletionTimestamp'])})\n")
+        grace = meta.get("deletionGracePeriodSeconds")
+        grace = spec.get("terminationGracePeriodSeconds", 30) if grace is None else grace
+        w.write(0, f"Termination Grace Period:\t{grace}s\n")
+    else:
+        w.write(0, f"Status:\t{status.get('phase', 'Pending')}\n")
+    if status.get("reason"):
+        w.write(0, f"Reason:\t{status['reason']}\n")
+    if status.get("message"):
+        w.write(0, f"Message:\t{status['message']}\n")
+    w.write(0, f"IP:\t{status.get('podIP', '')}\n")
+    ips = status.get("podIPs") or []
+    if not ips:
+        w.write(0, "IPs:\t<none>\n")
+    else:
+        w.write(0, "IPs:\n")
+        for ip in ips:
+            w.write(1, f"IP:\t{ip['ip']}\n")
+    if _controller(pod):
+        w.write(0, f"Controlled By:\t{_controller(pod)}\n")
+    _containers(w, "Containers", spec.get("containers") or [], status.get("containerStatuses"))
+    if status.get("conditions"):
+        w.write(0, "Conditions:\n  Type\tStatus\n")
+        for c in status["conditions"]:
+            w.write(1, f"{c['type']} \t{c['status']} \n")
+    w.write(0, "Volumes:\t<none>\n")
+    w.write(0, f"QoS Class:\t{status.get('qosClass', 'BestEffort')}\n")
+    w.labels("Node-Selectors", spec.get("nodeSelector"))
+    w.tolerations("Tolerations", spec.get("tolerations"))
+
+
+def _slice_endpoints(slices: list[dict], port_name: str) -> str:
+    """kubectl's formatEndpointSlices: ready addresses of the port, at most three shown."""
+    shown, count = [], 0
+    for s in slices:
+        ports = s.get("ports") or []
+        pairs = (
+            [(e, None) for e in s.get("endpoints") or []]
+            if not ports
+            else [
+                (e, p["port"])
+                for p in ports
+                if (p.get("name") or "") == port_name
+                for e in s.get("endpoints") or []
             ]
         )
-    return "Events:\n" + "\n".join("  " + line for line in render(rows).splitlines())
+        for e, port in pairs:
+            if (e.get("conditions") or {}).get("ready", True) is False:
+                continue
+            if len(shown) < 3:
+                shown.append(e["addresses"][0] + (f":{port}" if port is not None else ""))
+            count += 1
+    if not slices:
+        return "<none>"
+    text = ",".join(shown)
+    return f"{text} + {count - 3} more..." if count > 3 else text
 
 
-def describe(
-    kind: str,
-    obj: dict,
-    slices: list[dict],
-    events: list[dict],
-    pods: Iterable[dict] = (),
-    sets: Iterable[dict] = (),
-) -> str:
-    return _describe(kind, obj, slices, list(pods), list(sets)) + "\n" + events_section(obj, events)
+def _service(w: _Writer, svc: dict, ctx: dict) -> None:
+    meta, spec, status = svc["metadata"], svc.get("spec") or {}, svc.get("status") or {}
+    _header(w, meta)
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    w.write(0, f"Selector:\t{_selector(spec.get('selector'))}\n")
+    w.write(0, f"Type:\t{spec.get('type', 'ClusterIP')}\n")
+    if spec.get("ipFamilyPolicy"):
+        w.write(0, f"IP Family Policy:\t{spec['ipFamilyPolicy']}\n")
+    w.write(0, f"IP Families:\t{','.join(spec.get('ipFamilies') or []) or '<none>'}\n")
+    w.write(0, f"IP:\t{spec.get('clusterIP', '')}\n")
+    if spec.get("clusterIPs"):
+        w.write(0, f"IPs:\t{','.join(spec['clusterIPs'])}\n")
+    if spec.get("externalIPs"):
+        w.write(0, f"External IPs:\t{','.join(spec['externalIPs'])}\n")
+    if spec.get("loadBalancerIP"):
+        w.write(0, f"Desired LoadBalancer IP:\t{spec['loadBalancerIP']}\n")
+    if spec.get("externalName"):
+        w.write(0, f"External Name:\t{spec['externalName']}\n")
+    ingress = (status.get("loadBalancer") or {}).get("ingress") or []
+    if ingress:
+        text = ", ".join(
+            (i.get("ip") or i.get("hostname", ""))
+            + (f" ({i['ipMode']})" if i.get("ipMode") else "")
+            for i in ingress
+        )
+        w.write(0, f"LoadBalancer Ingress:\t{text}\n")
+    slices = [
+        s
+        for s in ctx.get("slices", [])
+        if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == meta["name"]
+    ]
+    for p in spec.get("ports") or []:
+        name, proto = p.get("name") or "<unset>", p.get("protocol", "TCP")
+        w.write(0, f"Port:\t{name}\t{p['port']}/{proto}\n")
+        w.write(0, f"TargetPort:\t{p.get('targetPort', p['port'])}/{proto}\n")
+        if p.get("nodePort"):
+            w.write(0, f"NodePort:\t{name}\t{p['nodePort']}/{proto}\n")
+        w.write(0, f"Endpoints:\t{_slice_endpoints(slices, p.get('name') or '')}\n")
+    w.write(0, f"Session Affinity:\t{spec.get('sessionAffinity', 'None')}\n")
+    if spec.get("externalTrafficPolicy"):
+        w.write(0, f"External Traffic Policy:\t{spec['externalTrafficPolicy']}\n")
+    if spec.get("internalTrafficPolicy"):
+        w.write(0, f"Internal Traffic Policy:\t{spec['internalTrafficPolicy']}\n")
+    if spec.get("healthCheckNodePort"):
+        w.write(0, f"HealthCheck NodePort:\t{spec['healthCheckNodePort']}\n")
 
 
-def _describe(kind: str, obj: dict, slices: list[dict], pods: list, sets: list) -> str:
-    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
-    pairs = [("Name", meta["name"])]
-    if meta.get("namespace"):
-        pairs.append(("Namespace", meta["namespace"]))
-    pairs.append(("Labels", _labels(meta.get("labels"))))
-    if kind == "Service":
-        mine = [
-            s
-            for s in slices
-            if s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == meta["name"]
-        ]
-        eps = [
-            f"{a}:{p['port']}"
-            for s in mine
-            for e in s.get("endpoints") or []
-            if e.get("conditions", {}).get("ready", True)
-            for a in e["addresses"]
-            for p in (s.get("ports") or [])[:1]
-        ]
-        pairs += [
-            (
-                "Selector",
-                ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>",
-            ),
-            ("Type", spec.get("type", "ClusterIP")),
-            ("IP", spec.get("clusterIP") or "<none>"),
-        ]
-        if spec.get("externalName"):
-            pairs.append(("External Name", spec["externalName"]))
-        for ing in status.get("loadBalancer", {}).get("ingress", []):
-            pairs.append(("LoadBalancer Ingress", ing["ip"]))
-        for p in spec.get("ports") or []:
-            label = p.get("name") or "<unset>"
-            pairs.append(("Port", f"{label}  {p['port']}/{p.get('protocol', 'TCP')}"))
-            pairs.append(
-                ("TargetPort", f"{p.get('targetPort', p['port'])}/{p.get('protocol', 'TCP')}")
-            )
-            if p.get("nodePort"):
-                pairs.append(("NodePort", f"{label}  {p['nodePort']}/{p.get('protocol', 'TCP')}"))
-            pairs.append(("Endpoints", ",".join(eps) or "<none>"))
-        pairs.append(("Session Affinity", spec.get("sessionAffinity", "None")))
-        return _block(pairs)
-    if kind == "Deployment":
-        st = status
-        ru = (spec.get("strategy") or {}).get("rollingUpdate") or {}
-        pairs += [
-            ("Annotations", _labels(meta.get("annotations"))),
-            (
-                "Selector",
-                _labels((spec.get("selector") or {}).get("matchLabels")).replace("\n", ","),
-            ),
-            (
-                "Replicas",
-                f"{spec.get('replicas', 1)} desired | {st.get('updatedReplicas', 0)} "
-                f"updated | {st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} "
-                f"available | {st.get('unavailableReplicas', 0)} unavailable",
-            ),
-            ("StrategyType", (spec.get("strategy") or {}).get("type", "RollingUpdate")),
-            (
-                "RollingUpdateStrategy",
-                f"{ru.get('maxUnavailable', '25%')} max unavailable, "
-                f"{ru.get('maxSurge', '25%')} max surge",
-            ),
-        ]
-        for c in spec["template"]["spec"].get("containers", []):
-            pairs += [("Container", c["name"]), ("  Image", c["image"])]
-        for c in st.get("conditions") or []:
-            pairs.append((f"Condition {c['type']}", f"{c['status']} ({c.get('reason', '')})"))
-        mine = [
-            rs
-            for rs in sets
-            if any(
-                r.get("uid") == meta.get("uid") for r in rs["metadata"].get("ownerReferences") or []
-            )
-        ]
-        active = [
-            f"{rs['metadata']['name']} ({rs['spec'].get('replicas', 1)}/"
-            f"{(rs.get('status') or {}).get('replicas', 0)} replicas created)"
-            for rs in mine
-            if rs["spec"].get("replicas")
-        ]
-        pairs.append(("ReplicaSets", ", ".join(active) or "<none>"))
-        return _block(pairs)
-    if kind == "Pod":
-        pairs += [
-            ("Node", f"{spec.get('nodeName', '<none>')}/{status.get('hostIP', '')}"),
-            ("Start Time", status.get("startTime", "<none>")),
-            ("Status", "Terminating" if meta.get("deletionTimestamp") else status.get("phase")),
-            ("IP", status.get("podIP", "<none>")),
-        ]
-        for c in spec.get("containers", []):
-            ports = (
-                ",".join(
-                    f"{p['containerPort']}/{p.get('protocol', 'TCP')}" for p in c.get("ports", [])
-                )
-                or "<none>"
-            )
-            pairs += [("Container", c["name"]), ("  Image", c["image"]), ("  Port", ports)]
-            cs: dict = next(
-                (x for x in status.get("containerStatuses") or [] if x["name"] == c["name"]), {}
-            )
-            state = next(iter(cs.get("state") or {"waiting": {}}))
-            pairs += [
-                ("  State", state.capitalize()),
-                ("  Ready", str(cs.get("ready", False)).capitalize() if cs else "False"),
-                ("  Restart Count", str(cs.get("restartCount", 0))),
-            ]
-            if c.get("command") or c.get("args"):
-                pairs.append(
-                    (
-                        "  Command",
-                        " ".join(map(str, (c.get("command") or []) + (c.get("args") or []))),
-                    )
-                )
-        if status.get("message"):
-            pairs.append(("Message", status["message"]))
-        return _block(pairs)
-    return (
-        _block(pairs)
-        + "\n"
-        + yaml.safe_dump({k: v for k, v in obj.items() if k != "metadata"}, sort_keys=True).rstrip()
+def _owned_by(sets: list[dict], owner: dict) -> list[dict]:
+    uid = owner["metadata"].get("uid")
+    return [
+        rs
+        for rs in sets
+        if any(r.get("uid") == uid for r in rs["metadata"].get("ownerReferences") or [])
+    ]
+
+
+def _deployment(w: _Writer, dep: dict, ctx: dict) -> None:
+    meta, spec, st = dep["metadata"], dep.get("spec") or {}, dep.get("status") or {}
+    _header(w, meta)
+    w.write(0, f"CreationTimestamp:\t{rfc1123z(meta.get('creationTimestamp'))}\n")
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    w.write(0, f"Selector:\t{_selector(spec.get('selector'))}\n")
+    w.write(
+        0,
+        f"Replicas:\t{spec.get('replicas', 1)} desired | {st.get('updatedReplicas', 0)} "
+        f"updated | {st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} "
+        f"available | {st.get('unavailableReplicas', 0)} unavailable\n",
     )
+    strategy = spec.get("strategy") or {}
+    w.write(0, f"StrategyType:\t{strategy.get('type', 'RollingUpdate')}\n")
+    w.write(0, f"MinReadySeconds:\t{spec.get('minReadySeconds', 0)}\n")
+    if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+        ru = strategy.get("rollingUpdate") or {}
+        w.write(
+            0,
+            f"RollingUpdateStrategy:\t{ru.get('maxUnavailable', '25%')} max unavailable, "
+            f"{ru.get('maxSurge', '25%')} max surge\n",
+        )
+    _pod_template(w, spec.get("template") or {})
+    _conditions(w, st.get("conditions") or [])
+    mine = _owned_by(ctx.get("sets", []), dep)
+    if mine:
+        new = [rs for rs in mine if _same_template(rs, spec.get("template") or {})]
+        old = [rs for rs in mine if rs not in new and rs["spec"].get("replicas")]
+        w.write(0, f"OldReplicaSets:\t{_replica_sets(old)}\n")
+        w.write(0, f"NewReplicaSet:\t{_replica_sets(new)}\n")
+
+
+def _same_template(rs: dict, template: dict) -> bool:
+    mine = rs["spec"].get("template") or {}
+    labels = dict((mine.get("metadata") or {}).get("labels") or {})
+    labels.pop("pod-template-hash", None)
+    return mine.get("spec") == template.get("spec") and labels == (
+        (template.get("metadata") or {}).get("labels") or {}
+    )
+
+
+def _replica_sets(sets: list[dict]) -> str:
+    return (
+        ", ".join(
+            f"{rs['metadata']['name']} ({(rs.get('status') or {}).get('replicas', 0)}/"
+            f"{rs['spec'].get('replicas', 1)} replicas created)"
+            for rs in sets
+        )
+        or "<none>"
+    )
+
+
+def _replica_set(w: _Writer, rs: dict, ctx: dict) -> None:
+    meta, spec, st = rs["metadata"], rs.get("spec") or {}, rs.get("status") or {}
+    _header(w, meta)
+    w.write(0, f"Selector:\t{_selector(spec.get('selector'))}\n")
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    if _controller(rs):
+        w.write(0, f"Controlled By:\t{_controller(rs)}\n")
+    w.write(0, f"Replicas:\t{st.get('replicas', 0)} current / {spec.get('replicas', 1)} desired\n")
+    phases = [(p.get("status") or {}).get("phase") for p in _owned_by(ctx.get("pods", []), rs)]
+    w.write(
+        0,
+        f"Pods Status:\t{phases.count('Running')} Running / {phases.count('Pending')} "
+        f"Waiting / {phases.count('Succeeded')} Succeeded / {phases.count('Failed')} "
+        "Failed\n",
+    )
+    _pod_template(w, spec.get("template") or {})
+    _conditions(w, st.get("conditions") or [])
+
+
+def _node(w: _Writer, node: dict, ctx: dict) -> None:
+    meta, spec, status = node["metadata"], node.get("spec") or {}, node.get("status") or {}
+    _header(w, meta, namespaced=False)
+    roles = sorted(
+        k.split("/", 1)[1]
+        for k in meta.get("labels") or {}
+        if k.startswith("node-role.kubernetes.io/")
+    )
+    w.write(0, f"Roles:\t{','.join(roles) or '<none>'}\n")
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    w.write(0, f"CreationTimestamp:\t{rfc1123z(meta.get('creationTimestamp'))}\n")
+    taints = [
+        f"{t['key']}{'=' + t['value'] if t.get('value') else ''}:{t['effect']}"
+        for t in spec.get("taints") or []
+    ]
+    w.write(0, "Taints:\t" + ("\n\t".join(taints) or "<none>") + "\n")
+    w.write(0, f"Unschedulable:\t{'true' if spec.get('unschedulable') else 'false'}\n")
+    w.write(0, "Lease:\n")  # kubelet renews its lease every 10 s; the emulated one always
+    w.write(1, f"HolderIdentity:\t{meta['name']}\n")
+    w.write(1, "AcquireTime:\t<unset>\n")
+    w.write(1, f"RenewTime:\t{rfc1123z(ctx.get('now'))}\n")
+    if status.get("conditions"):
+        w.write(
+            0,
+            "Conditions:\n  Type\tStatus\tLastHeartbeatTime\tLastTransitionTime\tReason\tMessage\n",
+        )
+        w.write(1, "----\t------\t-----------------\t------------------\t------\t-------\n")
+        for c in status["conditions"]:
+            w.write(
+                1,
+                f"{c['type']} \t{c['status']} \t{rfc1123z(c.get('lastHeartbeatTime'))} \t"
+                f"{rfc1123z(c.get('lastTransitionTime'))} \t{c.get('reason', '')} \t"
+                f"{c.get('message', '')}\n",
+            )
+    w.write(0, "Addresses:\n")
+    for a in status.get("addresses") or []:
+        w.write(1, f"{a['type']}:\t{a['address']}\n")
+    for title, field in (("Capacity", "capacity"), ("Allocatable", "allocatable")):
+        if status.get(field):
+            w.write(0, f"{title}:\n")
+            for k in sorted(status[field]):
+                w.write(1, f"{k}:\t{status[field][k]}\n")
+    info = status.get("nodeInfo") or {}
+    w.write(0, "System Info:\n")
+    for title, field in (
+        ("Machine ID", "machineID"),
+        ("System UUID", "systemUUID"),
+        ("Boot ID", "bootID"),
+        ("Kernel Version", "kernelVersion"),
+        ("OS Image", "osImage"),
+        ("Operating System", "operatingSystem"),
+        ("Architecture", "architecture"),
+        ("Container Runtime Version", "containerRuntimeVersion"),
+        ("Kubelet Version", "kubeletVersion"),
+        ("Kube-Proxy Version", "kubeProxyVersion"),
+    ):
+        w.write(1, f"{title}:\t{info.get(field, '')}\n")
+    if spec.get("podCIDR"):
+        w.write(0, f"PodCIDR:\t{spec['podCIDR']}\n")
+    if spec.get("podCIDRs"):
+        w.write(0, f"PodCIDRs:\t{','.join(spec['podCIDRs'])}\n")
+    pods = [
+        p
+        for p in ctx.get("pods", [])
+        if (p.get("spec") or {}).get("nodeName") == meta["name"]
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+    w.write(0, f"Non-terminated Pods:\t({len(pods)} in total)\n")
+    w.write(1, "Namespace\tName\t\tCPU Requests\tCPU Limits\tMemory Requests\tMemory Limits\tAge\n")
+    w.write(1, "---------\t----\t\t------------\t----------\t---------------\t-------------\t---\n")
+    for p in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+        pm = p["metadata"]
+        none = "\t".join(["0 (0%)"] * 4)
+        w.write(
+            1,
+            f"{pm['namespace']}\t{pm['name']}\t\t{none}\t{age(pm.get('creationTimestamp', ''))}\n",
+        )
+    w.write(
+        0, "Allocated resources:\n  (Total limits may be over 100 percent, i.e., overcommitted.)\n"
+    )
+    w.write(1, "Resource\tRequests\tLimits\n")
+    w.write(1, "--------\t--------\t------\n")
+    extra = sorted(k for k in status.get("allocatable") or {} if k.startswith("hugepages-"))
+    for resource in ("cpu", "memory", "ephemeral-storage", *extra):
+        w.write(1, f"{resource}\t0 (0%)\t0 (0%)\n")
+
+
+def _namespace(w: _Writer, ns: dict, ctx: dict) -> None:
+    meta = ns["metadata"]
+    _header(w, meta, namespaced=False)
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    phase = "Terminating" if meta.get("deletionTimestamp") else "Active"
+    w.write(0, f"Status:\t{(ns.get('status') or {}).get('phase', phase)}\n")
+    w.write(0, "\nNo resource quota.\n\nNo LimitRange resource.\n")
+
+
+def _endpoint_slice(w: _Writer, s: dict, ctx: dict) -> None:
+    meta = s["metadata"]
+    _header(w, meta)
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    w.write(0, f"AddressType:\t{s.get('addressType', '')}\n")
+    if not s.get("ports"):
+        w.write(0, "Ports:\t<unset>\n")
+    else:
+        w.write(0, "Ports:\n")
+        w.write(1, "Name\tPort\tProtocol\n")
+        w.write(1, "----\t----\t--------\n")
+        for p in s["ports"]:
+            w.write(
+                1,
+                f"{p.get('name') or '<unset>'}\t{p.get('port', '<unset>')}\t"
+                f"{p.get('protocol', 'TCP')}\n",
+            )
+    if not s.get("endpoints"):
+        w.write(0, "Endpoints:\t<none>\n")
+    else:
+        w.write(0, "Endpoints:\n")
+        for e in s["endpoints"]:
+            w.write(1, f"- Addresses:\t{','.join(e.get('addresses') or [])}\n")
+            w.write(2, "Conditions:\n")
+            for cond in ("ready", "serving", "terminating"):
+                value = (e.get("conditions") or {}).get(cond)
+                if value is not None or cond == "ready":
+                    shown = "<unset>" if value is None else str(value).lower()
+                    w.write(3, f"{cond.capitalize()}:\t{shown}\n")
+            w.write(2, f"Hostname:\t{e.get('hostname', '<unset>')}\n")
+            ref = e.get("targetRef")
+            if ref:
+                w.write(2, f"TargetRef:\t{ref.get('kind')}/{ref.get('name')}\n")
+            w.write(2, f"NodeName:\t{e.get('nodeName', '<unset>')}\n")
+            w.write(2, f"Zone:\t{e.get('zone', '<unset>')}\n")
+
+
+def _endpoints(w: _Writer, ep: dict, ctx: dict) -> None:
+    meta = ep["metadata"]
+    _header(w, meta)
+    w.labels("Labels", meta.get("labels"))
+    w.annotations("Annotations", meta.get("annotations"))
+    w.write(0, "Subsets:\n")
+    for sub in ep.get("subsets") or []:
+        ready = ",".join(a["ip"] for a in sub.get("addresses") or []) or "<none>"
+        unready = ",".join(a["ip"] for a in sub.get("notReadyAddresses") or []) or "<none>"
+        w.write(1, f"Addresses:\t{ready}\n")
+        w.write(1, f"NotReadyAddresses:\t{unready}\n")
+        if sub.get("ports"):
+            w.write(1, "Ports:\n")
+            w.write(2, "Name\tPort\tProtocol\n")
+            w.write(2, "----\t----\t--------\n")
+            for p in sub["ports"]:
+                w.write(
+                    2, f"{p.get('name') or '<unset>'}\t{p['port']}\t{p.get('protocol', 'TCP')}\n"
+                )
+        w.write(0, "\n")
+
+
+DESCRIBERS = {
+    "Pod": _pod,
+    "Service": _service,
+    "Deployment": _deployment,
+    "ReplicaSet": _replica_set,
+    "Node": _node,
+    "Namespace": _namespace,
+    "EndpointSlice": _endpoint_slice,
+    "Endpoints": _endpoints,
+}
+_NO_EVENTS = ("Namespace",)  # kubectl's namespace describer has no Events section
+
+
+def describe(kind: str, obj: dict, ctx: dict) -> str:
+    """OBJ as `kubectl describe` prints it. CTX holds what the describer looks up besides
+    the object: `events`, `slices` (services), `sets` (deployments), `pods`, `now`."""
+    w = _Writer()
+    DESCRIBERS[kind](w, obj, ctx)
+    if kind not in _NO_EVENTS:
+        w.events(obj, ctx.get("events", []))
+    return w.render()

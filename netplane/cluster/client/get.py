@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
-import yaml
 
 from netplane.cluster.client import api, tables
-from netplane.cluster.client.cli import cluster_options, namespace_option
-from netplane.cluster.client.kinds import ALL, CLUSTER_SCOPED, PLURAL, kind_of, name_of, resource
-from netplane.cluster.client.output import TemplateError, custom_columns, go_template, jsonpath
+from netplane.cluster.client.cli import KubectlCommand, cluster_options, namespace_option
+from netplane.cluster.client.kinds import (
+    ALL,
+    CLUSTER_SCOPED,
+    PLURAL,
+    kind_of,
+    name_of,
+    not_found,
+    resource,
+)
+from netplane.cluster.client.output import (
+    TemplateError,
+    custom_columns,
+    go_template,
+    jsonpath,
+    to_json,
+    to_yaml,
+)
 from netplane.cluster.statedir import StateDir
+
+ENDPOINTS_WARNING = (  # what kube-apiserver v1.33 says to every Endpoints request
+    "Warning: v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"
+)
 
 
 def fetch(
@@ -29,25 +46,43 @@ def fetch(
     )
 
 
-def render(
-    kind: str, items: list[dict], output: str | None, all_ns: bool, show_labels: bool,
+TEMPLATES = ("jsonpath=", "jsonpath-as-json=", "go-template=", "template=", "custom-columns=")
+
+
+def generic(output: str | None) -> bool:
+    """kubectl's non-table printers: they print one List of everything found (or the one
+    object asked for by name), never "No resources found"."""
+    return output in ("json", "yaml", "name") or bool(output and output.startswith(TEMPLATES))
+
+
+def render_generic(found: list[tuple[str, dict]], output: str, single: bool,
+                   headers: bool = True) -> str:  # fmt: skip
+    """FOUND (kind, object) pairs as json, yaml, name, a template or custom columns; a
+    template's text is printed as it comes out (no newline added, as kubectl's)."""
+    items = [o for _, o in found]
+    doc = items[0] if single and len(items) == 1 else _as_list(items)
+    if output == "json":
+        return to_json(doc) + "\n"
+    if output == "yaml":
+        return to_yaml(doc) + "\n"
+    if output == "name":
+        return "".join(name_of(kind, o["metadata"]["name"]) + "\n" for kind, o in found)
+    fmt, _, arg = output.partition("=")
+    try:
+        if fmt == "custom-columns":
+            return tables.render(custom_columns(arg, items, headers)) + "\n" if items else ""
+        if fmt.startswith("jsonpath"):
+            return jsonpath(arg, doc)
+        return go_template(arg, doc)
+    except TemplateError as e:
+        raise click.ClickException(f"error executing template: {e}") from None
+
+
+def render_table(
+    kind: str, items: list[dict], wide: bool, all_ns: bool, show_labels: bool,
     label_columns: list[str], headers: bool = True, prefix_kind: bool = False,
 ) -> str:  # fmt: skip
-    if output and output.startswith(("jsonpath=", "jsonpath-as-json=", "go-template=",
-                                     "custom-columns=", "template=")):  # fmt: skip
-        fmt, _, arg = output.partition("=")
-        data = items[0] if len(items) == 1 and not prefix_kind else _as_list(items)
-        try:
-            if fmt.startswith("jsonpath"):
-                return jsonpath(arg, data)
-            if fmt == "custom-columns":
-                return tables.render(custom_columns(arg, items, headers))
-            return go_template(arg, data)
-        except TemplateError as e:
-            raise click.ClickException(f"error executing template: {e}") from None
-    if output == "name":
-        return "\n".join(name_of(kind, o["metadata"]["name"]) for o in items)
-    rows = tables.TABLES[kind](items, output == "wide", all_ns)
+    rows = tables.TABLES[kind](items, wide, all_ns)
     rows = tables.with_label_columns(rows, items, show_labels, label_columns)
     if prefix_kind:
         for row in rows[1:]:
@@ -61,7 +96,7 @@ def _as_list(items: list[dict]) -> dict:
     return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1)
 @namespace_option
@@ -101,36 +136,49 @@ def get(
         kinds = []
         for word in what.split(","):
             kinds += list(ALL) if word == "all" else [kind_of(word)]
+    if output not in (None, "wide") and not generic(output):
+        raise click.ClickException(
+            f'unable to match a printer suitable for the output format "{output}", allowed '
+            "formats are: custom-columns,go-template,json,jsonpath,name,template,wide,yaml"
+        )
+    if "Endpoints" in kinds:
+        click.echo(ENDPOINTS_WARNING, err=True)
     ns = None if all_namespaces else namespace
     labels = [c for group in label_columns for c in group.split(",")]
     all_ns = ns is None
-    if output in ("json", "yaml"):
-        items = [o for kind in kinds for o in _select(state, kind, ns, selector, names)]
-        doc = items[0] if len(items) == 1 and names and len(kinds) == 1 else _as_list(items)
-        click.echo(json.dumps(doc, indent=4) if output == "json"
-                   else yaml.safe_dump(doc, sort_keys=True).rstrip())  # fmt: skip
-        return
-    printed = False
     seen: dict[tuple, str] = {}
+    found = []
+    headed: set[str] = set()  # kinds whose header is printed
     for kind in kinds:
-        items = _select(state, kind, ns, selector, names)
-        for o in items:
+        for o in _select(state, kind, ns, selector, names):
             seen[(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])] = o[
                 "metadata"
             ].get("resourceVersion", "")
-        if not items:
-            continue
-        if printed and not output:
-            click.echo()
+            found.append((kind, o))
+    if generic(output):
         if not watch_only:
-            click.echo(render(kind, items, output, all_ns and kind not in CLUSTER_SCOPED,
-                              show_labels, labels, not no_headers, len(kinds) > 1))  # fmt: skip
-        printed = True
-    if not printed and not watch and not watch_only:
-        where = f" in {ns} namespace" if ns and not set(kinds) <= set(CLUSTER_SCOPED) else ""
-        click.echo(f"No resources found{where}.", err=True)
+            single = len(names) == 1 and len(kinds) == 1
+            click.echo(render_generic(found, output, single, not no_headers), nl=False)
+    else:
+        printed = False
+        for kind in kinds:
+            items = [o for k, o in found if k == kind]
+            if not items:
+                continue
+            if printed:
+                click.echo()
+            if not watch_only:
+                click.echo(render_table(kind, items, output == "wide",
+                                        all_ns and kind not in CLUSTER_SCOPED, show_labels,
+                                        labels, not no_headers, len(kinds) > 1))  # fmt: skip
+                headed.add(kind)
+            printed = True
+        if not printed and not watch_only:
+            where = f" in {ns} namespace" if ns and not set(kinds) <= set(CLUSTER_SCOPED) else ""
+            click.echo(f"No resources found{where}.", err=True)
     if watch or watch_only:
-        _watch(state, kinds, ns, selector, names, output, all_ns, show_labels, labels, seen)
+        _watch(state, kinds, ns, selector, names, output, all_ns, show_labels, labels, seen,
+               headed)  # fmt: skip
 
 
 def _select(
@@ -143,7 +191,7 @@ def _select(
         by_name = {o["metadata"]["name"]: o for o in items}
         missing = [n for n in names if n not in by_name]
         if missing:
-            raise click.ClickException(f'{resource(kind)} "{missing[0]}" not found')
+            raise not_found(kind, missing[0])
         items = [by_name[n] for n in names]
     return items
 
@@ -189,9 +237,11 @@ def _watch(
     show_labels: bool,
     labels: list[str],
     seen: dict[tuple, str],
+    headed: set[str],
 ) -> None:
     """Poll the store and print a row for every object whose resourceVersion changed, as
-    `kubectl get -w` prints watch events (deleted objects print once more)."""
+    `kubectl get -w` prints watch events: each row laid out on its own (kubectl flushes its
+    tabwriter per event), the header with a kind's first row if the list had none."""
     try:
         while True:
             time.sleep(0.5)
@@ -205,8 +255,15 @@ def _watch(
                     key = (kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
                     now[key] = o["metadata"].get("resourceVersion", "")
                     if seen.get(key) != now[key]:
-                        click.echo(render(kind, [o], output, all_ns and kind not in CLUSTER_SCOPED,
-                                          show_labels, labels, False, len(kinds) > 1))  # fmt: skip
+                        if generic(output):
+                            text = render_generic([(kind, o)], output, True, False)
+                            click.echo(text, nl=not text.endswith("\n"))
+                        else:
+                            click.echo(render_table(kind, [o], output == "wide",
+                                                    all_ns and kind not in CLUSTER_SCOPED,
+                                                    show_labels, labels, kind not in headed,
+                                                    len(kinds) > 1))  # fmt: skip
+                            headed.add(kind)
                 for key in [k for k in seen if k[0] == kind and k not in now]:
                     del seen[key]
                 seen.update(now)
@@ -214,7 +271,7 @@ def _watch(
         pass
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1)
 @namespace_option
@@ -240,6 +297,8 @@ def describe(
     kind = kind_of(what)
     ns = None if all_namespaces else namespace
     items = fetch(state, kind, ns, selector)
+    if kind == "Endpoints":
+        items = _endpoints_as_objects(items)
     if name:
         items = [o for o in items if o["metadata"]["name"] == name] or [
             o for o in items if o["metadata"]["name"].startswith(name)
@@ -248,11 +307,19 @@ def describe(
         raise click.ClickException(
             f'{resource(kind)} "{name}" not found' if name else "No resources found"
         )
-    slices = fetch(state, "EndpointSlice", ns) if kind == "Service" else []
-    events = fetch(state, "Event", ns)
-    pods = fetch(state, "Pod", ns) if kind in ("Deployment", "ReplicaSet") else []
-    sets = fetch(state, "ReplicaSet", ns) if kind == "Deployment" else []
-    click.echo("\n\n".join(render_one(kind, o, slices, events, pods, sets) for o in items))
+    ctx = {
+        "events": fetch(state, "Event", ns),
+        "slices": fetch(state, "EndpointSlice", ns) if kind == "Service" else [],
+        "pods": fetch(state, "Pod", None if kind == "Node" else ns)
+        if kind in ("ReplicaSet", "Node")
+        else [],
+        "sets": fetch(state, "ReplicaSet", ns) if kind == "Deployment" else [],
+        "now": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if kind == "Endpoints":
+        click.echo(ENDPOINTS_WARNING, err=True)
+    # kubectl separates described objects with two blank lines
+    click.echo("\n\n\n".join(render_one(kind, o, ctx) for o in items))
 
 
 __all__ = ["PLURAL", "describe", "get"]

@@ -15,8 +15,23 @@ import click
 import yaml
 
 from netplane.cluster.client import api
-from netplane.cluster.client.cli import cluster_options, namespace_option, targets
-from netplane.cluster.client.kinds import CLUSTER_SCOPED, kind_of, name_of, report, resource
+from netplane.cluster.client.cli import (
+    GoDuration,
+    KubectlCommand,
+    KubectlGroup,
+    cluster_options,
+    namespace_option,
+    targets,
+    wait_gone,
+)
+from netplane.cluster.client.kinds import (
+    CLUSTER_SCOPED,
+    kind_of,
+    name_of,
+    not_found,
+    report,
+)
+from netplane.cluster.client.output import to_json, to_yaml
 from netplane.cluster.control.workloads import (
     deployment_manifest,
     pod_manifest,
@@ -29,7 +44,7 @@ def _one(state: StateDir, kind: str, namespace: str, name: str) -> dict:
     ns = "" if kind in CLUSTER_SCOPED else namespace
     found = api.call(state, {"op": "get", "kind": kind, "namespace": ns, "name": name})["items"]
     if not found:
-        raise click.ClickException(f'{resource(kind)} "{name}" not found')
+        raise not_found(kind, name)
     return found[0]
 
 
@@ -37,9 +52,9 @@ def _create(state: StateDir, body: dict, verb: str = "created", dry_run: str = "
             output: str | None = None) -> None:  # fmt: skip
     if dry_run != "none" or output in ("yaml", "json"):
         if output == "yaml":
-            click.echo(yaml.safe_dump(body, sort_keys=True).rstrip())
+            click.echo(to_yaml(body))
         elif output == "json":
-            click.echo(json.dumps(body, indent=4))
+            click.echo(to_json(body))
         else:
             kind, name = body["kind"], body["metadata"]["name"]
             click.echo(f"{name_of(kind, name)} {verb} (dry run)")
@@ -52,7 +67,7 @@ def _patch(state: StateDir, key: tuple, patch: object, kind: str = "strategic") 
     return api.call(state, {"op": "patch", "key": list(key), "patch": patch, "type": kind})
 
 
-@click.group()
+@click.group(cls=KubectlGroup)
 def create() -> None:
     """Create an object from the command line."""
 
@@ -113,7 +128,7 @@ def create_service(state: StateDir, cluster: str, svc_type: str, name: str,
     _create(state, body)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("what")
 @click.argument("name", required=False)
@@ -159,7 +174,7 @@ def expose(state: StateDir, cluster: str, what: str, name: str | None, port: int
     _create(state, body, "exposed", dry_run, output)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1)
 @click.option("--replicas", type=int, required=True)
@@ -175,7 +190,7 @@ def scale(state: StateDir, cluster: str, args: tuple[str, ...], replicas: int,
     report(results, "scaled")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(cls=KubectlCommand, context_settings={"ignore_unknown_options": True})
 @cluster_options
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -190,17 +205,20 @@ def scale(state: StateDir, cluster: str, args: tuple[str, ...], replicas: int,
 @click.option("-i", "--stdin", "interactive", is_flag=True)
 @click.option("-t", "--tty", is_flag=True)
 @click.option("--rm", is_flag=True, help="Delete the pod when the attached command exits.")
+@click.option("--attach", "attach_flag", is_flag=True, help="Run the command attached.")
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none")
 @click.option("-o", "--output", default=None)
 def run(state: StateDir, cluster: str, name: str, command: tuple[str, ...], image: str,
         port: int, namespace: str, restart: str, is_command: bool, env: tuple[str, ...],
-        labels: str | None, interactive: bool, tty: bool, rm: bool, dry_run: str,
-        output: str | None) -> None:  # fmt: skip
+        labels: str | None, interactive: bool, tty: bool, rm: bool, attach_flag: bool,
+        dry_run: str, output: str | None) -> None:  # fmt: skip
     """`kubectl run NAME --image=IMAGE [--restart=Never] [--rm -it] [--command] -- CMD ...`:
     one pod whose command runs in its network namespace (-it attaches to it)."""
     body = pod_manifest(name, image, namespace, port)
     c = body["spec"]["containers"][0]
-    attach = interactive and tty
+    attach = interactive or attach_flag  # as kubectl: -i attaches, -t adds the prompt hint
+    if rm and not attach:
+        raise click.UsageError("--rm should only be used for attached containers")
     if command and not attach:
         c["command" if is_command else "args"] = list(command)
     if env:
@@ -220,7 +238,8 @@ def run(state: StateDir, cluster: str, name: str, command: tuple[str, ...], imag
     code = 1
     try:
         info = _wait_sandbox(state, namespace, name)
-        click.echo("If you don't see a command prompt, try pressing enter.", err=True)
+        if tty:
+            click.echo("If you don't see a command prompt, try pressing enter.", err=True)
         argv = list(command) or ["sh"]
         proc_env = {"PATH": os.environ.get("PATH", ""), "TERM": os.environ.get("TERM", "xterm"),
                     "HOSTNAME": name, **info["env"]}  # fmt: skip
@@ -229,8 +248,9 @@ def run(state: StateDir, cluster: str, name: str, command: tuple[str, ...], imag
         ).returncode
     finally:
         if rm:
-            api.call(state, {"op": "delete", "keys": [["Pod", namespace, name]]})
-            click.echo(f'pod "{name}" deleted from {namespace} namespace')
+            deleted = api.call(state, {"op": "delete", "keys": [["Pod", namespace, name]]})
+            wait_gone(state, deleted["results"])
+            click.echo(f'pod "{name}" deleted')
     sys.exit(code)
 
 
@@ -246,7 +266,11 @@ def _wait_sandbox(state: StateDir, namespace: str, name: str, timeout: float = 6
 
 
 def _set_meta(field: str, verb: str) -> click.Command:
-    @click.command(verb, help=f"`kubectl {verb} TYPE NAME key=value key-`: set or remove {field}.")
+    @click.command(
+        verb,
+        cls=KubectlCommand,
+        help=f"`kubectl {verb} TYPE NAME key=value key-`: set or remove {field}.",
+    )
     @cluster_options
     @click.argument("args", nargs=-1, required=True)
     @namespace_option
@@ -283,10 +307,12 @@ def _set_meta(field: str, verb: str) -> click.Command:
                     sys.exit(1)
                 patch[k] = v
             for r in _patch(state, key, {"metadata": {field: patch}}, "merge")["results"]:
+                removing = all(v is None for v in patch.values())
                 if r.get("action") == "patched (no change)":
                     r["action"] = "not labeled" if verb == "label" else "not annotated"
                 elif r.get("action") == "patched":
-                    r["action"] = "labeled" if verb == "label" else "annotated"
+                    done = "labeled" if verb == "label" else "annotated"
+                    r["action"] = "unlabeled" if removing and verb == "label" else done
                 results.append(r)
         report(results)
 
@@ -297,7 +323,7 @@ label = _set_meta("labels", "label")
 annotate = _set_meta("annotations", "annotate")
 
 
-@click.group("set")
+@click.group("set", cls=KubectlGroup)
 def set_() -> None:
     """Change an object's fields: `set image deployment/blue color=jpetazzo/color:v2`."""
 
@@ -329,7 +355,7 @@ def set_image(state: StateDir, cluster: str, args: tuple[str, ...], namespace: s
     report(results)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1, required=True)
 @namespace_option
@@ -349,7 +375,7 @@ def patch(state: StateDir, cluster: str, args: tuple[str, ...], namespace: str, 
     report(results)
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("args", nargs=-1, required=True)
 @namespace_option
@@ -361,8 +387,7 @@ def edit(state: StateDir, cluster: str, args: tuple[str, ...], namespace: str,
     results = []
     for key in targets(args, namespace):
         obj = _one(state, *key)
-        text = (yaml.safe_dump(obj, sort_keys=True) if output == "yaml"
-                else json.dumps(obj, indent=4))  # fmt: skip
+        text = to_yaml(obj) + "\n" if output == "yaml" else to_json(obj) + "\n"
         editor = os.environ.get("KUBE_EDITOR") or os.environ.get("EDITOR") or "vi"
         with tempfile.NamedTemporaryFile("w+", suffix=f".{output}", delete=False) as f:
             f.write(text)
@@ -384,7 +409,7 @@ def edit(state: StateDir, cluster: str, args: tuple[str, ...], namespace: str,
 
 
 # -- rollout -----------------------------------------------------------------------------------
-@click.group()
+@click.group(cls=KubectlGroup)
 def rollout() -> None:
     """Manage a Deployment's rollout: status, history, undo, restart."""
 
@@ -400,7 +425,7 @@ def _rollout_target(args: tuple[str, ...], namespace: str) -> tuple[str, str, st
 @cluster_options
 @click.argument("args", nargs=-1, required=True)
 @namespace_option
-@click.option("--timeout", type=float, default=300)
+@click.option("--timeout", type=GoDuration(), default="0", help="0: wait forever.")
 @click.option("-w", "--watch/--no-watch", default=True)
 def rollout_status(state: StateDir, cluster: str, args: tuple[str, ...], namespace: str,
                    timeout: float, watch: bool) -> None:  # fmt: skip
@@ -416,7 +441,7 @@ def rollout_status(state: StateDir, cluster: str, args: tuple[str, ...], namespa
             last = message
         if done or not watch:
             return
-        if time.monotonic() > deadline:
+        if timeout and time.monotonic() > deadline:
             raise click.ClickException("timed out waiting for the condition")
         time.sleep(0.2)
 
@@ -479,9 +504,9 @@ def rollout_history(state: StateDir, cluster: str, args: tuple[str, ...], namesp
     for n, rs in revisions:
         cause = rs["metadata"].get("annotations", {}).get("kubernetes.io/change-cause", "<none>")
         rows.append([str(n), cause])
-    from netplane.cluster.client.tables import render
+    from netplane.cluster.client.tabwriter import tabwrite
 
-    click.echo(render(rows) + "\n")
+    click.echo(tabwrite("\n".join("\t".join(r) for r in rows), 0, 2) + "\n")
 
 
 @rollout.command("undo")

@@ -32,6 +32,18 @@ REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyEx
            422: "Invalid"}  # fmt: skip
 
 
+class KubectlError(click.ClickException):
+    """Printed as kubectl prints it (`error: ...` for the client's refusals, `Error from
+    server (NotFound): ...` for the server's), not as click's `Error: ...`."""
+
+    def show(self, file=None) -> None:
+        click.echo(self.message, err=True)
+
+
+def not_found(kind: str, name: str) -> KubectlError:
+    return KubectlError(f'Error from server (NotFound): {resource(kind)} "{name}" not found')
+
+
 def kind_of(word: str) -> str:
     kind = ALIASES.get(word.lower())
     if kind is None:
@@ -75,6 +87,8 @@ def report(results: list[dict], verb: str | None = None, dry_run: bool = False) 
         if "error" in r:
             failed = True
             click.echo(error_text(r), err=True)
+        elif (verb or r["action"]) == "deleted":  # kubectl: `deployment.apps "blue" deleted`
+            click.echo(f'{name_of(kind, "").rstrip("/")} "{name}" deleted')
         else:
             suffix = " (dry run)" if dry_run else ""
             click.echo(f"{name_of(kind, name)} {verb or r['action']}{suffix}")

@@ -85,6 +85,8 @@ def ensure_up(
                 "run `netplane down` first to change them"
             )
         click.echo(f'Cluster "{cluster}" is already running (nodes: {", ".join(running)}).')
+        if not docs:  # the learner's own pods may never be ready (a crash loop): no wait
+            return
     else:
         old = read_json(state.path / "topology.json", None)
         if old is not None:  # the supervisor died: clear what it left, keep the objects

@@ -17,12 +17,32 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+import yaml
 from jsonpath_ng.exceptions import JsonPathParserError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
 
 class TemplateError(ValueError):
     pass
+
+
+# -- json / yaml -------------------------------------------------------------------------------
+class _KubeDumper(yaml.SafeDumper):
+    """Go's YAML (sigs.k8s.io/yaml) quotes with double quotes where PyYAML would use single."""
+
+    def choose_scalar_style(self):
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style
+
+
+def to_yaml(obj: object) -> str:
+    """`-o yaml`: keys sorted (the API's objects are maps), lists not indented."""
+    return yaml.dump(obj, Dumper=_KubeDumper, sort_keys=True, allow_unicode=True).rstrip()
+
+
+def to_json(obj: object) -> str:
+    """`-o json`: four spaces, keys sorted (Go's encoding/json sorts map keys)."""
+    return json.dumps(obj, indent=4, sort_keys=True, ensure_ascii=False)
 
 
 # -- JSONPath ----------------------------------------------------------------------------------
@@ -35,7 +55,7 @@ def _go_value(v: object) -> str:
     if v is None:
         return ""
     if isinstance(v, dict | list):
-        return json.dumps(v, separators=(",", ":"))
+        return json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return str(v)
 
 
@@ -195,8 +215,10 @@ def custom_columns(spec: str, items: list[dict], headers: bool = True) -> list[l
         for _, path in columns:
             values = []
             for kind, text in _blocks(path):
-                if kind == "expr":
-                    values += [_go_value(v) for v in _find(text, item, item)]
+                if kind == "expr":  # printed with Go's %v, as kubectl does
+                    values += [
+                        v if isinstance(v, str) else _go_print(v) for v in _find(text, item, item)
+                    ]
             row.append(",".join(values) if values else "<none>")
         rows.append(row)
     return rows
@@ -232,6 +254,12 @@ def go_template(template: str, data: object) -> str:
     return "".join(out)
 
 
+def _keyword(action: str) -> str:
+    """The action's first word; Go's lexer also ends a keyword at a dot: `{{range.items}}`."""
+    m = re.match(r"(range|if|with|else|end)\b", action)
+    return m.group(1) if m else (action.split(None, 1)[0] if action.strip() else "")
+
+
 def _parse_go(tokens: list, i: int, stop: tuple[str, ...] = ()) -> tuple[list, int]:
     nodes: list = []
     while i < len(tokens):
@@ -241,7 +269,7 @@ def _parse_go(tokens: list, i: int, stop: tuple[str, ...] = ()) -> tuple[list, i
                 nodes.append(("text", text))
             i += 1
             continue
-        word = text.split(None, 1)[0] if text else ""
+        word = _keyword(text)
         if word in stop:
             return nodes, i
         if text.startswith("/*"):
@@ -250,7 +278,7 @@ def _parse_go(tokens: list, i: int, stop: tuple[str, ...] = ()) -> tuple[list, i
         if word in ("range", "if", "with"):
             body, i = _parse_go(tokens, i + 1, ("end", "else"))
             other: list = []
-            if tokens[i][1].split(None, 1)[0] == "else":
+            if _keyword(tokens[i][1]) == "else":
                 rest = tokens[i][1][4:].strip()
                 if rest.startswith("if "):  # `else if` chains as a nested if
                     tokens[i] = ("action", rest)

@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from netplane.cluster.client import api
-from netplane.cluster.client.cli import cluster_options, namespace_option
-from netplane.cluster.client.kinds import kind_of, resource
+from netplane.cluster.client.cli import KubectlCommand, cluster_options, namespace_option
+from netplane.cluster.client.kinds import kind_of, not_found
 from netplane.cluster.statedir import StateDir, read_json
 
 
@@ -28,11 +28,11 @@ def pick_pod(state: StateDir, namespace: str, target: str) -> dict:
         found = api.call(state, {"op": "get", "kind": "Pod", "namespace": namespace,
                                  "name": name})["items"]  # fmt: skip
         if not found:
-            raise click.ClickException(f'pods "{name}" not found')
+            raise not_found("Pod", name)
         return found[0]
     owner = api.call(state, {"op": "get", "kind": kind, "namespace": namespace, "name": name})
     if not owner["items"]:
-        raise click.ClickException(f'{resource(kind)} "{name}" not found')
+        raise not_found(kind, name)
     obj = owner["items"][0]
     selector = obj["spec"].get("selector") or {}
     selector = selector.get("matchLabels", selector) if kind != "Service" else selector
@@ -51,7 +51,7 @@ def _ready(pod: dict) -> bool:
                for c in pod.get("status", {}).get("conditions") or [])  # fmt: skip
 
 
-@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.command("exec", cls=KubectlCommand, context_settings={"ignore_unknown_options": True})
 @cluster_options
 @click.argument("pod", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -124,7 +124,7 @@ def _log_files(
     return [(n, d / f"{n}.log") for n in names]
 
 
-@click.command()
+@click.command(cls=KubectlCommand)
 @cluster_options
 @click.argument("target", required=False)
 @namespace_option
@@ -202,7 +202,7 @@ def _follow(pre: str, path: Path, pos: int, timestamps: bool) -> int:
 
 
 # -- port-forward ------------------------------------------------------------------------------
-@click.command("port-forward")
+@click.command("port-forward", cls=KubectlCommand)
 @cluster_options
 @click.argument("target")
 @click.argument("ports", nargs=-1, required=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+from netplane.cluster.client.tabwriter import tabwrite
+
 
 def age(timestamp: str, now: datetime.datetime | None = None) -> str:
     """kubectl's HumanDuration."""
@@ -27,13 +29,8 @@ def age(timestamp: str, now: datetime.datetime | None = None) -> str:
 
 
 def render(rows: list[list[str]]) -> str:
-    """Columns padded like kubectl's tabwriter (3 spaces between columns)."""
-    if not rows:
-        return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    """Columns aligned by kubectl's tabwriter (minwidth 6, padding 3)."""
+    return tabwrite("\n".join("\t".join(r) for r in rows), 6, 3) if rows else ""
 
 
 def _ready(pod: dict) -> bool:
@@ -229,11 +226,16 @@ def namespaces_table(spaces: list[dict], wide: bool, all_ns: bool) -> list[list[
     return rows
 
 
+def event_order(e: dict) -> tuple:
+    """By last time seen, then in the order they were recorded (times are in seconds)."""
+    return (e.get("lastTimestamp") or "", int(e["metadata"].get("resourceVersion") or 0))
+
+
 def events_table(events: list[dict], wide: bool, all_ns: bool) -> list[list[str]]:
     rows = [
         (["NAMESPACE"] if all_ns else []) + ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     ]
-    for e in sorted(events, key=lambda e: e.get("lastTimestamp") or ""):
+    for e in sorted(events, key=event_order):
         obj = e.get("involvedObject") or {}
         row = [
             age(e.get("lastTimestamp") or ""),
@@ -279,11 +281,11 @@ def endpoints_table(endpoints: list[dict], wide: bool, all_ns: bool) -> list[lis
     """`get endpoints`: the ready addresses of each service."""
     rows = [(["NAMESPACE"] if all_ns else []) + ["NAME", "ENDPOINTS", "AGE"]]
     for ep in endpoints:
-        eps = [
-            f"{a['ip']}:{p['port']}"
+        eps = [  # kubectl's formatEndpoints: port by port, then address by address
+            f"{a['ip']}:{p['port']}" if p else a["ip"]
             for sub in ep.get("subsets") or []
+            for p in sub.get("ports") or [None]
             for a in sub.get("addresses") or []
-            for p in sub.get("ports") or []
         ]
         shown = ",".join(eps[:3]) + (f" + {len(eps) - 3} more..." if len(eps) > 3 else "")
         meta = ep["metadata"]

@@ -12,6 +12,7 @@ import ipaddress
 import random
 from collections.abc import Mapping
 
+from netplane.cluster.control import defaults
 from netplane.cluster.control.naming import uid
 from netplane.cluster.control.topology import NODE_PORT_RANGE, Topology
 from netplane.cluster.control.validation import (
@@ -159,6 +160,7 @@ def admit(body: dict, objects: Objects, topo: Topology, rng: random.Random, now:
     validate(body, objects)
     kind = body["kind"]
     body = copy.deepcopy(body)
+    defaults.apply(body)
     meta = body["metadata"]
     if kind not in _CLUSTER_SCOPED:
         meta.setdefault("namespace", "default")
@@ -195,14 +197,12 @@ def admit(body: dict, objects: Objects, topo: Topology, rng: random.Random, now:
             if old is not None:
                 # Pods are immutable once created: keep what the scheduler and kubelet wrote,
                 # but labels and annotations may change (`kubectl label pod`).
-                return {
-                    **old,
-                    "metadata": {
-                        **old["metadata"],
-                        "labels": meta.get("labels") or {},
-                        "annotations": meta.get("annotations") or {},
-                    },
-                }
+                changed = {**old["metadata"]}
+                for field in ("labels", "annotations"):
+                    changed.pop(field, None)
+                    if meta.get(field):  # the API omits empty maps
+                        changed[field] = meta[field]
+                return {**old, "metadata": changed}
             body.pop("status", None)
             body["status"] = {"phase": "Pending"}
         elif kind == "Namespace":

@@ -17,7 +17,16 @@ CAPACITY = {"cpu": "4", "ephemeral-storage": "30358348Ki", "hugepages-1Gi": "0",
 ALLOCATABLE = {**CAPACITY, "ephemeral-storage": "27978427649", "memory": "3782996Ki"}
 
 
-def node_manifest(topo: Topology, index: int) -> dict:
+_CONDITIONS = (  # what kubelet reports for a healthy node
+    ("MemoryPressure", "False", "KubeletHasSufficientMemory",
+     "kubelet has sufficient memory available"),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+)  # fmt: skip
+
+
+def node_manifest(topo: Topology, index: int, now: str) -> dict:
     node = topo.nodes[index]
     labels = {
         "beta.kubernetes.io/arch": ARCH,
@@ -32,7 +41,7 @@ def node_manifest(topo: Topology, index: int) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": node.name, "labels": labels},
+        "metadata": {"name": node.name, "labels": labels, "creationTimestamp": now},
         "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
         "status": {
             "addresses": [
@@ -42,8 +51,9 @@ def node_manifest(topo: Topology, index: int) -> dict:
             "capacity": dict(CAPACITY),
             "allocatable": dict(ALLOCATABLE),
             "conditions": [
-                {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                 "message": "kubelet is posting ready status"},
+                {"type": kind, "status": status, "reason": reason, "message": message,
+                 "lastHeartbeatTime": now, "lastTransitionTime": now}
+                for kind, status, reason, message in _CONDITIONS
             ],
             "nodeInfo": {
                 "architecture": ARCH,

@@ -101,6 +101,12 @@ def with_container_state(pod: dict, change: dict, now: str) -> dict:
     """Apply one container's change from the runtime: {"container", "state": running |
     terminated | waiting, "exitCode", "reason", "restartCount"}."""
     status = dict(pod.get("status") or {})
+    # the Ready report may come before the container's "running" one (two threads of the
+    # node runtime): a running container of a Ready pod is ready, as kubelet reports it
+    pod_ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
     statuses = []
     for cs in status.get("containerStatuses") or []:
         if cs["name"] != change["container"]:
@@ -145,5 +151,7 @@ def with_container_state(pod: dict, change: dict, now: str) -> dict:
         status["phase"] = "Failed" if failed else "Succeeded"
     pod = {**pod, "status": status}
     if not all_running:
-        pod = with_ready(pod, False, now)
+        return with_ready(pod, False, now)
+    if pod_ready:  # no readiness probes: a running container of a Ready pod is ready
+        return with_ready(pod, True, now)
     return pod

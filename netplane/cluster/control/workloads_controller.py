@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping
 
+from netplane.cluster.control import defaults
 from netplane.cluster.control.events import make_event
 from netplane.cluster.control.naming import suffix, template_hash, uid
 from netplane.cluster.control.topology import Topology
@@ -396,6 +397,7 @@ def _new_pod(t: Txn, rs: dict, node: str) -> dict:
         "spec": {**tmpl["spec"], "nodeName": node},
         "status": {"phase": "Pending", "qosClass": "BestEffort"},
     }
+    defaults.pod_admission(pod["spec"])
     t.put(pod)
     return pod
 
@@ -510,6 +512,11 @@ def _with_status(t: Txn, key: Key, dep: dict, pods: dict) -> dict:
         if not status[k]:
             del status[k]
     current = t.view.get(key, dep)
+    # the Deployment carries its newest ReplicaSet's revision, as the controller writes it
+    revision = ((new or {}).get("metadata", {}).get("annotations") or {}).get(REVISION)
+    annotations = current["metadata"].get("annotations") or {}
+    if revision and annotations.get(REVISION) != revision:
+        current = _with_meta(current, annotations={**annotations, REVISION: revision})
     if current.get("status") == status:
         return current
     return {**current, "status": status}

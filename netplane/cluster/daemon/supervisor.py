@@ -84,8 +84,7 @@ class Supervisor:
         stamp = now()
         with self.store.lock:
             for i in range(len(self.topo.nodes)):
-                body = node_manifest(self.topo, i)
-                body["metadata"]["creationTimestamp"] = stamp
+                body = node_manifest(self.topo, i, stamp)
                 self.store.put(object_key(body), body)
             for body in builtin_objects(self.topo) + self._saved_objects():
                 try:
@@ -135,8 +134,13 @@ class Supervisor:
 
     # -- API -------------------------------------------------------------------------------
     def status(self) -> dict:
-        with self.store.lock:
-            pods = [b for _, b in self.store.items("Pod")]
+        with self.store.lock:  # the pods that should be running (not Completed, not leaving)
+            pods = [
+                b
+                for _, b in self.store.items("Pod")
+                if (b.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not b["metadata"].get("deletionTimestamp")
+            ]
         ready = sum(
             1
             for p in pods

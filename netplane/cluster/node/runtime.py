@@ -37,6 +37,9 @@ from netplane.netns import entered
 
 PR_SET_PDEATHSIG = 1
 BACKOFF = (10.0, 300.0)  # kubelet's CrashLoopBackOff
+# A started command is reported ready once it has run this long, as kubelet's 1 s relist
+# would first see it running: a command that exits at once never makes its pod Ready.
+READY_AFTER = 1.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -143,6 +146,9 @@ class Container:
             self.log.write(f"failed to start: {e}", "stderr")
             return 128
         self.emit("running")
+        asyncio.get_running_loop().call_later(
+            READY_AFTER, self.runtime.check_ready, self.pod["uid"]
+        )
         await asyncio.gather(
             self._pump(self.proc.stdout, "stdout"), self._pump(self.proc.stderr, "stderr")
         )
@@ -209,9 +215,16 @@ class Runtime:
             self.containers[uid] = runs
             for c in runs:
                 c.task = asyncio.create_task(c.run())
-            self.emit(ready=uid)
+            if not runs:
+                self.emit(ready=uid)
         except Exception as e:
             self.emit(failed=uid, error=str(e))
+
+    def check_ready(self, uid: str) -> None:
+        """Ready when every command of the pod is still running (see READY_AFTER)."""
+        runs = self.containers.get(uid)
+        if runs and all(c.proc is not None and c.proc.returncode is None for c in runs):
+            self.emit(ready=uid)
 
     async def remove(self, uid: str) -> None:
         for server in self.servers.pop(uid, []):

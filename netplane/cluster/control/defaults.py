@@ -1,0 +1,100 @@
+"""The API server's defaulting (pure): fields nobody wrote that `-o yaml` and `describe` show.
+
+The API server fills these on every create and update (its scheme's defaulting functions
+plus the ServiceAccount, Priority and DefaultTolerationSeconds admission plugins); the
+emulated cluster fills the same ones so objects read back as they do from kube-apiserver.
+Only what has no effect here is left out: no ServiceAccount token volume is mounted.
+"""
+
+from __future__ import annotations
+
+_NOT_READY_TOLERATIONS = [
+    {"effect": "NoExecute", "key": f"node.kubernetes.io/{k}", "operator": "Exists",
+     "tolerationSeconds": 300}
+    for k in ("not-ready", "unreachable")
+]  # fmt: skip
+
+
+def _container(c: dict) -> None:
+    if not isinstance(c, dict):
+        return
+    image = str(c.get("image") or "")
+    tag = image.rsplit("/", 1)[-1].partition(":")[2] if "@" not in image else "digest"
+    c.setdefault("imagePullPolicy", "Always" if tag in ("", "latest") else "IfNotPresent")
+    c.setdefault("resources", {})
+    c.setdefault("terminationMessagePath", "/dev/termination-log")
+    c.setdefault("terminationMessagePolicy", "File")
+    for p in c.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+
+
+def pod_spec(spec: dict) -> None:
+    """SetDefaults_PodSpec and SetDefaults_Container (pods and pod templates alike)."""
+    if not isinstance(spec, dict):
+        return
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("enableServiceLinks", True)
+    for c in spec.get("containers") or []:
+        _container(c)
+
+
+def pod_admission(spec: dict) -> None:
+    """What admission adds to a Pod (not to templates): its ServiceAccount, priority and
+    the tolerations of not-ready and unreachable nodes (300 s)."""
+    spec.setdefault("serviceAccountName", "default")
+    spec.setdefault("serviceAccount", spec["serviceAccountName"])
+    spec.setdefault("priority", 0)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    tolerations = list(spec.get("tolerations") or [])  # a template's list stays as it is
+    keys = {t.get("key") for t in tolerations if isinstance(t, dict)}
+    spec["tolerations"] = tolerations + [
+        dict(t) for t in _NOT_READY_TOLERATIONS if t["key"] not in keys
+    ]
+
+
+def _service(spec: dict) -> None:
+    svc_type = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if svc_type == "ExternalName":
+        return
+    spec.setdefault("ipFamilies", ["IPv4"])
+    spec.setdefault("ipFamilyPolicy", "SingleStack")
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    if svc_type in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if svc_type == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
+
+
+def apply(body: dict) -> None:
+    """Fill BODY's defaults in place (BODY is valid: admission checked it first)."""
+    kind, spec = body.get("kind"), body.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if kind == "Pod":
+        pod_spec(spec)
+        pod_admission(spec)
+    elif kind == "Service":
+        _service(spec)
+    elif kind in ("Deployment", "ReplicaSet"):
+        spec.setdefault("replicas", 1)
+        if kind == "Deployment":
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+            strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
+            if strategy.setdefault("type", "RollingUpdate") == "RollingUpdate":
+                ru = strategy.setdefault("rollingUpdate", {})
+                ru.setdefault("maxSurge", "25%")
+                ru.setdefault("maxUnavailable", "25%")
+        template = spec.get("template")
+        if isinstance(template, dict):
+            # a Go zero time that the API writes out as null in every stored template
+            meta = template.setdefault("metadata", {})
+            if isinstance(meta, dict):
+                meta.setdefault("creationTimestamp", None)
+            pod_spec(template.get("spec"))

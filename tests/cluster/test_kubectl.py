@@ -1,0 +1,568 @@
+"""The course's kubectl command families against a real `netplane up` cluster, with the
+output kubectl gives (formats checked against kubectl v1.33 and kube-apiserver).
+
+All tests share the session's cluster and work in a namespace of their own, so the lab
+exercises (test_lab.py) see their `default` namespace as they left it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from netplane.cluster.node.plumbing import NETNS_DIR
+
+pytestmark = pytest.mark.slow
+NS = "kctl"
+COLOR = re.compile(r"This is pod kctl/(\S+) on linux/\w+, serving / for [\d.]+:\d+\.")
+AGE = r"(\d+[smhd])+"
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+@pytest.fixture(scope="module")
+def k(lab):
+    """The lab, with `k.np(...)` running in namespace kctl and a Deployment `web` (2 color
+    pods) behind Service `web`."""
+    assert lab.np("create", "namespace", NS) == f"namespace/{NS} created\n"
+    lab.np("create", "deployment", "web", "--image=jpetazzo/color", "--replicas=2", "-n", NS)
+    lab.np("expose", "deployment", "web", "--port=80", "-n", NS)
+    lab.wait_ready(NS, count=2)
+    return lab
+
+
+def kc(lab, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    """`netplane ARGS -n kctl` (before a `--`, where the pod's command starts)."""
+    i = args.index("--") if "--" in args else len(args)
+    return lab.np(*args[:i], "-n", NS, *args[i:], check=check, stdin=stdin)
+
+
+def pod_names(lab, selector: str = "app=web") -> list[str]:
+    out = kc(lab, "get", "pods", "-l", selector, "-o", "name")
+    return sorted(line.removeprefix("pod/") for line in out.splitlines())
+
+
+def wait_for(what, timeout: float = 30, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+# -- output formats ---------------------------------------------------------------------------
+def columns(lines: list[str]) -> list[list[str]]:
+    """Split a kubectl table by its header's column starts, checking the tabwriter's rule on
+    the way: each column is its widest cell plus three spaces, and at least six wide."""
+    starts = [m.start() for m in re.finditer(r"(?:^|(?<=  ))\S", lines[0])]
+    rows = [
+        [line[a:b].rstrip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        for line in lines
+    ]
+    for j in range(len(starts) - 1):
+        widest = max(len(r[j]) for r in rows)
+        assert starts[j + 1] - starts[j] == max(6, widest + 3), (j, lines)
+    return rows
+
+
+def test_tables_are_laid_out_as_kubectls(k):
+    nodes = columns(k.np("get", "nodes", "-o", "wide").splitlines())
+    assert nodes[0] == [
+        "NAME",
+        "STATUS",
+        "ROLES",
+        "AGE",
+        "VERSION",
+        "INTERNAL-IP",
+        "EXTERNAL-IP",
+        "OS-IMAGE",
+        "KERNEL-VERSION",
+        "CONTAINER-RUNTIME",
+    ]
+    assert nodes[2][:3] + nodes[2][4:] == [
+        "pi-red",
+        "Ready",
+        "control-plane",
+        "v1.33.2",
+        "192.168.0.152",
+        "<none>",
+        "Debian GNU/Linux 12 (bookworm)",
+        platform.release(),
+        "containerd://1.7.27",
+    ]
+    assert re.fullmatch(AGE, nodes[2][3])
+    # -L adds a column per key; an empty last cell keeps the padding before it
+    lines = kc(k, "get", "pods", "-L", "app", "-L", "tier").splitlines()
+    rows = columns(lines)
+    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "APP", "TIER"]
+    assert all(r[1:4] == ["1/1", "Running", "0"] and r[5:] == ["web", ""] for r in rows[1:])
+    assert all(line.endswith("web   ") for line in lines[1:]), lines
+    rows = columns(kc(k, "get", "deploy", "--show-labels").splitlines())
+    assert rows[0] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "LABELS"]
+    assert rows[1][:4] + rows[1][5:] == ["web", "2/2", "2", "2", "app=web"]
+
+
+def test_go_template_captures_the_cluster_ip_as_the_course_does(k):
+    # CLUSTER_IP=$(kubectl get svc web -o go-template={{.spec.clusterIP}}): no newline added
+    ip = kc(k, "get", "svc", "web", "-o", "go-template={{.spec.clusterIP}}")
+    assert re.fullmatch(r"10\.\d+\.\d+\.\d+", ip), repr(ip)
+    assert COLOR.fullmatch(k.curl("--node", "pi-black", url=f"http://{ip}").strip())
+    text = k.np(
+        "get",
+        "nodes",
+        "-o",
+        "go-template={{range .items}}{{.metadata.name}} "
+        '{{index .metadata.labels "kubernetes.io/arch"}}{{"\\n"}}{{end}}',
+    )
+    assert text == f"pi-black {ARCH}\npi-red {ARCH}\n"
+
+
+def test_jsonpath_and_custom_columns(k):
+    out = k.np(
+        "get",
+        "nodes",
+        "-o",
+        'jsonpath={.items[*].status.addresses[?(@.type=="InternalIP")].address}',
+    )
+    assert out == "192.168.0.101 192.168.0.152"
+    pods = json.loads(kc(k, "get", "pods", "-o", "json"))["items"]
+    out = kc(
+        k,
+        "get",
+        "pods",
+        "-o",
+        'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.status.podIP}{"\\n"}{end}',
+    )
+    assert out == "".join(f"{p['metadata']['name']}\t{p['status']['podIP']}\n" for p in pods)
+    # maps print as JSON with sorted keys
+    assert kc(k, "get", "svc", "web", "-o", "jsonpath={.spec.selector}") == '{"app":"web"}'
+    out = k.np(
+        "get",
+        "nodes",
+        "-o",
+        "custom-columns=NAME:.metadata.name,"
+        "IP:.status.addresses[0].address,ARCH:.metadata.labels.kubernetes\\.io/arch",
+    )
+    assert out == (
+        "NAME       IP              ARCH\n"
+        f"pi-black   192.168.0.101   {ARCH}\n"
+        f"pi-red     192.168.0.152   {ARCH}\n"
+    )
+    # a map in a column prints with Go's %v
+    out = kc(k, "get", "svc", "web", "-o", "custom-columns=S:.spec.selector", "--no-headers")
+    assert out == "map[app:web]\n"
+
+
+def test_json_yaml_and_name(k):
+    svc = json.loads(kc(k, "get", "svc", "web", "-o", "json"))
+    assert list(svc) == sorted(svc)  # Go's encoder sorts map keys
+    assert svc["spec"]["ipFamilies"] == ["IPv4"]  # the API server's defaults are there
+    assert svc["spec"]["internalTrafficPolicy"] == "Cluster"
+    listed = json.loads(kc(k, "get", "svc", "-l", "app=web", "-o", "json"))
+    assert listed["kind"] == "List" and len(listed["items"]) == 1  # a selector gives a List
+    text = kc(k, "get", "deploy", "web", "-o", "yaml")
+    assert 'deployment.kubernetes.io/revision: "1"' in text  # double quotes, as Go's YAML
+    assert kc(k, "get", "deploy,svc", "-o", "name") == "deployment.apps/web\nservice/web\n"
+    bad = k.run("get", "pods", "-n", NS, "-o", "bogus")
+    assert bad.returncode == 1 and bad.stderr.startswith(
+        'error: unable to match a printer suitable for the output format "bogus"'
+    )
+
+
+def test_describe_is_laid_out_as_kubectls(k):
+    text = kc(k, "describe", "deployment", "web")
+    assert re.search(
+        r"^Name:                   web\nNamespace:              kctl\n"
+        r"CreationTimestamp:      \w{3}, \d\d \w{3} \d{4} [\d:]{8} \+0000\n"
+        r"Labels:                 app=web\n"
+        r"Annotations:            deployment.kubernetes.io/revision: 1\n"
+        r"Selector:               app=web\n"
+        r"Replicas:               2 desired \| 2 updated \| 2 total \| 2 available \| "
+        r"0 unavailable\n"
+        r"StrategyType:           RollingUpdate\nMinReadySeconds:        0\n"
+        r"RollingUpdateStrategy:  25% max unavailable, 25% max surge\n"
+        r"Pod Template:\n  Labels:  app=web\n  Containers:\n   color:\n"
+        r"    Image:         jpetazzo/color\n    Port:          <none>\n"
+        r"    Host Port:     <none>\n    Environment:   <none>\n    Mounts:        <none>\n"
+        r"  Volumes:         <none>\n  Node-Selectors:  <none>\n  Tolerations:     <none>\n"
+        r"Conditions:\n  Type           Status  Reason\n  ----           ------  ------\n"
+        r"  Available      True    MinimumReplicasAvailable\n"
+        r"  Progressing    True    NewReplicaSetAvailable\n"
+        r"OldReplicaSets:  <none>\nNewReplicaSet:   web-\w+ \(2/2 replicas created\)\n"
+        r"Events:\n  Type    Reason             Age   From                   Message\n"
+        r"  ----    ------             ----  ----                   -------\n"
+        r"  Normal  ScalingReplicaSet  ",
+        text,
+    ), text
+    ip = kc(k, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}")
+    text = kc(k, "describe", "svc", "web")
+    assert text.startswith(
+        "Name:                     web\nNamespace:                kctl\n"
+        "Labels:                   app=web\nAnnotations:              <none>\n"
+        "Selector:                 app=web\nType:                     ClusterIP\n"
+        "IP Family Policy:         SingleStack\nIP Families:              IPv4\n"
+        f"IP:                       {ip}\nIPs:                      {ip}\n"
+        "Port:                     <unset>  80/TCP\nTargetPort:               80/TCP\n"
+    ), text
+    assert text.endswith(
+        "Session Affinity:         None\n"
+        "Internal Traffic Policy:  Cluster\nEvents:                   <none>\n"
+    )
+    pod = pod_names(k)[0]
+    text = kc(k, "describe", "pod", pod)
+    for line in (
+        "Service Account:  default\n",
+        "Containers:\n  color:\n",
+        "Conditions:\n  Type                        Status\n  PodReadyToStartContainers   True \n",
+        "Volumes:                      <none>\nQoS Class:                    BestEffort\n",
+        "Tolerations:                  node.kubernetes.io/not-ready:NoExecute op=Exists for 300s\n",
+    ):
+        assert line in text, (line, text)
+    assert re.search(r"Controlled By:  ReplicaSet/web-\w+\n", text), text
+    assert re.search(
+        r"  Normal  Scheduled  +\S+ +default-scheduler  Successfully assigned "
+        rf"kctl/{pod} to pi-\w+\n",
+        text,
+    ), text
+    node = k.np("describe", "node", "pi-red")
+    assert "Roles:              control-plane\n" in node
+    assert re.search(r"Capacity:\n  cpu:                4\n", node), node
+
+
+# -- labels -----------------------------------------------------------------------------------
+def test_labels_select_show_and_change(k):
+    first, second = pod_names(k)
+    assert kc(k, "label", "pod", first, "tier=front") == f"pod/{first} labeled\n"
+    assert kc(k, "get", "pods", "-l", "tier=front", "-o", "name") == f"pod/{first}\n"
+    assert kc(k, "get", "pods", "-l", "app=web,tier!=front", "-o", "name") == f"pod/{second}\n"
+    assert pod_names(k, "tier in (front, back)") == [first]
+    assert pod_names(k, "!tier") == [second]
+    shown = kc(k, "get", "pods", "--show-labels", "-l", "tier")
+    assert re.search(rf"{first} .* app=web,pod-template-hash=\w+,tier=front$", shown), shown
+    again = k.run("label", "pod", first, "tier=back", "-n", NS)
+    assert again.returncode == 1
+    assert again.stderr == "error: 'tier' already has a value (front), and --overwrite is false\n"
+    assert kc(k, "label", "pod", first, "tier=back", "--overwrite") == f"pod/{first} labeled\n"
+    assert kc(k, "label", "pod", first, "tier-") == f"pod/{first} unlabeled\n"
+    assert kc(k, "annotate", "deploy", "web", "owner=course") == "deployment.apps/web annotated\n"
+    assert kc(k, "get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.owner}") == (
+        "course"
+    )
+    missing = k.run("get", "pods", "nope", "-n", NS)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        'Error from server (NotFound): pods "nope" not found\n',
+    )
+
+
+def test_delete_by_selector_and_all(k):
+    for name in ("a1", "a2", "b1"):
+        kc(k, "run", name, "--image=busybox", f"--labels=group={name[0]}")
+    out = kc(k, "delete", "pods", "-l", "group=a")
+    assert out == 'pod "a1" deleted\npod "a2" deleted\n'
+    assert kc(k, "get", "pods", "-l", "group", "-o", "name") == "pod/b1\n"
+    k.np("create", "namespace", "scratch")
+    for name in ("s1", "s2"):
+        k.np("run", name, "--image=busybox", "-n", "scratch")
+    assert k.np("delete", "pods", "--all", "-n", "scratch", "--wait=false") == (
+        'pod "s1" deleted\npod "s2" deleted\n'
+    )
+    assert k.np("delete", "pod", "b1", "-n", NS, "--ignore-not-found") == 'pod "b1" deleted\n'
+    gone = k.run("get", "pods", "-n", "scratch")
+    assert gone.stdout == "" and gone.stderr == "No resources found in scratch namespace.\n"
+
+
+# -- run, logs, exec --------------------------------------------------------------------------
+def test_run_executes_the_command_in_the_pods_network_namespace(k):
+    assert kc(k, "run", "pingpong", "--image", "alpine", "--", "ping", "127.0.0.1") == (
+        "pod/pingpong created\n"
+    )
+    kc(
+        k,
+        "run",
+        "whoami",
+        "--image=busybox",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    )
+    lines = wait_for(lambda: [x for x in kc(k, "logs", "pingpong").splitlines() if "64 bytes" in x])
+    assert lines[0].startswith("64 bytes from 127.0.0.1: icmp_seq=1 ")
+    ip = kc(k, "get", "pod", "whoami", "-o", "jsonpath={.status.podIP}")
+    assert wait_for(lambda: f"inet {ip}/24" in kc(k, "logs", "whoami"))
+    # restartPolicy Never: the exited container shows as Completed, not restarted
+    assert wait_for(
+        lambda: re.search(
+            rf"whoami   0/1     Completed   0          {AGE}", kc(k, "get", "pod", "whoami")
+        )
+    )
+    # --command: the words after -- replace the entrypoint
+    kc(
+        k,
+        "run",
+        "hello",
+        "--image=busybox",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 3600",
+    )
+    spec = json.loads(kc(k, "get", "pod", "hello", "-o", "json"))["spec"]["containers"][0]
+    assert spec["command"] == ["sh", "-c", "echo started; sleep 3600"] and "args" not in spec
+    assert wait_for(lambda: kc(k, "logs", "hello") == "started\n")
+    # --rm -i: attached, then deleted
+    out = kc(
+        k,
+        "run",
+        "tmp",
+        "--rm",
+        "-i",
+        "--image=alpine",
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo hi from $HOSTNAME",
+    )
+    assert out == 'hi from tmp\npod "tmp" deleted\n'
+    assert k.run("get", "pod", "tmp", "-n", NS).returncode == 1
+
+
+def test_logs_follow_tail_selector_and_deployment(k):
+    ip = kc(k, "get", "svc", "web", "-o", "go-template={{.spec.clusterIP}}")
+    for _ in range(4):
+        k.curl("--node", "pi-red", url=f"http://{ip}/counted")
+    logs = kc(k, "logs", "-l", "app=web", "--tail=100")
+    requests = re.findall(r"^\[pod/(web-\S+)/color\] GET /counted from [\d.]+:\d+$", logs, re.M)
+    assert len(requests) == 4 and set(requests) <= set(pod_names(k)), logs
+    pod = requests[-1]
+    mine = kc(k, "logs", pod).splitlines()
+    assert kc(k, "logs", pod, "--tail=1") == mine[-1] + "\n"
+    assert kc(k, "logs", "deploy/web").splitlines()[0].startswith("GET /")
+    follow = subprocess.Popen(
+        [*k.argv("logs", "-f", pod, "-n", NS)], stdout=subprocess.PIPE, text=True, env=k.env
+    )
+    try:
+        marker = f"/followed-{os.getpid()}"
+        k.np(
+            "exec",
+            "--node",
+            "pi-red",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            f"http://{kc(k, 'get', 'pod', pod, '-o', 'jsonpath={.status.podIP}')}{marker}",
+        )
+        lines = read_until(follow, lambda got: any(marker in x for x in got))
+        assert lines[: len(mine)] == [x + "\n" for x in mine]  # the existing lines first
+    finally:
+        follow.terminate()
+        follow.wait(10)
+
+
+def test_exec_in_a_deployments_pod_and_by_type_name(k):
+    assert kc(k, "exec", "deploy/web", "--", "printenv", "HOSTNAME").strip() in pod_names(k)
+    pod = pod_names(k)[0]
+    assert kc(k, "exec", f"pod/{pod}", "--", "printenv", "HOSTNAME") == f"{pod}\n"
+    assert kc(k, "exec", "-it", pod, "--", "printenv", "KUBERNETES_SERVICE_PORT") == "443\n"
+
+
+def test_port_forward_to_the_hosts_loopback(k):
+    proc = subprocess.Popen(
+        [*k.argv("port-forward", "svc/web", ":80", "-n", NS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=k.env,
+    )
+    try:
+        first = proc.stdout.readline()
+        m = re.fullmatch(r"Forwarding from 127\.0\.0\.1:(\d+) -> 80\n", first)
+        assert m, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{m[1]}/", timeout=5) as r:
+            assert COLOR.fullmatch(r.read().decode().strip())
+        assert proc.stdout.readline() == f"Handling connection for {m[1]}\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- kinds ------------------------------------------------------------------------------------
+def test_get_all_replicasets_events_and_namespaces(k):
+    out = kc(k, "get", "all")
+    sections = out.split("\n\n")
+    assert [s.splitlines()[0].split()[0] for s in sections] == ["NAME"] * 4, out
+    assert [s.splitlines()[1].split("/")[0] for s in sections] == [
+        "pod",
+        "service",
+        "deployment.apps",
+        "replicaset.apps",
+    ]
+    rs = columns(kc(k, "get", "rs", "-l", "app=web").splitlines())
+    assert rs[0] == ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    assert [r[1:4] for r in rs[1:]] == [["2", "2", "2"]]
+    events = kc(k, "get", "events")
+    assert events.splitlines()[0].startswith("LAST SEEN   TYPE     REASON ")
+    assert re.search(
+        r"Normal +ScalingReplicaSet +deployment/web +Scaled up replica set web-", events
+    ), events
+    # deleting a namespace deletes what is in it
+    k.np("create", "ns", "doomed")
+    k.np("create", "deployment", "d", "--image=nginx", "-n", "doomed")
+    k.wait_ready("doomed", count=1)
+    assert k.np("delete", "ns", "doomed") == 'namespace "doomed" deleted\n'
+    assert "doomed" not in k.np("get", "ns")
+    assert k.run("get", "pods", "-n", "doomed").stderr.startswith("No resources found")
+
+
+# -- rollouts, patch, edit, watch -------------------------------------------------------------
+def test_rolling_update_keeps_the_service_answering(k):
+    kc(k, "scale", "deployment", "web", "--replicas=3")
+    kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
+    ip = kc(k, "get", "svc", "web", "-o", "go-template={{.spec.clusterIP}}")
+    loop = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={NETNS_DIR / f'{k.id}-pi-black'}",
+            sys.executable,
+            "-m",
+            "netplane.testing.probe",
+            f"http://{ip}/",
+            "--count",
+            "60",
+            "--interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    old = set(pod_names(k))
+    out = kc(k, "set", "image", "deployment/web", "color=jpetazzo/color:v2")
+    assert out == "deployment.apps/web image updated\n"
+    status = kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
+    assert status.splitlines()[-1] == 'deployment "web" successfully rolled out'
+    results = [json.loads(x) for x in loop.communicate(timeout=60)[0].splitlines()]
+    assert len(results) == 60 and all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    new = set(pod_names(k))
+    assert len(new) == 3 and not new & old
+    assert kc(k, "rollout", "history", "deployment/web") == (
+        "deployment.apps/web \nREVISION  CHANGE-CAUSE\n1         <none>\n2         <none>\n\n"
+    )
+    assert kc(k, "rollout", "undo", "deployment/web") == "deployment.apps/web rolled back\n"
+    kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
+    image = "jsonpath={.spec.template.spec.containers[0].image}"
+    assert kc(k, "get", "deploy", "web", "-o", image) == "jpetazzo/color"
+    assert kc(k, "rollout", "restart", "deployment/web") == "deployment.apps/web restarted\n"
+    kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
+    assert not set(pod_names(k)) & new
+
+
+def test_rollout_status_waits_for_a_stuck_rollout(k):
+    kc(k, "create", "deployment", "stuck", "--image=nginx", "--replicas=2")
+    kc(k, "rollout", "status", "deploy/stuck", "--timeout=60s")
+    # the new pods' command exits at once: they never become ready
+    patch = '{"spec":{"template":{"spec":{"containers":[{"name":"nginx","command":["false"]}]}}}}'
+    assert kc(k, "patch", "deployment", "stuck", "-p", patch) == "deployment.apps/stuck patched\n"
+    out = k.run("rollout", "status", "deployment/stuck", "--timeout=3s", "-n", NS)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[-1] == (
+        'Waiting for deployment "stuck" rollout to finish: 1 out of 2 new replicas have been '
+        "updated..."
+    ), out.stdout
+    assert out.stderr == "error: timed out waiting for the condition\n"
+    kc(k, "rollout", "undo", "deployment/stuck")
+    assert kc(k, "rollout", "status", "deploy/stuck", "--timeout=60s").endswith(
+        'deployment "stuck" successfully rolled out\n'
+    )
+
+
+def test_patch_and_edit(k, tmp_path):
+    kc(k, "create", "deployment", "ed", "--image=nginx")
+    assert kc(k, "patch", "deploy", "ed", "-p", '{"spec":{"replicas":2}}') == (
+        "deployment.apps/ed patched\n"
+    )
+    assert kc(k, "patch", "deploy", "ed", "-p", '{"spec":{"replicas":2}}') == (
+        "deployment.apps/ed patched (no change)\n"
+    )
+    kc(k, "patch", "deploy", "ed", "-p", '{"metadata":{"labels":{"team":"blue"}}}')
+    labels = json.loads(kc(k, "get", "deploy", "ed", "-o", "jsonpath={.metadata.labels}"))
+    assert labels == {"app": "ed", "team": "blue"}
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\nsed -i 's/^  replicas: 2$/  replicas: 3/' \"$1\"\n")
+    editor.chmod(0o755)
+    env = {**k.env, "KUBE_EDITOR": str(editor)}
+    out = subprocess.run(
+        [*k.argv("edit", "deploy", "ed", "-n", NS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout == "deployment.apps/ed edited\n", out.stderr
+    assert kc(k, "get", "deploy", "ed", "-o", "jsonpath={.spec.replicas}") == "3"
+
+
+def read_until(proc: subprocess.Popen, done, timeout: float = 30) -> list[str]:
+    """Lines of PROC's stdout (read by a thread: no select on a buffered pipe) until
+    done(lines) holds."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        try:
+            got.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            raise AssertionError(f"timed out; got {got}") from None
+    return got
+
+
+def test_watch_prints_changes(k):
+    watch = subprocess.Popen(
+        [*k.argv("get", "pods", "-w", "-l", "run=watched", "-n", NS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=k.env,
+    )
+    try:
+        time.sleep(1.0)
+        kc(k, "run", "watched", "--image=nginx")
+        lines = read_until(watch, lambda got: any(" 1/1 " in x for x in got))
+        assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        assert all(x.startswith("watched ") for x in lines[1:]), lines
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    assert watch.stderr.read() == "No resources found in kctl namespace.\n"
+
+
+# -- status fields ----------------------------------------------------------------------------
+def test_nodes_pods_and_deployments_have_their_status(k):
+    node = k.obj("node", "pi-black", "")
+    assert node["status"]["capacity"]["cpu"] == "4"
+    assert node["metadata"]["labels"]["kubernetes.io/arch"] == ARCH
+    assert node["metadata"]["labels"]["kubernetes.io/os"] == "linux"
+    assert [c["type"] for c in node["status"]["conditions"]][-1] == "Ready"
+    pod = k.obj("pod", pod_names(k)[0], NS)
+    (cs,) = pod["status"]["containerStatuses"]
+    assert cs["ready"] and "running" in cs["state"] and cs["containerID"].startswith("containerd")
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+    dep = k.obj("deploy", "web", NS)["status"]
+    assert dep["readyReplicas"] == dep["replicas"] == dep["availableReplicas"]
