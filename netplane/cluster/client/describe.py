@@ -36,9 +36,10 @@ class _Writer:
 
     def labels(self, title: str, labels: dict | None, indent: str = "") -> None:
         self.text.append(f"{indent}{title}:\t")
+        labels = labels or {}
         if not labels:
             self.text.append("<none>\n")
-        for i, key in enumerate(sorted(labels or {})):
+        for i, key in enumerate(sorted(labels)):
             self.text.append(("" if i == 0 else f"{indent}\t") + f"{key}={labels[key]}\n")
 
     def annotations(self, title: str, annotations: dict | None, indent: str = "") -> None:
@@ -260,7 +261,8 @@ def _pod(w: _Writer, pod: dict, ctx: dict) -> None:
 
 def _slice_endpoints(slices: list[dict], port_name: str) -> str:
     """kubectl's formatEndpointSlices: ready addresses of the port, at most three shown."""
-    shown, count = [], 0
+    shown: list[str] = []
+    count = 0
     for s in slices:
         ports = s.get("ports") or []
         pairs = (

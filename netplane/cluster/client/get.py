@@ -158,7 +158,7 @@ def get(
     if generic(output):
         if not watch_only:
             single = len(names) == 1 and len(kinds) == 1
-            click.echo(render_generic(found, output, single, not no_headers), nl=False)
+            click.echo(render_generic(found, str(output), single, not no_headers), nl=False)
     else:
         printed = False
         for kind in kinds:
@@ -256,7 +256,7 @@ def _watch(
                     now[key] = o["metadata"].get("resourceVersion", "")
                     if seen.get(key) != now[key]:
                         if generic(output):
-                            text = render_generic([(kind, o)], output, True, False)
+                            text = render_generic([(kind, o)], str(output), True, False)
                             click.echo(text, nl=not text.endswith("\n"))
                         else:
                             click.echo(render_table(kind, [o], output == "wide",

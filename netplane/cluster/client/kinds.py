@@ -36,7 +36,7 @@ class KubectlError(click.ClickException):
     """Printed as kubectl prints it (`error: ...` for the client's refusals, `Error from
     server (NotFound): ...` for the server's), not as click's `Error: ...`."""
 
-    def show(self, file=None) -> None:
+    def show(self, file: object = None) -> None:
         click.echo(self.message, err=True)
 
 

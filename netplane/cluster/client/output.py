@@ -30,7 +30,7 @@ class TemplateError(ValueError):
 class _KubeDumper(yaml.SafeDumper):
     """Go's YAML (sigs.k8s.io/yaml) quotes with double quotes where PyYAML would use single."""
 
-    def choose_scalar_style(self):
+    def choose_scalar_style(self) -> str:
         style = super().choose_scalar_style()
         return '"' if style == "'" else style
 

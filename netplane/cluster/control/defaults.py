@@ -29,7 +29,7 @@ def _container(c: dict) -> None:
             p.setdefault("protocol", "TCP")
 
 
-def pod_spec(spec: dict) -> None:
+def pod_spec(spec: object) -> None:
     """SetDefaults_PodSpec and SetDefaults_Container (pods and pod templates alike)."""
     if not isinstance(spec, dict):
         return

@@ -377,7 +377,7 @@ def _new_pod(t: Txn, rs: dict, node: str) -> dict:
         name = f"{rs['metadata']['name']}-{suffix(t.rng)}"
         if ("Pod", ns, name) not in t.view:
             break
-    pod = {
+    pod: dict = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
