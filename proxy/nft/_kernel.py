@@ -47,13 +47,11 @@ def build(batch: Batch, ops: Iterable[Op]) -> dict[str, int]:
     digests: dict[str, int] = {}
     for verb, arg in ops:
         if verb == "add_rules":
-            encoded = []
-            name = arg.name
-            for r in arg.rules:
-                exprs = enc.rule(r)
-                batch.add_rule(name, exprs, r.comment)
-                encoded.append((exprs, udata_comment(r.comment) if r.comment is not None else None))
-            digests[name] = hash(tuple(encoded))
+            rules = [(enc.rule(r), r.comment) for r in arg.rules]
+            batch.add_rules(arg.name, rules)
+            digests[arg.name] = hash(
+                tuple((e, udata_comment(c) if c is not None else None) for e, c in rules)
+            )
         elif verb == "add_chain":
             batch.add_chain(arg.name, arg.hook, arg.comment)
         elif verb == "flush_chain":

@@ -51,6 +51,7 @@ _SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
 _NEW_GENERATION = -1  # not an errno: marks the echoed NEWGEN among the answers
 _HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 _NLHDR = struct.Struct("=IHHII")
+_HDR4 = struct.Struct("=HH")
 _NFGEN = struct.Struct("=BBH")
 _MAX_LIST = 60000  # bytes of elements per NEWSETELEM message
 
@@ -120,7 +121,10 @@ class Batch:
         return len(self._parts)
 
     def _add(self, kind: int, flags: int, body: bytes, what: tuple[str, str]) -> None:
-        header = _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, 0, 0)
+        # message i carries sequence number i + 1 (the batch's begin is 0): answers name
+        # the message they are about by it
+        seq = len(self._parts) + 1
+        header = _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, seq, 0)
         self._parts.append(header + _NFGEN.pack(self._nfproto, 0, 0) + body)
         self._what.append((what[0], self.table, what[1]))
         self.bytes += 20 + len(body)
@@ -152,10 +156,17 @@ class Batch:
         self._add(DELCHAIN, 0, self._table_attr + string(3, name), ("delete chain", name))
 
     def add_rule(self, chain: str, exprs: bytes, comment: str | None = None) -> None:
-        body = self._table_attr + string(2, chain) + attr(4, exprs)
-        if comment is not None:
-            body += attr(7, udata_comment(comment))
-        self._add(NEWRULE, _F_CREATE | _F_APPEND, body, ("add rule", chain))
+        self.add_rules(chain, [(exprs, comment)])
+
+    def add_rules(self, chain: str, rules: list[tuple[bytes, str | None]]) -> None:
+        """Rules appended to CHAIN: (NFTA_RULE_EXPRESSIONS payload, comment) each."""
+        head = self._table_attr + string(2, chain)
+        what = ("add rule", chain)
+        for exprs, comment in rules:
+            body = head + _HDR4.pack(4 + len(exprs), 4) + exprs  # exprs: 4-byte aligned
+            if comment is not None:
+                body += attr(7, udata_comment(comment))
+            self._add(NEWRULE, _F_CREATE | _F_APPEND, body, what)
 
     # -- sets and maps
     def add_set(self, s: SetDef) -> None:
@@ -203,24 +214,21 @@ class Batch:
         if chunk:
             self._add(kind, flags, head + attr(3, b"".join(chunk)), what)
 
-    def messages(self, seq: int, genid: int = 0) -> tuple[list[bytes], int]:
-        """The batch framed for sending: begin, our messages numbered from SEQ, end.
-        GENID (not 0): the kernel refuses the batch with ERESTART unless the ruleset is
-        still at that generation (nobody committed since we last looked)."""
-        begin = _batch_marker(_BATCH_BEGIN, seq)
+    def framed(self, genid: int = 0) -> bytes:
+        """The batch as sent: begin, our messages (numbered 1..n), end. GENID (not 0): the
+        kernel refuses the batch with ERESTART unless the ruleset is still at that
+        generation (nobody committed since we last looked)."""
+        begin = _batch_marker(_BATCH_BEGIN, 0)
         if genid:
             check = u32(1, genid)  # NFNL_BATCH_GENID
             begin = struct.pack("=I", 20 + len(check)) + begin[4:] + check
-        out = [begin]
-        for i, part in enumerate(self._parts, seq + 1):
-            out.append(part[:8] + struct.pack("=I", i) + part[12:])
         # echo on the first message: the kernel then tells us the generation it made (it
         # reads the flag off the first message after the batch's begin)
-        first = out[1]
+        first = self._parts[0]
         flags = struct.unpack_from("=H", first, 6)[0] | _F_ECHO
-        out[1] = first[:6] + struct.pack("=H", flags) + first[8:]
-        out.append(_batch_marker(_BATCH_END, seq + len(self._parts) + 1))
-        return out, seq + len(self._parts) + 2
+        echoed = first[:6] + struct.pack("=H", flags) + first[8:]
+        end = _batch_marker(_BATCH_END, len(self._parts) + 1)
+        return b"".join([begin, echoed, *self._parts[1:], end])
 
     def describe(self, index: int) -> str:
         verb, table, name = self._what[index]
@@ -261,7 +269,7 @@ class Netlink:
                 self._sock = self._open()
         else:
             self._sock = self._open()
-        self._seq = 1
+        self._seq = 1 << 30  # requests; a batch numbers its own messages 1..n
         self._buf = bytearray(1 << 16)  # a dump part is at most 32 KB
         self._view = memoryview(self._buf)
 
@@ -287,15 +295,13 @@ class Netlink:
         nothing then, so the generation stays)."""
         if not len(batch):
             return None
-        first = self._seq
-        parts, self._seq = batch.messages(first, genid)
-        size = sum(map(len, parts))
+        data = batch.framed(genid)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, 32, size + (1 << 16))  # SO_SNDBUFFORCE
+            self._sock.setsockopt(socket.SOL_SOCKET, 32, len(data) + (1 << 16))  # SO_SNDBUFFORCE
         except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size + (1 << 16))
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) + (1 << 16))
         self._drain()
-        self._sock.send(b"".join(parts))
+        self._sock.send(data)
         failed = None
         made = None
         for seq, code, message in self._answers():
@@ -305,7 +311,7 @@ class Netlink:
                 failed = (seq, code, message)
         if failed is not None:
             seq, code, message = failed
-            index = seq - first - 1
+            index = seq - 1
             what = batch.describe(index) if 0 <= index < len(batch) else "transaction"
             if code == errno.ERESTART:
                 what = "transaction (the ruleset changed since we read it)"

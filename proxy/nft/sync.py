@@ -122,7 +122,7 @@ class NftSyncer:
         else:
             keys = changes.services | changes.endpoints
         with paused_gc():  # ~300k acyclic objects in a full render: collections only cost
-            rendered = self._render(snapshot, keys)
+            rendered = self._render(snapshot, keys, stop)
             touched = self._store(rendered)
             self._rendered_all = self._rendered_all or keys >= snapshot.services.keys()
             if fresh:
@@ -197,7 +197,11 @@ class NftSyncer:
             self._kernels = kernels
             try:
                 return self._commit(
-                    self._want_everything(kernels), full=True, start=start, drop=self._extra()
+                    self._want_everything(kernels),
+                    full=True,
+                    start=start,
+                    drop=self._extra(),
+                    stop=stop,
                 )
             except _Stale:
                 log.info("the ruleset changed while we read it (attempt %d): again", attempt + 1)
@@ -245,12 +249,15 @@ class NftSyncer:
         full: bool,
         start: float,
         drop: Iterable[str] = (),
+        stop: threading.Event | None = None,
     ) -> _Written:
         """Plan WANTS (per table) and DROP (tables to delete) into one transaction."""
         now = time.monotonic()
         batch = Batch(self.family, TABLE)
         plans = []
         for table, want in wants.items():
+            if stop is not None and stop.is_set():
+                raise SyncInterrupted("stopped before writing")
             kernel = self._kernels.get(table) or _plan.Kernel()
             digest = self._chain_digest
             ops = _plan.plan(kernel, want, digest, _kernel.element_digest, now)
@@ -308,10 +315,18 @@ class NftSyncer:
     def _table_of(self, key: ServiceKey) -> str:
         return table_name(shard_of(key, self.shards))
 
-    def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> Rendered:
-        """(key, old objects, new objects) of the services among KEYS that changed."""
+    def _render(
+        self,
+        snapshot: Snapshot,
+        keys: Iterable[ServiceKey],
+        stop: threading.Event | None = None,
+    ) -> Rendered:
+        """(key, old objects, new objects) of the services among KEYS that changed (STOP:
+        looked at every 512 services; nothing is stored before the end)."""
         rendered: Rendered = []
-        for key in keys:
+        for n, key in enumerate(keys, 1):
+            if stop is not None and n % 512 == 0 and stop.is_set():
+                raise SyncInterrupted(f"stopped while rendering ({n} services)")
             old = self._objects.get(key, EMPTY)
             new = EMPTY
             if key in snapshot.services:
