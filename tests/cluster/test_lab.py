@@ -169,8 +169,10 @@ spec:
     assert lab.np(
         "exec", "client", "--", "dig", "+short", "+search", "kubernetes.default.svc"
     ).split() == ["10.96.0.1"]
-    version = json.loads(lab.curl("client", url="http://kubernetes.default.svc:443/version"))
-    assert version["gitVersion"].startswith("v1.33")
+    version = lab.np(
+        "exec", "client", "--", "curl", "-sk", "https://kubernetes.default.svc/version"
+    )
+    assert json.loads(version)["gitVersion"] == "v1.33.2"
 
 
 def test_exercise_9_external_name_selectorless_and_load_balancer(lab, client):

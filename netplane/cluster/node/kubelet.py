@@ -115,6 +115,7 @@ class Kubelet:
                 "uid": "apiserver",
                 "pod": "kube-system/kube-apiserver",
                 "listeners": [[API_PORT, "TCP", "apiserver"]],
+                "tls": {"pki": str(self.state.path / "pki"), "ip": cp.ip},
             },
         )
         self.runtimes[cp.name].send(self.apps["apiserver"][1])

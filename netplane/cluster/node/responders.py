@@ -7,18 +7,20 @@
   process in the pod's network namespace (see runtime.py); without them the pod just runs.
 - any other image: an echo on each containerPort: TCP answers HTTP requests with one line
   naming the pod, method, path and client, and echoes other bytes; UDP echoes datagrams.
-- the API server stand-in on the control-plane node: plain HTTP (not TLS) on 6443,
-  answering `/version` like the API server would.
+- the API server stand-in on the control-plane node: HTTPS on 6443, answering an
+  anonymous client as kube-apiserver does (see apiserver.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Protocol, cast
+
+from netplane.cluster.node import apiserver
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 PLATFORM = f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
@@ -79,11 +81,6 @@ def _reply(app: str, pod: str, method: str, path: str, peer: tuple) -> bytes:
     client = f"{peer[0]}:{peer[1]}"
     if app == "color":
         return f"This is pod {pod} on {PLATFORM}, serving {path} for {client}.\n".encode()
-    if app == "apiserver":
-        return (
-            json.dumps({"major": "1", "minor": "33", "gitVersion": "v1.33.2", "platform": PLATFORM})
-            + "\n"
-        ).encode()
     return f"pod {pod}: {method} {path} from {client}\n".encode()
 
 
@@ -107,15 +104,26 @@ async def serve_tcp(
                     return
                 buf += more
             head, _, buf = buf.partition(b"\r\n\r\n")
-            line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            lines = head.decode("latin-1").split("\r\n")
+            line = lines[0].split()
             method, path = (line[0], line[1]) if len(line) >= 2 else ("GET", "/")
-            body = _reply(app, pod, method, path, peer)
+            if app == "apiserver":
+                headers = {k.strip().lower(): v.strip()
+                           for k, _, v in (h.partition(":") for h in lines[1:])}  # fmt: skip
+                code, text = apiserver.respond(method, path, headers, PLATFORM)
+                body = text.encode()
+                start_line = apiserver.response_head(code, body, text.startswith("{"))
+            else:
+                body = _reply(app, pod, method, path, peer)
+                start_line = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    + f"Content-Length: {len(body)}\r\n".encode()
+                )
             if log is not None:
                 log.write(f"{method} {path} from {peer[0]}:{peer[1]}")
             close = b"connection: close" in head.lower() or head.endswith(b"HTTP/1.0")
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                + f"Content-Length: {len(body)}\r\n".encode()
+                start_line
                 + (b"Connection: close\r\n" if close else b"")
                 + b"\r\n"
                 + (b"" if method == "HEAD" else body)
@@ -146,7 +154,11 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 
 async def start(
-    listener: Listener, pod: str, sock: socket.socket, log: Log | None = None
+    listener: Listener,
+    pod: str,
+    sock: socket.socket,
+    log: Log | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.DatagramTransport | asyncio.Server:
     """Serve LISTENER on an already bound socket, writing one line per request to LOG (the
     container's log); returns what to close to stop it."""
@@ -155,5 +167,5 @@ async def start(
         transport, _ = await loop.create_datagram_endpoint(lambda: UdpEcho(log), sock=sock)
         return transport
     return await asyncio.start_server(
-        lambda r, w: serve_tcp(listener.app, pod, log, r, w), sock=sock
+        lambda r, w: serve_tcp(listener.app, pod, log, r, w), sock=sock, ssl=tls
     )

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from netplane.cluster.node.apiserver import tls_context
 from netplane.cluster.node.responders import Listener, is_dns_image, listeners, start
 from netplane.netns import entered
 
@@ -189,8 +190,11 @@ class Runtime:
             return
         try:
             socks: list[tuple[Listener, socket.socket, LogFile | None]]
+            tls = None
             if not msg.get("netns"):  # the node itself (the API server stand-in)
                 socks = [(ls, bind(ls), None) for ls in msg.get("listeners", [])]
+                if msg.get("tls"):
+                    tls = tls_context(Path(msg["tls"]["pki"]), msg["tls"]["ip"])
             else:
                 socks = []
                 logs: dict[str, LogFile] = {}
@@ -204,7 +208,7 @@ class Runtime:
                             )
                             socks.append((ls, bind(ls), logs[c["name"]]))
             self.servers[uid] = [
-                await start(ls, msg.get("pod", ""), s, log) for ls, s, log in socks
+                await start(ls, msg.get("pod", ""), s, log, tls) for ls, s, log in socks
             ]
             runs = []
             for c in msg.get("containers", []):
