@@ -297,7 +297,6 @@ class _Branch:
     negation: str = ""  # what the skipped one assumes
 
 
-_Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Walk = Iterator[tuple[_State, str | None]]  # (state, verdict); None: fell through
 
 
@@ -315,77 +314,73 @@ class Tracer:
         self.local = [
             ipaddress.ip_network(x, strict=False) for x in (*local_ips, "127.0.0.0/8", "::1/128")
         ]
-        self._builtin: dict[tuple[str, str], list[Rule]] = {}
+        self.builtin: dict[tuple[str, str], list[Rule]] = {}
         for table, chain, match, target, _comment in BUILTIN_JUMPS:
             chains = self.tables.get(table, {})
             if chains.get(chain) or target not in chains:
                 continue  # the input wires this built-in chain itself, or lacks the target
             text = f"-A {chain} {match + ' ' if match else ''}-j {target}"
-            self._builtin.setdefault((table, chain), []).append(parse_rule(text))
-        self._implied = {r for rules in self._builtin.values() for r in rules}
+            self.builtin.setdefault((table, chain), []).append(parse_rule(text))
+        self.implied = {r for rules in self.builtin.values() for r in rules}
 
     def is_local(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
         return any(addr in net for net in self.local)
 
     def trace(self, packet: Packet) -> Trace:
-        src = ipaddress.ip_address(packet.src)
-        src_local = packet.src_local
-        if src_local is None:
-            src_local = self.is_local(packet.src)
-        paths = list(self._paths(packet, src, src_local))
+        paths = list(_PacketWalk(self, packet).paths())
         return Trace(frozenset(p.outcome for p in paths), tuple(paths))
 
-    def _paths(self, packet: Packet, src: _Addr, src_local: bool) -> Iterator[Path]:
+
+class _PacketWalk:
+    """One packet's walk through a Tracer's tables."""
+
+    def __init__(self, tracer: Tracer, packet: Packet) -> None:
+        self.tracer, self.packet = tracer, packet
+        self.src = ipaddress.ip_address(packet.src)
+        local = packet.src_local
+        self.src_local = tracer.is_local(packet.src) if local is None else local
+
+    def paths(self) -> Iterator[Path]:
+        packet = self.packet
         first = "OUTPUT" if packet.output else "PREROUTING"
-        for st, verdict in self._chain("nat", first, packet, src, src_local, _State(packet.dst)):
+        for st, verdict in self._chain("nat", first, _State(packet.dst)):
             if verdict in ("DROP", "REJECT"):
                 yield _end(st, Outcome(verdict))
                 continue
             st = replace(st, dst=_host(st.dnat) if st.dnat else packet.dst)
-            dst_local = self._dst_local(packet, st)
+            dst_local = self._dst_local(st)
             hooks = ["OUTPUT"] if packet.output else ["INPUT" if dst_local else "FORWARD"]
             if packet.output and dst_local:
                 hooks.append("INPUT")
-            yield from self._filter_then_postrouting(hooks, packet, src, src_local, st)
+            yield from self._filter_then_postrouting(hooks, st)
 
-    def _filter_then_postrouting(
-        self, hooks: list[str], packet: Packet, src: _Addr, src_local: bool, st: _State
-    ) -> Iterator[Path]:
+    def _filter_then_postrouting(self, hooks: list[str], st: _State) -> Iterator[Path]:
         if hooks:
-            for st2, verdict in self._chain("filter", hooks[0], packet, src, src_local, st):
+            for st2, verdict in self._chain("filter", hooks[0], st):
                 if verdict in ("DROP", "REJECT"):
                     yield _end(st2, Outcome(verdict, st2.dnat))
                 else:
-                    yield from self._filter_then_postrouting(hooks[1:], packet, src, src_local, st2)
+                    yield from self._filter_then_postrouting(hooks[1:], st2)
             return
-        for st2, verdict in self._chain("nat", "POSTROUTING", packet, src, src_local, st):
+        for st2, verdict in self._chain("nat", "POSTROUTING", st):
             if verdict in ("DROP", "REJECT"):
                 raise TraceError("POSTROUTING dropped a packet: not modelled")
             kind = "DNAT" if st2.dnat else "NO_MATCH"
             yield _end(st2, Outcome(kind, st2.dnat, verdict == "MASQUERADE"))
 
-    def _dst_local(self, packet: Packet, st: _State) -> bool:
-        if st.dst == packet.dst and packet.dst_local is not None:
-            return packet.dst_local
-        return self.is_local(st.dst)
+    def _dst_local(self, st: _State) -> bool:
+        if st.dst == self.packet.dst and self.packet.dst_local is not None:
+            return self.packet.dst_local
+        return self.tracer.is_local(st.dst)
 
-    def _chain(
-        self,
-        table: str,
-        chain: str,
-        packet: Packet,
-        src: _Addr,
-        src_local: bool,
-        st: _State,
-        depth: int = 0,
-    ) -> _Walk:
+    def _chain(self, table: str, chain: str, st: _State, depth: int = 0) -> _Walk:
         """Every (state, verdict) a walk of CHAIN can end in; verdict None = fell through."""
         if depth > _MAX_DEPTH:
             raise TraceError(f"jump depth over {_MAX_DEPTH} at {table} {chain}: a loop?")
-        rules = self._builtin.get((table, chain))
+        rules = self.tracer.builtin.get((table, chain))
         if rules is None:
-            chains = self.tables.get(table, {})
+            chains = self.tracer.tables.get(table, {})
             if chain not in chains:
                 if chain in _BUILTIN.get(table, ()):
                     rules = []
@@ -393,20 +388,10 @@ class Tracer:
                     raise TraceError(f"jump to unknown chain {table} {chain}")
             else:
                 rules = chains[chain]
-        for st2, v in self._walk(table, rules, 0, packet, src, src_local, st, depth):
+        for st2, v in self._walk(table, rules, 0, st, depth):
             yield st2, (None if v == "RETURN" else v)
 
-    def _walk(
-        self,
-        table: str,
-        rules: list[Rule],
-        i: int,
-        packet: Packet,
-        src: _Addr,
-        src_local: bool,
-        st: _State,
-        depth: int,
-    ) -> _Walk:
+    def _walk(self, table: str, rules: list[Rule], i: int, st: _State, depth: int) -> _Walk:
         while i < len(rules):
             rule = rules[i]
             if rule.unknown:
@@ -414,7 +399,7 @@ class Tracer:
                 st = replace(st.passed(table, rule, note), warnings=(*st.warnings, rule.text))
                 i += 1
                 continue
-            m = self._match(rule, packet, src, src_local, st)
+            m = self._match(rule, st)
             if m is False:
                 i += 1
                 continue
@@ -433,21 +418,20 @@ class Tracer:
                         probability=st.probability * p,
                     )
             else:
-                st = st.passed(table, rule, "implied" if rule in self._implied else "")
-            for st2, v in self._apply(table, rule, packet, src, src_local, st, depth):
+                st = st.passed(table, rule, "implied" if rule in self.tracer.implied else "")
+            for st2, v in self._apply(table, rule, st, depth):
                 if v is None:
-                    yield from self._walk(table, rules, i + 1, packet, src, src_local, st2, depth)
+                    yield from self._walk(table, rules, i + 1, st2, depth)
                 else:
                     yield st2, v
             if skipped is not None:
-                yield from self._walk(table, rules, i + 1, packet, src, src_local, skipped, depth)
+                yield from self._walk(table, rules, i + 1, skipped, depth)
             return
         yield st, None
 
-    def _match(
-        self, rule: Rule, packet: Packet, src: _Addr, src_local: bool, st: _State
-    ) -> bool | _Branch:
+    def _match(self, rule: Rule, st: _State) -> bool | _Branch:
         """True, False, or a `_Branch` (both possible: random / unknown history)."""
+        src, packet = self.src, self.packet
         if rule.src is not None:
             net, neg = rule.src
             if ((src.version == net.version and src in net) != neg) is False:
@@ -470,7 +454,7 @@ class Tracer:
                 if m[1] is not None and m[1] != packet.dport:
                     return False
             elif kind == "addrtype":
-                local = src_local if m[1] == "src" else self._dst_local(packet, st)
+                local = self.src_local if m[1] == "src" else self._dst_local(st)
                 if local == m[2]:
                     return False
             elif kind == "statistic":
@@ -498,16 +482,7 @@ class Tracer:
             return True
         return _Branch(probability, " and ".join(conditions), " or ".join(negations))
 
-    def _apply(
-        self,
-        table: str,
-        rule: Rule,
-        packet: Packet,
-        src: _Addr,
-        src_local: bool,
-        st: _State,
-        depth: int,
-    ) -> _Walk:
+    def _apply(self, table: str, rule: Rule, st: _State, depth: int) -> _Walk:
         target = rule.target
         for m in rule.matches:
             if m[0] == "recent-set":
@@ -537,7 +512,7 @@ class Tracer:
         else:
             if rule.target_args:
                 raise TraceError(f"options for a chain jump: {rule.text}")
-            yield from self._chain(table, target, packet, src, src_local, st, depth + 1)
+            yield from self._chain(table, target, st, depth + 1)
 
 
 def _end(st: _State, outcome: Outcome) -> Path:

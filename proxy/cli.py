@@ -8,7 +8,7 @@ from typing import Any, TextIO
 import click
 
 from netplane.kube import source_options
-from netplane.proxy.trace import packet_options
+from netplane.proxy.trace import Packet, packet_options
 
 _FAMILY = click.Choice(["ipv4", "ipv6"])
 _BACKEND = click.Choice(["iptables", "nftables"])
@@ -188,12 +188,8 @@ def cleanup(iptables_variant: str) -> None:
     help="Whose live rules to read (auto: the nftables backend's tables when there).",
 )
 def trace_(
-    src: str,
-    dst: str,
-    dport: int,
-    proto: str,
-    from_node: bool,
-    as_json_: bool,
+    packet: Packet,
+    json_output: bool,
     netns: str | None,
     rules_file: TextIO | None,
     local_ips: tuple[str, ...],
@@ -204,8 +200,7 @@ def trace_(
     with its probability, the NAT it gets and the endpoints it can reach (reads only)."""
     from netplane.proxy import trace as t
 
-    packet = t.packet_of(src, dst, dport, proto, from_node)
-    family = "ipv6" if ":" in dst else "ipv4"
+    family = "ipv6" if ":" in packet.dst else "ipv4"
     try:
         if rules_file is not None:
             ruleset = t.read_file(rules_file.name, rules_file.read(), local_ips)
@@ -213,4 +208,4 @@ def trace_(
             ruleset = t.read_live(netns, family, iptables_variant, backend)
     except t.TraceError as e:
         raise click.ClickException(str(e)) from None
-    t.report(ruleset, packet, as_json_)
+    t.report(ruleset, packet, json_output)

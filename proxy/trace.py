@@ -13,6 +13,7 @@ by `nft._trace`; each with its `detect` and `tracer`, and a `live` source (`--ba
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Callable, Sequence
@@ -263,7 +264,15 @@ def as_json(result: Trace, packet: Packet, ruleset: Ruleset) -> dict[str, Any]:
 
 
 def packet_options(f: Callable[..., None]) -> Callable[..., None]:
-    """The packet to trace, and the report's form (shared with `netplane trace`)."""
+    """The packet to trace and the report's form (shared with `netplane trace`): the
+    command gets `packet` (a Packet) and `json_output`."""
+
+    @functools.wraps(f)
+    def wrapper(
+        src: str, dst: str, dport: int, proto: str, from_node: bool, as_json_: bool, **kw: Any
+    ) -> None:
+        f(packet=packet_of(src, dst, dport, proto, from_node), json_output=as_json_, **kw)
+
     for option in reversed(
         (
             click.option("--src", required=True, help="Source address of the packet."),
@@ -290,8 +299,8 @@ def packet_options(f: Callable[..., None]) -> Callable[..., None]:
             click.option("--json", "as_json_", is_flag=True, help="JSON for scripts."),
         )
     ):
-        f = option(f)
-    return f
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def packet_of(src: str, dst: str, dport: int, proto: str, from_node: bool) -> Packet:

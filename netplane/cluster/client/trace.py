@@ -10,7 +10,7 @@ import click
 from netplane.cluster.client import api
 from netplane.cluster.client.cli import cluster_options
 from netplane.cluster.statedir import StateDir, read_json
-from netplane.proxy.trace import TraceError, packet_of, packet_options, read_live, report
+from netplane.proxy.trace import Packet, TraceError, packet_options, read_live, report
 
 
 @click.command("trace")
@@ -21,12 +21,8 @@ def trace(
     state: StateDir,
     cluster: str,
     node: str,
-    src: str,
-    dst: str,
-    dport: int,
-    proto: str,
-    from_node: bool,
-    as_json_: bool,
+    packet: Packet,
+    json_output: bool,
 ) -> None:
     """Where a packet goes on NODE and why: every rule it passes, each random branch with its
     probability, the NAT it gets and the endpoints it can reach (`--src 10.244.0.5 --dst
@@ -41,9 +37,8 @@ def trace(
         netns = topo.node_ns(topo.node(node).name)
     except KeyError as e:
         raise click.ClickException(str(e.args[0])) from None
-    packet = packet_of(src, dst, dport, proto, from_node)
     try:
-        ruleset = read_live(netns, "ipv6" if ":" in dst else "ipv4")
+        ruleset = read_live(netns, "ipv6" if ":" in packet.dst else "ipv4")
     except TraceError as e:
         raise click.ClickException(str(e)) from None
-    report(ruleset, packet, as_json_)
+    report(ruleset, packet, json_output)
