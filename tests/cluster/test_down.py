@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netplane.cluster.node.plumbing import list_netns
+from netplane import netns
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +41,10 @@ def test_down_removes_everything_up_made(make_lab, tmp_path):
     lab = make_lab("--nodes", "1", "-f", str(manifest))  # up waits for web to be ready
     cluster_id = lab.id
     assert [p["metadata"]["name"] for p in lab.pods()] == ["web"]
-    assert len(list_netns(f"{cluster_id}-")) == 6  # underlay, node, laptop, 2 DNS, web
+    assert len(netns.names(f"{cluster_id}-")) == 6  # underlay, node, laptop, 2 DNS, web
     assert processes_mentioning(str(lab.state))
     assert "Deleted 6 network namespaces" in lab.np("down")
-    assert list_netns(f"{cluster_id}-") == []
+    assert netns.names(f"{cluster_id}-") == []
     assert root_links() <= links  # nothing added to the root namespace
     assert processes_mentioning(str(lab.state)) == []
     assert not lab.state.exists()

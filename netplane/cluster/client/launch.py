@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from netplane import netns
 from netplane.cluster.client import api
 from netplane.cluster.control.topology import build_topology, node_names
 from netplane.cluster.node import plumbing
@@ -146,7 +147,7 @@ def ensure_up(
 
 def teardown(state: StateDir) -> int:
     topo = read_json(state.path / "topology.json", None)
-    before = plumbing.list_netns(f"{topo['id']}-") if topo else []
+    before = netns.names(f"{topo['id']}-") if topo else []
     if api.alive(state):
         daemon = read_json(state.pids / "supervisor.pid", {}).get("pid")
         api.call(state, {"op": "shutdown"})

@@ -13,18 +13,12 @@ from pathlib import Path
 from netplane import netns
 from netplane.cluster.control.topology import Topology
 
-NETNS_DIR = Path("/var/run/netns")
+NETNS_DIR = Path(netns.NETNS_DIR)
 ETC_NETNS = Path("/etc/netns")
 
 
 class PlumbingError(RuntimeError):
     pass
-
-
-def list_netns(prefix: str) -> list[str]:
-    if not NETNS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
 def _attach(topo: Topology, ns: str, peer: str, address: str) -> None:
@@ -73,9 +67,8 @@ def teardown(cluster_id: str) -> list[str]:
     """Delete every namespace (and so every veth and bridge in it) and /etc/netns entry of
     the cluster; returns what was removed."""
     removed = []
-    for name in list_netns(f"{cluster_id}-"):
-        netns.delete(name)
-        if not (NETNS_DIR / name).exists():
+    for name in netns.names(f"{cluster_id}-"):
+        if netns.delete(name):
             removed.append(name)
     if ETC_NETNS.is_dir():
         for d in ETC_NETNS.glob(f"{cluster_id}-*"):
