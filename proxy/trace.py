@@ -200,6 +200,12 @@ def _path_title(path: Path) -> str:
     return f"{end}  [{when}]"
 
 
+def _shares_or_none(result: Trace) -> dict[Outcome, float | None]:
+    if result.paths:
+        return dict(result.shares())
+    return dict.fromkeys(result.outcomes)
+
+
 def _order(o: Outcome) -> tuple[str, str, bool]:
     return o.verdict, o.endpoint or "", o.masquerade
 
@@ -213,6 +219,11 @@ def format_text(result: Trace, packet: Packet, ruleset: Ruleset) -> str:
         for outcome, share in sorted(shares.items(), key=lambda kv: (-kv[1], _order(kv[0]))):
             target = outcome.endpoint or "-"
             lines.append(f"  {share:7.1%}  {outcome.verdict:<8} {target}")
+    elif result.outcomes:  # a reader that reports ends without paths
+        lines.append("outcomes (no path details from this reader):")
+        lines += [
+            f"  {o.verdict:<8} {o.endpoint or '-'}" for o in sorted(result.outcomes, key=_order)
+        ]
     sticky = sorted({p.outcome.endpoint or "-" for p in result.paths if p.conditions})
     if sticky:
         lines.append(f"returning clients (session affinity) stay on: {', '.join(sticky)}")
@@ -237,9 +248,10 @@ def as_json(result: Trace, packet: Packet, ruleset: Ruleset) -> dict[str, Any]:
             "from_node": packet.output,
         },
         "rules": {"format": ruleset.format, "origin": ruleset.origin},
+        # share of new connections; None when the reader gives no paths to weigh
         "endpoints": {
-            o.endpoint: round(share, 6)
-            for o, share in sorted(result.shares().items(), key=lambda kv: _order(kv[0]))
+            o.endpoint: round(share, 6) if share is not None else None
+            for o, share in sorted(_shares_or_none(result).items(), key=lambda kv: _order(kv[0]))
             if o.verdict == "DNAT" and o.endpoint
         },
         "paths": [

@@ -175,3 +175,30 @@ def test_kube_proxy_option_order_is_understood():
     fields = ("chain", "src", "dst", "proto", "target", "target_args")
     assert all(getattr(kp, f) == getattr(ours, f) for f in fields)
     assert sorted(kp.matches) == sorted(ours.matches)
+
+
+def test_reports_from_a_saved_ruleset_and_from_a_reader_without_paths():
+    from netplane.proxy import trace as report
+    from netplane.proxy._trace import Trace
+
+    lines = [
+        "-A KUBE-SERVICES -d 172.30.0.1/32 -p tcp -m tcp --dport 80 -j SVC",
+        "-A SVC -m statistic --mode random --probability 0.25000000000 -j A",
+        "-A SVC -j B",
+        "-A A -p tcp -m tcp -j DNAT --to-destination 10.0.0.1:80",
+        "-A B -p tcp -m tcp -j DNAT --to-destination 10.0.0.2:80",
+    ]
+    ruleset = report.read_file("saved", _rules(*lines, chains=("SVC", "A", "B")))
+    assert ruleset.format == "iptables"
+    packet = Packet(POD, "172.30.0.1")
+    result = report.trace(ruleset, packet)
+    doc = report.as_json(result, packet, ruleset)
+    assert doc["endpoints"] == {"10.0.0.1:80": 0.25, "10.0.0.2:80": 0.75}
+    text = report.format_text(result, packet, ruleset)
+    assert "   75.0%  DNAT     10.0.0.2:80" in text and "<- taken (25.0%)" in text
+    # a reader that only knows the ends (no paths) still gets a report
+    ends = Trace(frozenset({Outcome("DNAT", "10.0.0.1:80")}))
+    assert report.as_json(ends, packet, ruleset)["endpoints"] == {"10.0.0.1:80": None}
+    assert "outcomes (no path details" in report.format_text(ends, packet, ruleset)
+    with pytest.raises(TraceError, match="not a ruleset"):
+        report.read_file("junk", "hello\n")
