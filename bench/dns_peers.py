@@ -24,8 +24,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from netplane.bench.dns_perf import _free_port, dnsperf
+from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns
 
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 NAMESPACES = 50
@@ -122,10 +123,9 @@ def memory_mb(pid: int) -> dict:
     for p in pids:
         with contextlib.suppress(OSError):
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
-            found = [re.search(rf"^{k}:\s+(\d+)", text, re.M) for k in ("Rss", "Pss")]
-            if found[0] and found[1]:  # a kernel without them: not counted
-                rss += int(found[0].group(1))
-                pss += int(found[1].group(1))
+            fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", text, re.M))
+            rss += int(fields.get("Rss", 0))
+            pss += int(fields.get("Pss", 0))
     return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "processes": len(pids)}
 
 
@@ -142,7 +142,7 @@ def cpu_seconds(pid: int) -> float:
     return round(total / tick, 2)
 
 
-def _ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> float:
+def _ready(port: int, proc: subprocess.Popen[str], timeout: float = 300) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
@@ -184,11 +184,8 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
 
 
 def run(
-    quick: bool = False,
-    peer: str = "coredns",
-    output_dir: str | Path | None = None,
-    workers: tuple[int, ...] = (1, 2),
-) -> dict:
+    quick: bool = False, peer: str = "coredns", workers: tuple[int, ...] = (1, 2)
+) -> dict[str, Any]:
     from netplane.testing import anchors
     from netplane.testing.controlplane import ControlPlane
 
@@ -198,9 +195,10 @@ def run(
     seconds = 5 if quick else 10
     try:
         coredns: Path | None = anchors.require("coredns")["coredns"]
-    except anchors.AnchorError as e:  # still say what ran; the table shows it missing
-        coredns = None
-        print(f"CoreDNS skipped: {e}", file=sys.stderr)
+    except anchors.AnchorError as e:  # another build of the pin ($NETPLANE_COREDNS), else none
+        found = find_coredns()
+        coredns = Path(found) if found else None
+        print(f"CoreDNS anchor: {e}; using {coredns}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="npdns-peers-"))
     results: dict = {"services": services, "endpoints": services * 5, "seconds": seconds,
                      "mix": "50% hits, 30% search-path misses, 20% PTR"}  # fmt: skip
@@ -253,17 +251,17 @@ def _line(r: dict) -> str:
             f"{r['after_load']['rss_mb']}/{r['after_load']['pss_mb']} MB")  # fmt: skip
 
 
-def series(results: dict) -> list[dict]:
-    out = []
+def series(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for server, r in results.items():
         if not isinstance(r, dict) or "peak" not in r:
             continue
         labels = {"server": server, "services": results["services"], "api": "kube-apiserver"}
 
         def add(
-            metric: str, unit: str, value: float, labels: dict = labels, **extra: object
+            metric: str, unit: str, value: float, labels: dict[str, Any] = labels, **extra: str
         ) -> None:
-            out.append({"metric": metric, "unit": unit, "labels": {**labels, **extra},
+            out.append({"metric": metric, "unit": unit, "labels": labels | extra,
                         "values": [value]})  # fmt: skip
 
         add("dns_ready", "s", r["ready_s"])
