@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from contextvars import ContextVar
 from typing import Any
 
@@ -111,6 +112,11 @@ def _choice(value: Any, path: str, choices: tuple[str, ...], default: str) -> st
 
 def _ip(value: Any, path: str) -> str:
     s = _str(value, path)
+    try:  # canonical IPv4 (what the API server stores) without ipaddress's cost (~10x)
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, s)) == s:
+            return s
+    except OSError:
+        pass
     try:
         return str(ipaddress.ip_address(s))
     except ValueError:
