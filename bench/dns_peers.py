@@ -18,18 +18,23 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns
 
+if TYPE_CHECKING:
+    from netplane.testing.controlplane import ControlPlane
+
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 NAMESPACES = 50
+PREFIX = "dnsb"  # the benchmark's namespaces: dnsb0 ... dnsb49
 REPO = Path(__file__).resolve().parent.parent
 
 COREFILE = """\
@@ -59,11 +64,11 @@ def cluster_objects(services: int, endpoints: int = 5) -> list[dict]:
     """Namespaces, selectorless Services (every 20th headless) and one slice each; the API
     server allocates the cluster IPs."""
     objects: list[dict] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns{i}"}}
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"{PREFIX}{i}"}}
         for i in range(NAMESPACES)
     ]
     for i in range(services):
-        ns, name = f"ns{i % NAMESPACES}", f"svc{i}"
+        ns, name = f"{PREFIX}{i % NAMESPACES}", f"svc{i}"
         spec: dict = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         if i % 20 == 0:
             spec["clusterIP"] = "None"
@@ -97,8 +102,8 @@ def query_lines(cluster_ips: dict[tuple[str, str], str], count: int, seed: int =
         if roll < 0.5:
             lines.append(f"{name}.{ns}.svc.cluster.local A")
         elif roll < 0.8:
-            lines.append(f"{name}.{ns}.ns{rng.randrange(NAMESPACES, NAMESPACES + 10)}"
-                         ".svc.cluster.local A")  # fmt: skip
+            other = f"{PREFIX}{rng.randrange(NAMESPACES, NAMESPACES + 10)}"  # no such namespace
+            lines.append(f"{name}.{ns}.{other}.svc.cluster.local A")
         else:
             ns, name = rng.choice(with_ip)
             a, b, c, d = cluster_ips[(ns, name)].split(".")
@@ -184,63 +189,84 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
 
 
 def run(
-    quick: bool = False, peer: str = "coredns", workers: tuple[int, ...] = (1, 2)
+    quick: bool = False,
+    peer: str = "coredns",
+    workers: tuple[int, ...] = (1, 2),
+    services: int | None = None,
+    seconds: int | None = None,
+    cp: ControlPlane | None = None,
 ) -> dict[str, Any]:
+    """The comparison on a control plane of its own (or `cp`, with RBAC applied)."""
     from netplane.testing import anchors
     from netplane.testing.controlplane import ControlPlane
 
     if peer != "coredns":
         raise ValueError(f"unknown DNS peer {peer!r} (known: coredns)")
-    services = 1_000 if quick else 10_000
-    seconds = 5 if quick else 10
+    services = services or (1_000 if quick else 10_000)
+    seconds = seconds or (5 if quick else 10)
     try:
         coredns: Path | None = anchors.require("coredns")["coredns"]
     except anchors.AnchorError as e:  # another build of the pin ($NETPLANE_COREDNS), else none
         found = find_coredns()
         coredns = Path(found) if found else None
         print(f"CoreDNS anchor: {e}; using {coredns}", file=sys.stderr)
-    work = Path(tempfile.mkdtemp(prefix="npdns-peers-"))
-    results: dict = {"services": services, "endpoints": services * 5, "seconds": seconds,
-                     "mix": "50% hits, 30% search-path misses, 20% PTR"}  # fmt: skip
-    with ControlPlane() as cp:
-        t = time.monotonic()
-        cp.apply_manifest(REPO / "deploy" / "rbac.yaml")
-        created = cp.create_missing(cluster_objects(services))
-        results["setup"] = {"created": created, "seconds": round(time.monotonic() - t, 1)}
-        listed = cp.api.get("/api/v1/services")["items"]
-        ips = {(s["metadata"]["namespace"], s["metadata"]["name"]):
-               ("" if s["spec"].get("clusterIP") == "None" else s["spec"].get("clusterIP", ""))
-               for s in listed if s["metadata"]["namespace"].startswith("ns")}  # fmt: skip
-        queries = work / "queries.txt"
-        queries.write_text("\n".join(query_lines(ips, 20_000)) + "\n")
-        admin = cp.kubeconfig(host=True)
-        ours = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
-        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
-        servers: dict[str, tuple[list[str], int, int]] = {}
-        port, ready, health, metrics = (_free_port(host if i == 0 else "127.0.0.1")
-                                        for i in range(4))  # fmt: skip
-        corefile = work / "Corefile"
-        corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
-                                            ready_port=ready, metrics_port=metrics,
-                                            kubeconfig=admin))  # fmt: skip
-        if coredns is not None:
-            servers["coredns"] = ([str(coredns), "-conf", str(corefile)], ready, port)
-        else:
-            results["coredns"] = {"skipped": "not built (netplane anchors build coredns)"}
-        for n in workers:
-            argv = [NETPLANE, "dns", "serve", "--kubeconfig", str(ours), "--listen",
-                    f"{host}:{port}", "--workers", str(n), "--ttl", "30", "--pods", "insecure",
-                    "--ready-addr", f"127.0.0.1:{ready}", "--health-addr", f"127.0.0.1:{health}",
-                    "--metrics-addr", f"127.0.0.1:{metrics}"]  # fmt: skip
-            servers[f"netplane-{n}w"] = (argv, ready, port)
-        for name, (argv, ready_port, dns_port) in servers.items():
-            results[name] = measure(argv, ready_port, host, dns_port, queries, seconds)
-            print(name, _line(results[name]), flush=True)
+    results: dict[str, Any] = {"services": services, "endpoints": services * 5,
+                               "seconds": seconds,
+                               "mix": "50% hits, 30% search-path misses, 20% PTR"}  # fmt: skip
+    if cp is None:
+        with ControlPlane() as own:
+            own.apply_manifest(REPO / "deploy" / "rbac.yaml")
+            _compare(own, coredns, workers, results)
+    else:
+        _compare(cp, coredns, workers, results)
     if coredns is not None:
         version = subprocess.run([coredns, "-version"], capture_output=True, text=True).stdout
         results["coredns_version"] = version.split()[0] if version else ""
     results["series"] = series(results)
     return results
+
+
+def _compare(
+    cp: ControlPlane, coredns: Path | None, workers: tuple[int, ...], results: dict[str, Any]
+) -> None:
+    services, seconds = results["services"], results["seconds"]
+    work = Path(tempfile.mkdtemp(prefix="npdns-peers-"))
+    t = time.monotonic()
+    created = cp.create_missing(cluster_objects(services))
+    results["setup"] = {"created": created, "seconds": round(time.monotonic() - t, 1)}
+    listed = cp.api.get("/api/v1/services")["items"]
+    ips = {(s["metadata"]["namespace"], s["metadata"]["name"]):
+           ("" if s["spec"].get("clusterIP") == "None" else s["spec"].get("clusterIP", ""))
+           for s in listed if s["metadata"]["namespace"].startswith(PREFIX)}  # fmt: skip
+    queries = work / "queries.txt"
+    queries.write_text("\n".join(query_lines(ips, 20_000)) + "\n")
+    admin = cp.kubeconfig(host=True)
+    ours = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
+    host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
+    servers: dict[str, list[str]] = {}
+    port, ready, health, metrics = (_free_port(host if i == 0 else "127.0.0.1")
+                                    for i in range(4))  # fmt: skip
+    corefile = work / "Corefile"
+    corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
+                                        ready_port=ready, metrics_port=metrics,
+                                        kubeconfig=admin))  # fmt: skip
+    if coredns is not None:
+        servers["coredns"] = [str(coredns), "-conf", str(corefile)]
+    else:
+        results["coredns"] = {"skipped": "not built (netplane anchors build coredns)"}
+    for n in workers:
+        servers[f"netplane-{n}w"] = [
+            NETPLANE, "dns", "serve", "--kubeconfig", str(ours), "--listen", f"{host}:{port}",
+            "--workers", str(n), "--ttl", "30", "--pods", "insecure",
+            "--ready-addr", f"127.0.0.1:{ready}", "--health-addr", f"127.0.0.1:{health}",
+            "--metrics-addr", f"127.0.0.1:{metrics}",
+        ]  # fmt: skip
+    try:
+        for name, argv in servers.items():
+            results[name] = measure(argv, ready, host, port, queries, seconds)
+            print(name, _line(results[name]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _line(r: dict) -> str:
