@@ -151,3 +151,24 @@ def test_slowloris_above_the_cap_does_not_stop_real_tcp_queries(start_server):
     print(f"answered {answered}, failed {failed}, trickling connections closed {len(closed)}")
     assert answered >= 40 and failed <= 2
     assert len(set(closed)) >= 72  # evicted at the cap or past the whole-message deadline
+
+
+def test_pipelined_tcp_queries_are_all_answered(start_server):
+    srv = start_server(None, workers=1)
+    names = [f"blue.default.svc.{Z}", f"thesvc.other.svc.{Z}", f"nope.default.svc.{Z}"]
+    wires = [dns.message.make_query(n, "A", id=i + 1).to_wire() for i, n in enumerate(names)]
+    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+        s.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wires))  # one write
+        replies = []
+        buf = b""
+        while len(replies) < 3:
+            chunk = s.recv(65535)
+            assert chunk, "connection closed early"
+            buf += chunk
+            while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                size = int.from_bytes(buf[:2], "big")
+                replies.append(dns.message.from_wire(buf[2 : 2 + size]))
+                buf = buf[2 + size :]
+    assert sorted(r.id for r in replies) == [1, 2, 3]
+    by_id = {r.id: r for r in replies}
+    assert by_id[1].answer and by_id[2].answer and by_id[3].rcode() == dns.rcode.NXDOMAIN
