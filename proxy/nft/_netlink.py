@@ -107,7 +107,7 @@ class Batch:
     def __init__(self, family: str, table: str) -> None:
         self.family = family
         self._nfproto = NFPROTO[family]
-        self._parts: list[bytes] = []
+        self._buf = bytearray()  # the messages, back to back (no list of 200k parts)
         self._what: list[tuple[str, str, str]] = []  # per message, for error reports
         self.bytes = 0
         self.use(table)
@@ -118,14 +118,18 @@ class Batch:
         self._table_attr = string(1, table)  # NFTA_*_TABLE is attribute 1 everywhere
 
     def __len__(self) -> int:
-        return len(self._parts)
+        return len(self._what)
 
     def _add(self, kind: int, flags: int, body: bytes, what: tuple[str, str]) -> None:
         # message i carries sequence number i + 1 (the batch's begin is 0): answers name
         # the message they are about by it
-        seq = len(self._parts) + 1
-        header = _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, seq, 0)
-        self._parts.append(header + _NFGEN.pack(self._nfproto, 0, 0) + body)
+        seq = len(self._what) + 1
+        if not self._what:
+            flags |= _F_ECHO  # the kernel then tells us the generation it made (it reads the
+            # flag off the first message after the batch's begin)
+        self._buf += _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, seq, 0)
+        self._buf += _NFGEN.pack(self._nfproto, 0, 0)
+        self._buf += body
         self._what.append((what[0], self.table, what[1]))
         self.bytes += 20 + len(body)
 
@@ -182,7 +186,7 @@ class Batch:
             body += attr(11, struct.pack(">Q", s.timeout * 1000))
             body += attr(9, u32(1, 65535))  # NFTA_SET_DESC_SIZE, as nft sets for dynamic sets
         body += attr(13, set_udata(s))
-        body += u32(10, len(self._parts) + 1)  # NFTA_SET_ID: the kernel wants one, any
+        body += u32(10, len(self._what) + 1)  # NFTA_SET_ID: the kernel wants one, any
         self._add(NEWSET, _F_CREATE, body, ("add set", s.name))
 
     def delete_set(self, name: str) -> None:
@@ -214,21 +218,15 @@ class Batch:
         if chunk:
             self._add(kind, flags, head + attr(3, b"".join(chunk)), what)
 
-    def framed(self, genid: int = 0) -> bytes:
-        """The batch as sent: begin, our messages (numbered 1..n), end. GENID (not 0): the
-        kernel refuses the batch with ERESTART unless the ruleset is still at that
-        generation (nobody committed since we last looked)."""
+    def framed(self, genid: int = 0) -> list[bytes | bytearray]:
+        """The batch as sent (one buffer each): begin, our messages (numbered 1..n), end.
+        GENID (not 0): the kernel refuses the batch with ERESTART unless the ruleset is
+        still at that generation (nobody committed since we last looked)."""
         begin = _batch_marker(_BATCH_BEGIN, 0)
         if genid:
             check = u32(1, genid)  # NFNL_BATCH_GENID
             begin = struct.pack("=I", 20 + len(check)) + begin[4:] + check
-        # echo on the first message: the kernel then tells us the generation it made (it
-        # reads the flag off the first message after the batch's begin)
-        first = self._parts[0]
-        flags = struct.unpack_from("=H", first, 6)[0] | _F_ECHO
-        echoed = first[:6] + struct.pack("=H", flags) + first[8:]
-        end = _batch_marker(_BATCH_END, len(self._parts) + 1)
-        return b"".join([begin, echoed, *self._parts[1:], end])
+        return [begin, self._buf, _batch_marker(_BATCH_END, len(self._what) + 1)]
 
     def describe(self, index: int) -> str:
         verb, table, name = self._what[index]
@@ -295,13 +293,14 @@ class Netlink:
         nothing then, so the generation stays)."""
         if not len(batch):
             return None
-        data = batch.framed(genid)
+        parts = batch.framed(genid)
+        size = sum(map(len, parts))
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, 32, len(data) + (1 << 16))  # SO_SNDBUFFORCE
+            self._sock.setsockopt(socket.SOL_SOCKET, 32, size + (1 << 16))  # SO_SNDBUFFORCE
         except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) + (1 << 16))
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size + (1 << 16))
         self._drain()
-        self._sock.send(data)
+        self._sock.sendmsg(parts)  # one message for the kernel, from three buffers
         failed = None
         made = None
         for seq, code, message in self._answers():
