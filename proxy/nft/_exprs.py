@@ -237,22 +237,31 @@ def _verdict(s: Verdict) -> bytes:
     chain = s.chain
     if chain is None:
         return _VERDICT_HEADS[s.kind]
-    # immediate { DREG 0, DATA { VERDICT { CODE, CHAIN } } }, lengths by hand: this is the
-    # most frequent expression (every goto to an endpoint chain), so no generic helpers
-    name = chain.encode() + b"\0"
-    pad = b"\0" * (-len(name) % 4)
-    chain_attr = 4 + len(name)
-    verdict_len = 4 + 8 + chain_attr + len(pad)
+    # the most frequent expression (a goto to every endpoint chain): everything before the
+    # chain's name depends only on the verdict and the name's length
+    name = chain.encode()
+    head = _verdict_head(s.kind, len(name))
+    return head + name + _PADS[len(name) % 4]
+
+
+_PADS = [b"\0" * (4 - n % 4) if n % 4 else b"\0\0\0\0" for n in range(4)]  # NUL + align
+
+
+@lru_cache(maxsize=1024)
+def _verdict_head(kind: str, length: int) -> bytes:
+    """immediate { DREG 0, DATA { VERDICT { CODE, CHAIN header } } } for a chain name of
+    LENGTH bytes (then comes the name, its NUL and padding)."""
+    chain_attr = 4 + length + 1
+    padded = (chain_attr + 3) & ~3
+    verdict_len = 4 + 8 + padded
     data_len = 4 + verdict_len
     expr_data_len = 4 + 8 + data_len
     return (
         _IMM_HEAD.pack(20 + expr_data_len, 1, 14, 1)
         + b"immediate\0\0\0"
         + _IMM_BODY.pack(expr_data_len, 2, 8, 1, 0, data_len, 2, verdict_len, 2, 8, 1)
-        + _BE32S.pack(VERDICTS[s.kind])
+        + _BE32S.pack(VERDICTS[kind])
         + _HDR.pack(chain_attr, 2)
-        + name
-        + pad
     )
 
 
@@ -391,6 +400,11 @@ def key_bytes(fields: tuple[str, ...] | bytes) -> bytes:
     (bytes: a key as the kernel dumped it)."""
     if isinstance(fields, bytes):
         return fields
+    return _key_bytes(fields)
+
+
+@lru_cache(maxsize=1 << 17)
+def _key_bytes(fields: tuple[str, ...]) -> bytes:
     out = b""
     for f in fields:
         if f in PROTOCOLS:
@@ -404,9 +418,10 @@ def key_bytes(fields: tuple[str, ...] | bytes) -> bytes:
 
 def element(e: Element, with_data: bool = True) -> bytes:
     """One NFTA_LIST_ELEM of NFTA_SET_ELEM_LIST_ELEMENTS (KEY, DATA, USERDATA)."""
-    body = attr(1, attr(1, key_bytes(e.key)))
+    key = key_bytes(e.key)
+    body = _HDR.pack(8 + len(key), 1) + _HDR.pack(4 + len(key), 1) + key  # keys: 4n bytes
     if with_data and e.verdict is not None:
         body += attr(2, verdict_data(e.verdict.kind, e.verdict.chain))
     if with_data and e.comment is not None:
         body += attr(6, udata_comment(e.comment))
-    return attr(_LIST_ELEM, body)
+    return _HDR.pack(4 + len(body), _LIST_ELEM) + body

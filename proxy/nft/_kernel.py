@@ -14,7 +14,7 @@ import struct
 import threading
 from collections.abc import Iterable
 
-from netplane.proxy.nft._exprs import element, encoder, string, udata_comment
+from netplane.proxy.nft._exprs import element, encoder, key_bytes, string, udata_comment
 from netplane.proxy.nft._model import Chain, Element, Hook
 from netplane.proxy.nft._netlink import GETRULE, Batch, Netlink, parse_attrs
 from netplane.proxy.nft._plan import ChainState, Kernel, Op
@@ -41,10 +41,11 @@ def element_digest(e: Element) -> int:
     return hash(element(e)[4:])
 
 
-def build(batch: Batch, ops: Iterable[Op]) -> dict[str, int]:
-    """Add OPS to BATCH; returns the digests of the chains whose rules it writes."""
+def build(batch: Batch, ops: Iterable[Op]) -> dict[object, int]:
+    """Add OPS to BATCH; returns the digests of what it writes: chains by name, elements
+    by (set name, key)."""
     enc = encoder(batch.family)
-    digests: dict[str, int] = {}
+    digests: dict[object, int] = {}
     for verb, arg in ops:
         if verb == "add_rules":
             rules = [(enc.rule(r), r.comment) for r in arg.rules]
@@ -59,7 +60,11 @@ def build(batch: Batch, ops: Iterable[Op]) -> dict[str, int]:
         elif verb == "delete_chain":
             batch.delete_chain(arg)
         elif verb == "add_elements":
-            batch.add_elements(*arg)
+            set_name, elements = arg
+            encoded = [element(e) for e in elements]
+            batch.add_encoded_elements(set_name, encoded)
+            for e, data in zip(elements, encoded, strict=True):
+                digests[set_name, key_bytes(e.key)] = hash(data[4:])
         elif verb == "delete_elements":
             batch.delete_elements(*arg)
         elif verb == "add_set":

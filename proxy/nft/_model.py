@@ -129,7 +129,6 @@ class Verdict(NamedTuple):
 
 RETURN = Verdict("return")
 DROP = Verdict("drop")
-ACCEPT = Verdict("accept")
 
 
 def jump(chain: str) -> Verdict:
@@ -160,11 +159,6 @@ Statement = (
 class Rule(NamedTuple):
     stmts: tuple[Statement, ...]
     comment: str | None = None
-
-
-def targets(rule: Rule) -> tuple[str, ...]:
-    """The chains a rule jumps or goes to."""
-    return tuple(s.chain for s in rule.stmts if type(s) is Verdict and s.chain)
 
 
 # ---- containers ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 from functools import lru_cache
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
 _MAX = 256 - 16  # nft's name limit minus the longest prefix, as kube-proxy
 
 SERVICE = "service-"
@@ -25,9 +26,9 @@ AFFINITY = "affinity-"
 
 
 def _hashed(name: str) -> str:
-    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
-    digest = "".join(_B32[(n >> shift) & 31] for shift in range(35, -1, -5))
-    name = f"{digest}-{name}"
+    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")  # 40 bits
+    t = _PAIRS
+    name = f"{t[n >> 30]}{t[(n >> 20) & 1023]}{t[(n >> 10) & 1023]}{t[n & 1023]}-{name}"
     return name if len(name) <= _MAX else name[: _MAX - 3] + "..."
 
 
@@ -41,8 +42,3 @@ def port_base(namespace: str, name: str, proto: str, port_name: str) -> str:
 def endpoint_base(namespace: str, name: str, proto: str, port_name: str, ip: str, port: int) -> str:
     """`HASH-ns/name/proto/port__ip/port`: what follows `endpoint-` and `affinity-`."""
     return _hashed(f"{namespace}/{name}/{proto}/{port_name}__{ip.replace(':', '.')}/{port}")
-
-
-def is_service_chain(name: str) -> bool:
-    """Per-service chains (one service owns each) all have a slash; top-level ones none."""
-    return "/" in name

@@ -51,6 +51,7 @@ _SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
 _NEW_GENERATION = -1  # not an errno: marks the echoed NEWGEN among the answers
 _HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 _NLHDR = struct.Struct("=IHHII")
+_HEAD = struct.Struct("=IHHIIBBH")  # netlink header + nfgenmsg (version 0, res_id 0)
 _HDR4 = struct.Struct("=HH")
 _NFGEN = struct.Struct("=BBH")
 _MAX_LIST = 60000  # bytes of elements per NEWSETELEM message
@@ -124,14 +125,16 @@ class Batch:
         # message i carries sequence number i + 1 (the batch's begin is 0): answers name
         # the message they are about by it
         seq = len(self._what) + 1
-        if not self._what:
+        if seq == 1:
             flags |= _F_ECHO  # the kernel then tells us the generation it made (it reads the
             # flag off the first message after the batch's begin)
-        self._buf += _NLHDR.pack(20 + len(body), _SUBSYS | kind, _F_REQUEST | flags, seq, 0)
-        self._buf += _NFGEN.pack(self._nfproto, 0, 0)
+        size = 20 + len(body)
+        self._buf += _HEAD.pack(
+            size, _SUBSYS | kind, _F_REQUEST | flags, seq, 0, self._nfproto, 0, 0
+        )
         self._buf += body
         self._what.append((what[0], self.table, what[1]))
-        self.bytes += 20 + len(body)
+        self.bytes += size
 
     # -- tables
     def add_table(self, comment: str | None = None) -> None:
@@ -192,24 +195,25 @@ class Batch:
     def delete_set(self, name: str) -> None:
         self._add(DELSET, 0, self._table_attr + string(2, name), ("delete set", name))
 
-    def flush_set(self, name: str) -> None:
-        self._add(DELSETELEM, 0, self._table_attr + string(2, name), ("flush set", name))
-
     def add_elements(self, set_name: str, elements: list[Element]) -> None:
-        self._elements(NEWSETELEM, _F_CREATE, set_name, elements, True)
+        self.add_encoded_elements(set_name, [element(e) for e in elements])
+
+    def add_encoded_elements(self, set_name: str, encoded: list[bytes]) -> None:
+        """Elements already encoded (`_exprs.element`)."""
+        self._elements(NEWSETELEM, _F_CREATE, set_name, encoded, "add element")
 
     def delete_elements(self, set_name: str, elements: list[Element]) -> None:
-        self._elements(DELSETELEM, 0, set_name, elements, False)
+        encoded = [element(e, with_data=False) for e in elements]
+        self._elements(DELSETELEM, 0, set_name, encoded, "delete element")
 
     def _elements(
-        self, kind: int, flags: int, set_name: str, elements: list[Element], with_data: bool
+        self, kind: int, flags: int, set_name: str, elements: list[bytes], verb: str
     ) -> None:
         head = self._table_attr + string(2, set_name)
-        what = ("add element" if with_data else "delete element", set_name)
+        what = (verb, set_name)
         chunk: list[bytes] = []
         size = 0
-        for e in elements:
-            encoded = element(e, with_data)
+        for encoded in elements:
             if size + len(encoded) > _MAX_LIST:  # an attribute's length is 16 bits
                 self._add(kind, flags, head + attr(3, b"".join(chunk)), what)
                 chunk, size = [], 0

@@ -191,15 +191,9 @@ def _same(have: ChainState, chain: Chain, chain_digest: Callable[[Chain], int]) 
     return have.digest == chain_digest(chain)
 
 
-def apply(
-    kernel: Kernel,
-    ops: Iterable[Op],
-    digests: Mapping[str, int],
-    element_digest: Callable[[Element], int],
-    now: float,
-) -> None:
-    """Record in KERNEL what OPS did, once their transaction committed. DIGESTS: of the
-    chains written, as encoded for it."""
+def apply(kernel: Kernel, ops: Iterable[Op], digests: Mapping[object, int], now: float) -> None:
+    """Record in KERNEL what OPS did, once their transaction committed. DIGESTS: of what
+    was written, as encoded for it (`_kernel.build`)."""
     chains, sets, elements = kernel.chains, kernel.sets, kernel.elements
     for verb, arg in ops:
         if verb == "add_table":
@@ -236,7 +230,8 @@ def apply(
             name, els = arg
             bucket = elements.setdefault(name, {})
             for e in els:
-                bucket[key_bytes(e.key)] = element_digest(e)
+                key = key_bytes(e.key)
+                bucket[key] = digests[name, key]
 
 
 def rule_count(kernel: Kernel) -> int:

@@ -288,7 +288,7 @@ class NftSyncer:
                 if op.verb in ("add_chain", "flush_chain", "delete_chain", "add_rules")
             }
             before = sum(kernel.chains[n].count for n in touched if n in kernel.chains)
-            _plan.apply(kernel, ops, digests, _kernel.element_digest, now)
+            _plan.apply(kernel, ops, digests, now)
             self._rules += sum(kernel.chains[n].count for n in touched if n in kernel.chains)
             self._rules -= before
             self._kernels[table] = kernel
