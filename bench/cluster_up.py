@@ -173,19 +173,26 @@ def run(quick: bool) -> dict[str, Any]:
         root = Path(tmp)
         blue = root / "blue.yaml"
         blue.write_text(BLUE)
-        for cni in ("netplane", "reference"):
-            values = [lab_up(root, cni, blue) for _ in range(repeats)]
+        runs: dict[str, list[float]] = {"netplane": [], "reference": []}
+        loads: dict[str, list[float]] = {"netplane": [], "reference": []}
+        for i in range(repeats):  # interleaved (and alternating first) so load hits both alike
+            for cni in ("netplane", "reference") if i % 2 == 0 else ("reference", "netplane"):
+                loads[cni].append(os.getloadavg()[0])
+                runs[cni].append(lab_up(root, cni, blue))
+        for cni, values in runs.items():
             series.append(
                 {
                     "metric": "up_to_ready",
                     "unit": "s",
                     "values": values,
+                    "load_avg_1m": loads[cni],
                     "labels": {"scenario": "lab", "nodes": 2, "pods": 3, "cni": cni},
                 }
             )
         deployments = 10 if quick else 50
         big = root / "scale.yaml"
         big.write_text(scale_manifests(deployments, 2))
+        load = os.getloadavg()[0]
         ready, answering = scale_up(root, big, f"app-{deployments - 1}")
         labels = {
             "scenario": "scale",
@@ -194,12 +201,14 @@ def run(quick: bool) -> dict[str, Any]:
             "services": deployments + 2,
             "cni": "netplane",
         }
-        series.append({"metric": "up_to_ready", "unit": "s", "values": [ready], "labels": labels})
+        series.append({"metric": "up_to_ready", "unit": "s", "values": [ready],
+                       "load_avg_1m": [load], "labels": labels})  # fmt: skip
         series.append(
             {
                 "metric": "up_to_service_answering",
                 "unit": "s",
                 "values": [answering],
+                "load_avg_1m": [load],
                 "labels": labels,
             }
         )
@@ -220,7 +229,8 @@ def run(quick: bool) -> dict[str, Any]:
                 "labels": {"scenario": "pod-delete", "probe_interval_ms": 50},
             }
         )
-    return {"series": series, "quick": quick}
+    return {"series": series, "quick": quick, "cpus": os.cpu_count(),
+            "load_avg_1m_end": os.getloadavg()[0]}  # fmt: skip
 
 
 def main() -> None:
@@ -231,7 +241,9 @@ def main() -> None:
     result = run(args.quick)
     for s in result["series"]:
         values = ", ".join(f"{v:.2f}" for v in s["values"])
-        print(f"{s['metric']:<28} {json.dumps(s['labels'])}: {values} {s['unit']}")
+        loads = s.get("load_avg_1m")
+        load = f" (load {min(loads):.1f}-{max(loads):.1f})" if loads else ""
+        print(f"{s['metric']:<28} {json.dumps(s['labels'])}: {values} {s['unit']}{load}")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"cluster_up-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

@@ -465,6 +465,10 @@ def test_rolling_update_keeps_the_service_answering(k):
     assert kc(k, "rollout", "history", "deployment/web") == (
         "deployment.apps/web \nREVISION  CHANGE-CAUSE\n1         <none>\n2         <none>\n\n"
     )
+    revision = kc(k, "rollout", "history", "deployment/web", "--revision=2")
+    assert re.match(r"deployment.apps/web with revision #2\nPod Template:\n  Labels:\tapp=web\n"
+                    r"\tpod-template-hash=\w+\n  Containers:\n   color:\n"
+                    r"    Image:\tjpetazzo/color:v2\n", revision), revision  # fmt: skip
     assert kc(k, "rollout", "undo", "deployment/web") == "deployment.apps/web rolled back\n"
     kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
     image = "jsonpath={.spec.template.spec.containers[0].image}"

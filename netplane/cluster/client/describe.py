@@ -40,7 +40,7 @@ class _Writer:
         if not labels:
             self.text.append("<none>\n")
         for i, key in enumerate(sorted(labels)):
-            self.text.append(("" if i == 0 else f"{indent}\t") + f"{key}={labels[key]}\n")
+            self.text.append(("" if i == 0 else "\t") + f"{key}={labels[key]}\n")
 
     def annotations(self, title: str, annotations: dict | None, indent: str = "") -> None:
         shown = {k: v for k, v in (annotations or {}).items() if k not in _SKIPPED_ANNOTATIONS}
@@ -51,7 +51,7 @@ class _Writer:
             line = f"{key}: {shown[key]}"
             if len(line) > _MAX_ANNOTATION:
                 line = line[:_MAX_ANNOTATION] + "..."
-            self.text.append(("" if i == 0 else f"{indent}\t") + line + "\n")
+            self.text.append(("" if i == 0 else "\t") + line + "\n")
 
     def tolerations(self, title: str, tolerations: list | None, indent: str = "") -> None:
         self.text.append(f"{indent}{title}:\t")
@@ -67,7 +67,7 @@ class _Writer:
                 line += " op=Exists"
             if t.get("tolerationSeconds") is not None:
                 line += f" for {t['tolerationSeconds']}s"
-            self.text.append(("" if i == 0 else f"{indent}\t") + line + "\n")
+            self.text.append(("" if i == 0 else "\t") + line + "\n")
 
     def events(self, obj: dict, events: list[dict]) -> None:
         uid = obj["metadata"].get("uid")
@@ -133,19 +133,19 @@ def _containers(
         status = next((s for s in statuses or [] if s.get("name") == c["name"]), None)
         w.write(1, f"{indent}{c['name']}:\n")
         if status is not None:
-            w.write(2, f"Container ID:{indent}\t{status.get('containerID', '')}\n")
-        w.write(2, f"Image:{indent}\t{c.get('image', '')}\n")
+            w.write(2, f"Container ID:\t{status.get('containerID', '')}\n")
+        w.write(2, f"Image:\t{c.get('image', '')}\n")
         if status is not None:
-            w.write(2, f"Image ID:{indent}\t{status.get('imageID', '')}\n")
+            w.write(2, f"Image ID:\t{status.get('imageID', '')}\n")
         ports, host = _ports(c.get("ports") or [], False), _ports(c.get("ports") or [], True)
         if "," in ports:
-            w.write(2, f"Ports:{indent}\t{ports}\n")
+            w.write(2, f"Ports:\t{ports}\n")
         else:
-            w.write(2, f"Port:{indent}\t{ports or '<none>'}\n")
+            w.write(2, f"Port:\t{ports or '<none>'}\n")
         if "," in host:
-            w.write(2, f"Host Ports:{indent}\t{host}\n")
+            w.write(2, f"Host Ports:\t{host}\n")
         else:
-            w.write(2, f"Host Port:{indent}\t{host or '<none>'}\n")
+            w.write(2, f"Host Port:\t{host or '<none>'}\n")
         for field, title in (("command", "Command"), ("args", "Args")):
             if c.get(field):
                 w.write(2, f"{title}:\n")
@@ -205,6 +205,14 @@ def _pod_template(w: _Writer, template: dict) -> None:
     w.write(0, "  Volumes:\t<none>\n")
     w.labels("Node-Selectors", spec.get("nodeSelector"), "  ")
     w.tolerations("Tolerations", spec.get("tolerations"), "  ")
+
+
+def pod_template_text(template: dict) -> str:
+    """`rollout history --revision=N`: the template as describe writes it, tabs left as they
+    are (kubectl prints this one without its tabwriter)."""
+    w = _Writer()
+    _pod_template(w, template)
+    return "".join(w.text)
 
 
 def _conditions(w: _Writer, conditions: list[dict]) -> None:

@@ -495,9 +495,10 @@ def rollout_history(state: StateDir, cluster: str, args: tuple[str, ...], namesp
         rs = dict(revisions).get(revision)
         if rs is None:
             raise click.ClickException(f"unable to find the specified revision {revision}")
-        tmpl = rs["spec"]["template"]
+        from netplane.cluster.client.describe import pod_template_text
+
         click.echo(f"deployment.apps/{key[2]} with revision #{revision}")
-        click.echo(yaml.safe_dump({"Pod Template": tmpl}, sort_keys=True).rstrip())
+        click.echo(pod_template_text(rs["spec"]["template"]))  # kubectl's tabs, unaligned
         return
     click.echo(f"deployment.apps/{key[2]} ")
     rows = [["REVISION", "CHANGE-CAUSE"]]

@@ -122,6 +122,7 @@ def ensure_up(
             raise
         proxies = status["proxies"]
         timings = status.get("timings", {})
+        _step("Starting the cluster daemon", started, timings.get("daemon"))
         _step("Building the underlay and node routes", started, timings.get("network"))
         _step("Starting node runtimes and CNI agents", started, timings.get("runtimes"))
         _step(

@@ -77,6 +77,19 @@ def _path(parts: Iterable[str | int]) -> str:
 
 
 @functools.cache
+def _definitions(schema_dir: str) -> Any:
+    """The shared definitions (most of the schema bytes), parsed once for every kind."""
+    from kubernetes_validate import utils
+    from referencing import Resource
+
+    return Resource.from_contents(
+        utils.schema_contents(
+            f"kubernetes-json-schema/{schema_dir}/_definitions.json", SCHEMA_VERSION
+        )
+    )
+
+
+@functools.cache
 def _validator(kind: str, api_version: str) -> Any:
     import jsonschema
     from kubernetes_validate import utils
@@ -88,11 +101,16 @@ def _validator(kind: str, api_version: str) -> Any:
     schema = utils.schema_contents(
         f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group}.json", SCHEMA_VERSION
     )
-    defs = utils.schema_contents(
-        f"kubernetes-json-schema/{schema_dir}/_definitions.json", SCHEMA_VERSION
-    )
-    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
+    registry = _definitions(schema_dir) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def warm() -> None:
+    """Load the validators of the kinds users send (~0.3 s, mostly importing jsonschema),
+    so that the first `create` does not pay for it; `up` calls it once pods are ready."""
+    for kind, api_version in API_VERSIONS.items():
+        if kind != "Event":
+            _validator(kind, api_version)
 
 
 def schema_problems(body: dict) -> tuple[list[str], list[str]]:

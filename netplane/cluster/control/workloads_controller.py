@@ -503,7 +503,9 @@ def _with_status(t: Txn, key: Key, dep: dict, pods: dict) -> dict:
         "updatedReplicas": len(new_pods),
         "readyReplicas": ready,
         "availableReplicas": ready,
-        "unavailableReplicas": max(replicas - ready, 0),
+        # the sets' wanted replicas (surge included) less the available ones, as the
+        # deployment controller counts them
+        "unavailableReplicas": max(sum(rs["spec"].get("replicas", 1) for rs in owned) - ready, 0),
         "conditions": [
             conditions[k] for k in ("Available", "Progressing", "ReplicaFailure") if k in conditions
         ],

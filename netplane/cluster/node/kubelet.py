@@ -81,7 +81,12 @@ class Kubelet:
                 self.state.pids,
                 self.state.logs,
             ).start()
-        deadline = time.monotonic() + 10
+
+    def wait_cni_agents(self, timeout: float = 10) -> None:
+        """Until every agent serves (sandboxes need them; nothing else does)."""
+        if not self.agents:
+            return
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(
             sandbox.agent_socket(self.state, n.name).exists() for n in self.topo.nodes
         ):
