@@ -37,7 +37,7 @@ from netplane.dns.catalog import Catalog, Delta, build_catalog, delta
 from netplane.dns.metrics import StatsCollector
 from netplane.dns.options import ServeOptions, kinds_needed
 from netplane.dns.server import run_worker
-from netplane.kube.options import api_client
+from netplane.kube.options import source_from_options
 from netplane.sources import ManifestSource, Source, start_source
 from netplane.state import ClusterState
 
@@ -52,11 +52,7 @@ PR_SET_PDEATHSIG = 1
 def _source(opts: ServeOptions) -> Source:
     if opts.manifests:  # polled faster than the default: answers follow within ~100 ms
         return ManifestSource(opts.manifests, poll_interval=opts.poll_interval)
-    from netplane.kube.source import KubeApiSource, Tuning
-
-    client = api_client(opts.kubeconfig, opts.in_cluster)
-    # one list per kind from the API server's watch cache, as CoreDNS's informers start
-    return KubeApiSource(client, kinds_needed(opts.zone.pods), Tuning(page_size=0))
+    return source_from_options(None, opts.kubeconfig, opts.in_cluster, kinds_needed(opts.zone.pods))
 
 
 @dataclass(eq=False)

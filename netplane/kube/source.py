@@ -73,8 +73,6 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Tuning:
     page_size: int = 500  # list in pages: a 10k-service list never sits in memory twice
-    # 0: one unpaged list from the API server's watch cache (resourceVersion=0), as
-    # client-go's informers start: no etcd read per page (DNS: ready sooner)
     watch_timeout: int = 300  # server-side timeoutSeconds, randomised up to 2x (as client-go)
     connect_timeout: float = 5.0
     list_timeout: float = 60.0  # read timeout of one list page
@@ -172,9 +170,7 @@ class _Reflector:
         token, rv = None, ""
         t = self.tuning
         while True:
-            query: dict[str, Any] = (
-                {"limit": t.page_size} if t.page_size else {"resourceVersion": "0"}
-            )
+            query: dict[str, Any] = {"limit": t.page_size}
             if token:
                 query["continue"] = token
             page = self._read_json(self._request(query, (t.connect_timeout, t.list_timeout)))
