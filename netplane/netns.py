@@ -69,11 +69,16 @@ def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
 
 
 def create(name: str) -> str:
-    ip("netns", "add", name)
+    """NAME with loopback up; on any failure (also `ip netns add` timing out on a loaded
+    machine after it made the namespace) nothing of it is left; one that existed before is
+    never touched."""
+    existed = os.path.exists(netns_path(name))
     try:
+        ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
     except BaseException:
-        delete(name)
+        if not existed:
+            delete(name)
         raise
     return name
 
