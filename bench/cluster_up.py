@@ -140,7 +140,7 @@ def failover(root: Path, manifest: Path, repeats: int) -> list[tuple[int, float]
                     "netplane.testing.probe",
                     f"http://{ip}/",
                     "--count",
-                    "80",
+                    "200",  # 10 s: on a loaded machine the new pod can take seconds
                     "--interval",
                     "0.05",
                     "--timeout",
@@ -156,9 +156,12 @@ def failover(root: Path, manifest: Path, repeats: int) -> list[tuple[int, float]
             names = [m[1] if m else None for m in found]
             old = f"default/{pod}"
             last_old = max(i for i, n in enumerate(names) if n == old)
-            first_new = next(i for i, n in enumerate(names) if n and n != old and i > last_old)
-            gap = lines[first_new]["t"] - lines[last_old]["t"]
-            out.append((sum(1 for x in lines if not x["ok"]), gap))
+            first_new = next(
+                (i for i, n in enumerate(names) if n and n != old and i > last_old), None
+            )
+            # no answer from the new pod within the probe window: the whole window is the gap
+            end = lines[first_new]["t"] if first_new is not None else lines[-1]["t"]
+            out.append((sum(1 for x in lines if not x["ok"]), end - lines[last_old]["t"]))
             c.np("get", "pods")  # settle: the new pod is the only one left
             time.sleep(1.5)
     finally:
@@ -180,6 +183,7 @@ def run(quick: bool) -> dict[str, Any]:
                 loads[cni].append(os.getloadavg()[0])
                 runs[cni].append(lab_up(root, cni, blue))
         for cni, values in runs.items():
+            print(f"lab up_to_ready cni={cni}: {values} (load {loads[cni]})", flush=True)
             series.append(
                 {
                     "metric": "up_to_ready",
@@ -194,6 +198,8 @@ def run(quick: bool) -> dict[str, Any]:
         big.write_text(scale_manifests(deployments, 2))
         load = os.getloadavg()[0]
         ready, answering = scale_up(root, big, f"app-{deployments - 1}")
+        print(f"scale: ready {ready:.2f} s, answering {answering:.2f} s (load {load:.1f})",
+              flush=True)  # fmt: skip
         labels = {
             "scenario": "scale",
             "nodes": 3,

@@ -34,6 +34,9 @@ _SECTIONS = {
         "exec": f"{_LAB}.pods:exec_",
         "logs": f"{_LAB}.pods:logs",
         "port-forward": f"{_LAB}.pods:port_forward",
+        "wait": f"{_LAB}.info:wait",
+        "version": f"{_LAB}.info:version",
+        "cluster-info": f"{_LAB}.info:cluster_info",
         "trace": f"{_LAB}.trace:trace",
     },
     "Components (run on real clusters)": {
@@ -62,7 +65,10 @@ class _LazyGroup(click.Group):
         for title, commands in _SECTIONS.items():
             rows = []
             for name in commands:
-                cmd = self.get_command(ctx, name)
+                try:
+                    cmd = self.get_command(ctx, name)
+                except ModuleNotFoundError:  # a component not installed (yet): not listed
+                    continue
                 if cmd is not None and not cmd.hidden:
                     rows.append((name, cmd.get_short_help_str(formatter.width - 20)))
             if rows:

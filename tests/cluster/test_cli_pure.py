@@ -96,3 +96,33 @@ def test_tabwriter_aligns_blocks_as_gos():
     assert tabwrite("a\tb\tc\nlong-one\td\nz\tyy\tq", 0, 1) == (
         "a        b c\nlong-one d\nz        yy q"
     )
+
+
+def test_strategic_merge_patch_merges_lists_by_their_keys():
+    from netplane.cluster.control.patch import apply_patch
+
+    env = [{"name": "A", "value": "1"}]
+    pod = {"spec": {"containers": [{"name": "a", "image": "x", "env": env},
+                                   {"name": "b", "image": "y"}],
+                    "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["one"]}],
+                    "tolerations": [{"key": "k", "operator": "Exists"}]}}  # fmt: skip
+    patch = {"spec": {"containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]},
+                                     {"name": "b", "$patch": "delete"}],
+                      "hostAliases": [{"ip": "10.0.0.2", "hostnames": ["two"]}],
+                      "tolerations": [{"key": "other", "operator": "Exists"}],
+                      "$setElementOrder/containers": [{"name": "a"}]}}  # fmt: skip
+    out = apply_patch(pod, patch)["spec"]
+    assert out["containers"] == [
+        {
+            "name": "a",
+            "image": "x",
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+        }
+    ]
+    assert [h["ip"] for h in out["hostAliases"]] == ["10.0.0.1", "10.0.0.2"]
+    assert out["tolerations"] == [{"key": "other", "operator": "Exists"}]  # no merge key
+    assert "$setElementOrder/containers" not in out
+    replaced = apply_patch({"metadata": {"labels": {"a": "1", "b": "2"}}},
+                           {"metadata": {"labels": {"$patch": "replace", "c": "3"}}})  # fmt: skip
+    assert replaced["metadata"]["labels"] == {"c": "3"}
+    assert apply_patch({"spec": {"replicas": 1}}, {"spec": {"replicas": None}}) == {"spec": {}}

@@ -353,7 +353,7 @@ def test_logs_follow_tail_selector_and_deployment(k):
     pod = requests[-1]
     mine = kc(k, "logs", pod).splitlines()
     assert kc(k, "logs", pod, "--tail=1") == mine[-1] + "\n"
-    assert kc(k, "logs", "deploy/web").splitlines()[0].startswith("GET /")
+    assert all(x.startswith("GET /") for x in kc(k, "logs", "deploy/web").splitlines())
     follow = subprocess.Popen(
         [*k.argv("logs", "-f", pod, "-n", NS)], stdout=subprocess.PIPE, text=True, env=k.env
     )
@@ -588,3 +588,127 @@ def test_nodes_pods_and_deployments_have_their_status(k):
     assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
     dep = k.obj("deploy", "web", NS)["status"]
     assert dep["readyReplicas"] == dep["replicas"] == dep["availableReplicas"]
+
+
+def test_wait_version_and_cluster_info(k):
+    pods = pod_names(k)
+    out = kc(k, "wait", "--for=condition=Ready", "pod", "-l", "app=web", "--timeout=60s")
+    assert out == "".join(f"pod/{p} condition met\n" for p in pods)
+    assert kc(k, "wait", "--for=condition=Available", "deploy/web") == (
+        "deployment.apps/web condition met\n"
+    )
+    assert kc(k, "wait", "--for=jsonpath={.status.phase}=Running", f"pod/{pods[0]}") == (
+        f"pod/{pods[0]} condition met\n"
+    )
+    late = k.run("wait", "--for=condition=Ready=false", f"pod/{pods[0]}", "--timeout=1s",
+                 "-n", NS)  # fmt: skip
+    assert late.returncode == 1
+    assert late.stderr == f"error: timed out waiting for the condition on pods/{pods[0]}\n"
+    assert k.np("version") == "Client Version: v1.33.2\nServer Version: v1.33.2\n"
+    info = k.np("cluster-info").splitlines()
+    assert info[0] == "Kubernetes control plane is running at https://192.168.0.152:6443"
+
+
+# -- the real kubectl on the same objects -----------------------------------------------------
+SERVER_SET = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+
+
+@pytest.fixture(scope="module")
+def real(k):
+    """The real kube-apiserver (netplane.testing.controlplane) holding copies of the lab's
+    nodes and of namespace kctl's objects, statuses included (owner references follow the
+    new uids), for the real kubectl to print."""
+    from netplane.testing.controlplane import ControlPlane
+
+    with ControlPlane(prefix="npkctl") as cp:
+        cp.ensure_namespace(NS)
+        cp.kubectl("create", "serviceaccount", "default", "-n", NS, check=False)
+        uids: dict[str, str] = {}
+        for kind in ("nodes", "deploy", "rs", "pods", "svc", "endpointslices"):
+            args = ("get", kind, "-o", "json") + (() if kind == "nodes" else ("-n", NS))
+            for obj in json.loads(k.np(*args))["items"]:
+                meta = obj["metadata"]
+                old_uid = meta.get("uid", "")
+                for field in SERVER_SET:
+                    meta.pop(field, None)
+                for ref in meta.get("ownerReferences") or []:
+                    ref["uid"] = uids[ref["uid"]]
+                status = obj.pop("status", None)
+                created = json.loads(cp.kubectl("create", "-o", "json", "-f", "-",
+                                                input=json.dumps(obj)))  # fmt: skip
+                uids[old_uid] = created["metadata"]["uid"]
+                if status:
+                    where = () if kind == "nodes" else ("-n", NS)
+                    cp.kubectl("patch", kind, meta["name"], *where, "--subresource=status",
+                               "--type=merge", "-p", json.dumps({"status": status}))  # fmt: skip
+        yield cp
+
+
+def same_table(ours: str, theirs: str) -> None:
+    """Equal cell by cell (ages aside: the copies are younger), each laid out by the rule."""
+    a, b = columns(ours.splitlines()), columns(theirs.splitlines())
+    age = a[0].index("AGE") if "AGE" in a[0] else None
+    for rows in (a, b):
+        for r in rows[1:]:
+            if age is not None:
+                r[age] = "AGE"
+    assert a == b, f"ours:\n{ours}\nkubectl:\n{theirs}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get", "pods", "-l", "app=web"),
+        ("get", "pods", "-l", "app=web", "-o", "wide"),
+        ("get", "pods", "-l", "app=web", "--show-labels"),
+        ("get", "pods", "-l", "app=web", "-L", "app", "-L", "tier"),
+        ("get", "deploy", "web", "-o", "wide"),
+        ("get", "rs", "-l", "app=web", "-o", "wide"),
+        ("get", "svc", "web", "-o", "wide"),
+        ("get", "nodes", "-o", "wide"),
+        ("get", "nodes", "--show-labels"),
+    ],
+)  # fmt: skip
+def test_tables_match_the_real_kubectls(k, real, args):
+    where = () if "nodes" in args else ("-n", NS)
+    same_table(k.np(*args, *where), real.kubectl(*args, *where))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get", "pods", "-l", "app=web", "-o",
+         "custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,"
+         "IMAGES:.spec.containers[*].image,LABELS:.metadata.labels"),
+        ("get", "svc", "web", "-o", "go-template={{.spec.clusterIP}}"),
+        ("get", "svc", "web", "-o", "go-template={{range .spec.ports}}{{.port}}/{{.protocol}} "
+         "{{end}}{{.spec}}"),
+        ("get", "pods", "-l", "app=web", "-o",
+         'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.status.conditions[?(@.type=="Ready")]'
+         '.status}{"\\n"}{end}'),
+        ("get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0]}"),
+        ("get", "nodes", "-o", "jsonpath={.items[*].status.capacity}"),
+        ("get", "deploy,svc", "-o", "name"),
+    ],
+)  # fmt: skip
+def test_templates_match_the_real_kubectls(k, real, args):
+    assert kc(k, *args) == real.kubectl(*args, "-n", NS)
+
+
+def test_describe_matches_the_real_kubectls(k, real):
+    stamp = re.compile(r"\w{3}, \d\d \w{3} \d{4} [\d:]{8} \+0000")
+    pod = pod_names(k)[0]
+    for args in (("svc", "web"), ("deploy", "web"), ("pod", pod)):
+        ours = kc(k, "describe", *args).split("\nEvents:")[0]
+        theirs = real.kubectl("describe", *args, "-n", NS).split("\nEvents:")[0]
+        # the real pod has the ServiceAccount token volume the emulated one does not mount
+        theirs = re.sub(r"    Mounts:\n      /var/run/secrets/\S+ from \S+ \(ro\)\n",
+                        "    Mounts:         <none>\n", theirs)  # fmt: skip
+        theirs = re.sub(r"Volumes:\n  kube-api-access-\w+:\n(    .*\n)+", "Volumes:\t<none>\n",
+                        theirs)  # fmt: skip
+        if args[0] == "pod":  # re-align the block the token volume had split (tabwriter)
+            from netplane.cluster.client.tabwriter import tabwrite
+
+            ours, theirs = (re.sub(r" {2,}", "\t", x) for x in (ours, theirs))
+            ours, theirs = tabwrite(ours, 0, 2), tabwrite(theirs, 0, 2)
+        assert stamp.sub("T", ours) == stamp.sub("T", theirs), (args, ours, theirs)

@@ -274,8 +274,8 @@ def delete(
                                      "selector": selector})  # fmt: skip
             if "error" in found:
                 raise click.ClickException(found["error"])
-            keys += [(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
-                     for o in found["items"]]  # fmt: skip
+            keys += sorted((kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                           for o in found["items"])  # fmt: skip
         if not keys:
             click.echo("No resources found", err=True)
             return

@@ -12,6 +12,7 @@ import datetime
 
 from netplane.cluster.client.tables import age, event_order
 from netplane.cluster.client.tabwriter import tabwrite
+from netplane.cluster.control.naming import template_hash
 
 _SKIPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _MAX_ANNOTATION = 140
@@ -377,21 +378,13 @@ def _deployment(w: _Writer, dep: dict, ctx: dict) -> None:
         )
     _pod_template(w, spec.get("template") or {})
     _conditions(w, st.get("conditions") or [])
-    mine = _owned_by(ctx.get("sets", []), dep)
-    if mine:
-        new = [rs for rs in mine if _same_template(rs, spec.get("template") or {})]
-        old = [rs for rs in mine if rs not in new and rs["spec"].get("replicas")]
+    mine = sorted(_owned_by(ctx.get("sets", []), dep), key=lambda rs: rs["metadata"]["name"])
+    if mine:  # the new set carries the template's hash; every other one is old, even at 0
+        new_name = f"{meta['name']}-{template_hash(spec.get('template') or {})}"
+        new = [rs for rs in mine if rs["metadata"]["name"] == new_name]
+        old = [rs for rs in mine if rs["metadata"]["name"] != new_name]
         w.write(0, f"OldReplicaSets:\t{_replica_sets(old)}\n")
         w.write(0, f"NewReplicaSet:\t{_replica_sets(new)}\n")
-
-
-def _same_template(rs: dict, template: dict) -> bool:
-    mine = rs["spec"].get("template") or {}
-    labels = dict((mine.get("metadata") or {}).get("labels") or {})
-    labels.pop("pod-template-hash", None)
-    return mine.get("spec") == template.get("spec") and labels == (
-        (template.get("metadata") or {}).get("labels") or {}
-    )
 
 
 def _replica_sets(sets: list[dict]) -> str:

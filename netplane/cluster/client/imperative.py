@@ -287,8 +287,8 @@ def _set_meta(field: str, verb: str) -> click.Command:
             kind = kind_of(objs[0])
             found = api.call(state, {"op": "get", "kind": kind, "namespace": namespace,
                                      "selector": selector})["items"]  # fmt: skip
-            keys = [(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
-                    for o in found]  # fmt: skip
+            keys = sorted((kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                          for o in found)  # fmt: skip
         else:
             keys = targets(tuple(objs), namespace)
         results = []

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import copy
 
-MERGE_KEYS = {
+MERGE_KEYS = {  # the patchMergeKey of the API types' lists (the rest are replaced)
     "containers": "name",
     "initContainers": "name",
+    "ephemeralContainers": "name",
     "env": "name",
     "volumes": "name",
     "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
     "ports": None,  # containerPort for containers, port for services (chosen per item)
     "imagePullSecrets": "name",
+    "hostAliases": "ip",
+    "resourceClaims": "name",
+    "ownerReferences": "uid",
+    "conditions": "type",
+    "topologySpreadConstraints": "topologyKey",
 }
 
 
@@ -33,8 +40,12 @@ def apply_patch(obj: dict, patch: object, kind: str = "strategic") -> dict:
 
 
 def _merge(target: object, patch: dict, strategic: bool) -> dict:
+    if strategic and patch.get("$patch") == "replace":  # the map replaces what was there
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
     out = copy.deepcopy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
+        if strategic and (key == "$patch" or key.startswith(("$setElementOrder/", "$retainKeys"))):
+            continue  # directives kubectl sends (ordering, retained keys): nothing to store
         if value is None:
             out.pop(key, None)
         elif isinstance(value, dict):
