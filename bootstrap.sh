@@ -55,8 +55,8 @@ case $job in
         .venv/bin/netplane get pods -A -o wide
         echo "Next: export PATH=\$PWD/.venv/bin:\$PATH; netplane create deployment blue --image=jpetazzo/color; ..." \
              "(see README.md); remove everything with: netplane down" ;;
-    test)  # the real Kubernetes peers first: built once from the Go module proxy, then cached
-        .venv/bin/netplane anchors build
+    test)  # the real Kubernetes peers the tests run: built once from the Go module proxy, then cached
+        .venv/bin/netplane anchors build --for-tests
         exec .venv/bin/pytest "$@" ;;   # not `python -m pytest`: that puts the repo root (with its dns/ folder) on sys.path
     *) echo "usage: bash bootstrap.sh run|test|install" >&2; exit 2 ;;
 esac

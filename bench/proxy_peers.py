@@ -49,6 +49,7 @@ from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
 from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import Expect
 from netplane.bench._sysctl import SysctlWatch
+from netplane.testing.controlplane import ApiError
 
 ENDPOINTS = 5
 SCALES = (1000, 5000, 10000)
@@ -349,15 +350,19 @@ def measure(
             time.sleep(rng.uniform(*GAP))
         m.cpu, m.peak_rss = process_cpu(pid), process_peak_rss(pid)
         m.sigterm_exit = proxy.terminate()
-    except (ProbeTimeout, RuntimeError, OSError) as e:
-        m.error = f"{type(e).__name__}: {e}"
+    except (ProbeTimeout, RuntimeError, OSError, ApiError) as e:
+        step = "full sync" if m.full_sync is None else f"change {len(m.changes) + 1}"
+        m.error = f"{step}: {type(e).__name__}: {e}"
     finally:
         if proxy is not None:
             proxy.terminate()
         if listener is not None:
             listener.close()
         ns.close()
-        cp.remove_node(node.name)
+        try:
+            cp.remove_node(node.name)
+        except (OSError, ApiError) as e:  # the next point still runs; its namespace is gone
+            m.error += f" (removing the node: {e})"
     return m
 
 

@@ -15,8 +15,15 @@ def anchors_group() -> None:
 @anchors_group.command("build")
 @click.argument("names", nargs=-1, type=click.Choice(sorted(anchors.ANCHORS)))
 @click.option("--force", is_flag=True, help="Rebuild even when the cached pin matches.")
-def build(names: tuple[str, ...], force: bool) -> None:
+@click.option(
+    "--for-tests",
+    is_flag=True,
+    help=f"Only what the test suite runs: {', '.join(anchors.FOR_TESTS)}.",
+)
+def build(names: tuple[str, ...], force: bool, for_tests: bool) -> None:
     """Build the anchors (all by default) that are missing or whose pin changed."""
+    if for_tests:
+        names = tuple(dict.fromkeys((*names, *anchors.FOR_TESTS)))
     try:
         taken = anchors.build(names or None, force=force)
     except anchors.AnchorError as e:

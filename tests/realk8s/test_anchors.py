@@ -134,3 +134,17 @@ def test_unreachable_module_proxy_says_so(cache, monkeypatch, capsys) -> None:
 
 def test_module_paths_are_case_encoded() -> None:
     assert anchors._escape("github.com/Azure/go-autorest") == "github.com/!azure/go-autorest"
+
+
+def test_for_tests_builds_what_the_suite_runs(cache, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from netplane.testing.cli import anchors_group
+
+    for name in anchors.FOR_TESTS:
+        _fake_built(name, anchors.ANCHORS[name].pin)
+    monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{_closed_port()}")
+    result = CliRunner().invoke(anchors_group, ["build", "--for-tests"])
+    assert result.exit_code == 0, result.output
+    assert {line.split()[0] for line in result.output.splitlines()} == set(anchors.FOR_TESTS)
+    assert "kubelet" not in result.output

@@ -77,9 +77,12 @@ class Api:
                 data = response.read()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
+                self.close()  # an idle keep-alive connection the server closed: redial once
                 if attempt == 2:
                     raise
+            except BaseException:
+                self.close()  # a timeout or interrupt mid-request: never reuse that connection
+                raise
         try:
             return response.status, json.loads(data) if data else None
         except ValueError:
