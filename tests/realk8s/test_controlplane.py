@@ -108,3 +108,30 @@ def test_a_second_control_plane_is_removed_completely() -> None:
     assert not directory.exists()
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert not {n for n in after.split() if n.startswith("npk8sx")} - before
+
+
+def test_controller_manager_makes_endpoint_slices(
+    controlplane: ControlPlane, k8s_namespace: str
+) -> None:
+    """Optional kube-controller-manager: a Service with a selector gets its EndpointSlice."""
+    from netplane.testing import anchors
+    from netplane.testing.lab import wait_for
+
+    if not anchors.is_built("kube-controller-manager"):
+        pytest.fail("kube-controller-manager not built: run `netplane anchors build`")
+    controlplane.start_controller_manager()
+    controlplane.kubectl(
+        "create", "service", "clusterip", "sel", "--tcp=80:8080", "-n", k8s_namespace
+    )
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{k8s_namespace}/endpointslices"
+
+    def managed():
+        items = controlplane.api.get(path)["items"]
+        return [
+            s for s in items
+            if s["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by")
+            == "endpointslice-controller.k8s.io"
+        ]  # fmt: skip
+
+    (made,) = wait_for(managed, 90, interval=0.5, what="the controller's EndpointSlice")
+    assert made["metadata"]["labels"]["kubernetes.io/service-name"] == "sel"

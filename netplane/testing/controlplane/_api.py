@@ -76,7 +76,12 @@ class Api:
                 response = conn.getresponse()
                 data = response.read()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+                ssl.SSLEOFError,
+            ):
                 self.close()  # an idle keep-alive connection the server closed: redial once
                 if attempt == 2:
                     raise
