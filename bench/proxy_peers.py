@@ -10,8 +10,9 @@ fresh node namespace of its own on the same API server:
   IPs are local addresses there, a listener sees which endpoint the DNAT chose);
 - **one-endpoint change** (CHANGES times, different services): the PUT of an EndpointSlice
   with one endpoint replaced -> a connection reaches the new endpoint;
-- CPU seconds of the proxy and the tools it waited for (iptables-restore, nft), at full sync
-  and at the end; peak RSS (VmHWM); seconds from SIGTERM to exit.
+- CPU seconds of the proxy and the tools it waited for (iptables-restore, nft), SETTLE
+  seconds after the full sync (a tool is counted once reaped) and at the end; peak RSS
+  (VmHWM); seconds from SIGTERM to exit.
 
 Each contender runs under its own least-privilege identity: netplane with the
 `netplane-proxy` ServiceAccount's token (deploy/rbac.yaml applied to the server), kube-proxy
@@ -270,6 +271,7 @@ class _Proxy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd="/",
+                start_new_session=True,  # its tools too: see terminate()
             )
 
     def check(self) -> None:
@@ -278,8 +280,11 @@ class _Proxy:
             raise RuntimeError(f"exited ({self.proc.returncode}):\n{tail}")
 
     def terminate(self) -> float | None:
-        """Seconds from SIGTERM to exit (None: killed after EXIT_TIMEOUT)."""
+        """Seconds from SIGTERM to exit (None: killed after EXIT_TIMEOUT). Whatever it left
+        running is killed too: kube-proxy stopped mid full sync leaves its iptables-restore
+        behind (it kept a deleted namespace's 10k-service restore going for 20 minutes)."""
         if self.proc.poll() is not None:
+            self._kill_group()
             return None
         start = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
@@ -290,6 +295,12 @@ class _Proxy:
             self.proc.kill()
             self.proc.wait(30)
             return None
+        finally:
+            self._kill_group()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def measure(
@@ -323,8 +334,9 @@ def measure(
                 except ProbeTimeout:
                     if time.monotonic() > deadline:
                         raise
-        m.full_sync, m.full_sync_cpu = done - t0, process_cpu(pid)
-        time.sleep(SETTLE)
+        m.full_sync = done - t0
+        time.sleep(SETTLE)  # the restore's process may still be exiting when its rules show
+        m.full_sync_cpu = process_cpu(pid)
         rng = random.Random(services)
         for j in range(changes):
             proxy.check()

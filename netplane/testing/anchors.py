@@ -96,8 +96,8 @@ ANCHORS: dict[str, Anchor] = {
 
 
 # What the test suite runs (bootstrap.sh's test job builds only these): the control plane
-# with its optional controller manager, kubectl, the real kube-proxy and CoreDNS. kubelet
-# (cgo: the longest build, 40 min here under load) and kube-scheduler are built on request.
+# with its optional controller manager, kubectl, the real kube-proxy and CoreDNS. kubelet and
+# kube-scheduler, which no test starts, are built on request.
 FOR_TESTS = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy", "coredns",
 )  # fmt: skip
