@@ -429,7 +429,7 @@ class ControlPlane:
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--leader-elect=false",
-                "--use-service-account-credentials=false",
+                "--use-service-account-credentials=true",  # per-controller RBAC roles, as kubeadm
                 f"--service-account-private-key-file={self._sa.key}",
                 f"--root-ca-file={self.ca}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
