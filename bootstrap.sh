@@ -15,6 +15,7 @@ APT_PACKAGES=(
     containernetworking-plugins              # the reference bridge/host-local plugins we compare with
     containerd runc podman                   # real CNI clients
     gcc libc6-dev                            # the static CNI launcher (cni/launcher.c)
+    debootstrap qemu-user-static             # the image's base rootfs, arm64 under emulation
 )
 
 install_apt() {

@@ -126,6 +126,20 @@ def uninstall(bin_dir: str, conf_dir: str, network: str, bridge: str, data_dir: 
 
 
 @cni.command()
+@_bridge
+def drained(bridge: str) -> None:
+    """Exit 0 when no pod is attached to the bridge any more (or there is no bridge)."""
+    from netplane.cni import netops
+    from netplane.cni.rtnl import Rtnl
+
+    with Rtnl() as rtnl:
+        link = rtnl.link(bridge)
+        ports = netops.bridge_ports(rtnl, link.index) if link is not None else []
+    if any(netops.is_our_veth(p) for p in ports):
+        raise SystemExit(1)
+
+
+@cni.command()
 @click.option("--socket", "path", default=DEFAULT_SOCKET, show_default=True, type=click.Path())
 @click.option(
     "--workers", default=0, type=click.IntRange(min=0), help="Processes (0: one per CPU)."

@@ -129,14 +129,23 @@ def teardown_known(network: str, container_id: str, addresses: list[str]) -> Non
             teardown({chain_name(network, container_id)}, (version,))
 
 
-def teardown(chains: set[str], versions: tuple[int, ...] = (4, 6)) -> None:
-    """Idempotent: chains that do not exist are skipped; no ip6tables is not an error."""
+def teardown(chains: set[str], versions: tuple[int, ...] = (4, 6), attempts: int = 3) -> None:
+    """Idempotent: chains that do not exist are skipped; no ip6tables is not an error. A
+    concurrent DEL of the same container (the runtime and kubelet both stopping a sandbox)
+    can remove a chain between our save and our restore: then save and try again."""
     for version in versions:
-        try:
-            rules = render_teardown(save(version), chains)
-        except CniError:
-            if version == 4:
-                raise
-            continue
-        if rules:
-            _run([_binaries(version)[1], "-w", "--noflush"], rules)
+        for attempt in range(attempts):
+            try:
+                rules = render_teardown(save(version), chains)
+            except CniError:
+                if version == 4:
+                    raise
+                break
+            if not rules:
+                break
+            try:
+                _run([_binaries(version)[1], "-w", "--noflush"], rules)
+                break
+            except CniError:
+                if attempt == attempts - 1:
+                    raise

@@ -15,6 +15,8 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -48,31 +50,43 @@ def daemonset_removed(api: Any, namespace: str, name: str) -> bool:
 @click.option(
     "--cleanup", required=True, help="Command (one string) that removes the node's state."
 )
+@click.option(
+    "--drain",
+    default=None,
+    help="On removal, keep COMMAND running until this command (one string) exits 0: the "
+    "CNI agent serves the DELs of the pods deleted with it before the plugin goes.",
+)
+@click.option("--drain-timeout", default=45.0, show_default=True, type=float)
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None)
 @click.option("--in-cluster", is_flag=True, help="Ask the API with the pod's service account.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def supervise(
-    daemonset: str, cleanup: str, kubeconfig: str | None, in_cluster: bool, command: tuple[str, ...]
+    daemonset: str,
+    cleanup: str,
+    drain: str | None,
+    drain_timeout: float,
+    kubeconfig: str | None,
+    in_cluster: bool,
+    command: tuple[str, ...],
 ) -> None:
-    """Run COMMAND; when it exits, run CLEANUP if DAEMONSET is being removed."""
+    """Run COMMAND; on SIGTERM, if DAEMONSET is being removed: wait for DRAIN, stop COMMAND,
+    run CLEANUP. Otherwise (a restart, an upgrade) just stop COMMAND."""
     namespace, sep, name = daemonset.partition("/")
     if not sep or not namespace or not name:
         raise click.BadParameter("NAMESPACE/NAME", param_hint="--daemonset")
     child = subprocess.Popen(list(command))
-
-    def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
-
+    stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
+        signal.signal(sig, lambda _signum, _frame: stopping.set())
+    while child.poll() is None and not stopping.wait(0.5):
+        pass
+    removed = False
+    if stopping.is_set():
+        removed = _removed(kubeconfig, in_cluster, namespace, name)
+        if removed and drain:
+            _wait_for(drain, drain_timeout)
+        child.send_signal(signal.SIGTERM)
     code = child.wait()
-    from netplane.kube.options import api_client
-
-    try:
-        removed = daemonset_removed(api_client(kubeconfig, in_cluster), namespace, name)
-    except Exception as exc:
-        log.warning("cannot reach the API to check for removal: %s", exc)
-        removed = False
     if removed:
         log.warning("%s is being removed: %s", daemonset, cleanup)
         done = subprocess.run(shlex.split(cleanup), check=False)
@@ -80,3 +94,22 @@ def supervise(
     else:
         log.info("%s stays: node state kept for the next pod", daemonset)
     sys.exit(code)
+
+
+def _removed(kubeconfig: str | None, in_cluster: bool, namespace: str, name: str) -> bool:
+    from netplane.kube.options import api_client
+
+    try:
+        return daemonset_removed(api_client(kubeconfig, in_cluster), namespace, name)
+    except Exception as exc:
+        log.warning("cannot reach the API to check for removal: %s", exc)
+        return False
+
+
+def _wait_for(check: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(shlex.split(check), check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            log.warning("still not drained after %.0f s: cleaning up anyway", timeout)
+            return
+        time.sleep(1)

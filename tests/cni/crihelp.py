@@ -1,4 +1,4 @@
-"""Helpers for the real-client tests: a one-layer busybox OCI image and a minimal CRI client.
+"""Helpers for the real-client tests: a minimal CRI client (images: netplane.testing.oci).
 
 The CRI runtime.v1 protobuf descriptor is taken from the containerd binary itself (it embeds
 it gzipped), so no .proto files or generated code are needed: grpcio + protobuf only.
@@ -6,98 +6,10 @@ it gzipped), so no .proto files or generated code are needed: grpcio + protobuf 
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
 import zlib
 from typing import Any
 
-BUSYBOX = "/bin/busybox"
 GZIP_MAGIC = b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
-
-
-def _tar_add(t: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    t.addfile(info, io.BytesIO(data))
-
-
-def busybox_layer(applets: tuple[str, ...] = ("sh", "sleep", "ip", "cat")) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for d in ("bin", "etc", "proc", "sys", "dev", "tmp"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            t.addfile(info)
-        t.add(BUSYBOX, arcname="bin/busybox")
-        for app in applets:
-            info = tarfile.TarInfo(f"bin/{app}")
-            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-            t.addfile(info)
-    return buf.getvalue()
-
-
-def oci_archive(path: str, name: str) -> None:
-    """An OCI image layout tarball `ctr images import` accepts, tagged `name`."""
-    layer = busybox_layer()
-    blobs = {}
-
-    def blob(data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return digest
-
-    ldig = blob(layer)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Entrypoint": ["/bin/sleep", "2147483647"], "Env": ["PATH=/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [ldig]},
-        }
-    ).encode()
-    cdig = blob(config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": cdig,
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": ldig,
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    mdig = blob(manifest)
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": mdig,
-                    "size": len(manifest),
-                    "annotations": {
-                        "io.containerd.image.name": name,
-                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
-                    },
-                }
-            ],
-        }
-    ).encode()
-    with tarfile.open(path, "w") as t:
-        _tar_add(t, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        _tar_add(t, "index.json", index)
-        for digest, data in blobs.items():
-            _tar_add(t, "blobs/sha256/" + digest.split(":")[1], data)
 
 
 class Cri:

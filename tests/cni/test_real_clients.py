@@ -18,7 +18,9 @@ import time
 
 import pytest
 from cniutil import NETPLANE, Agents, links, store_files
-from crihelp import Cri, busybox_layer, oci_archive
+from crihelp import Cri
+
+from netplane.testing.oci import busybox_layer, oci_archive
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/npcni/busybox:1"
@@ -183,12 +185,14 @@ state = "{base}/state"
         assert not any(link.get("master") == bridge for link in links(host).values())
         assert store_files(f"{base}/ipam", f"npcd-{tag}") <= {"last_reserved_ip.0"}
     finally:
-        if cri is not None:
-            for item in cri("ListPodSandbox").get("items", []):
-                cri("StopPodSandbox", {"pod_sandbox_id": item["id"]})
-                cri("RemovePodSandbox", {"pod_sandbox_id": item["id"]})
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        try:
+            if cri is not None:
+                for item in cri("ListPodSandbox").get("items", []):
+                    cri("StopPodSandbox", {"pod_sandbox_id": item["id"]})
+                    cri("RemovePodSandbox", {"pod_sandbox_id": item["id"]})
+        finally:  # a failing teardown call must not leave containerd running
+            daemon.terminate()
+            daemon.wait(timeout=30)
         subprocess.run(["umount", "-R", f"{base}/root"], capture_output=True, check=False)
         _remove_empty_dirs(*glob.glob("/sys/fs/cgroup/*/k8s.io"), "/run/containerd")
 

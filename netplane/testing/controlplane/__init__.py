@@ -353,6 +353,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={self._sa.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",  # as kubeadm: no DNS here
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
             f"--cert-dir={pki}",

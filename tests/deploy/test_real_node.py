@@ -1,0 +1,278 @@
+"""deploy/ on a real node: the real kubelet and containerd, `kubectl apply -k`, and what a user
+checks after it (slow; runs on the cached anchors and the image built here).
+
+The node is a `RealNode` of a real control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler): its own network and mount namespaces, so deploy/'s manifests run unchanged.
+An overlay points the node components at the API server's address and at the local image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netplane import netns
+from netplane.testing.controlplane import APISERVER_IP, APISERVER_PORT, ControlPlane
+from netplane.testing.realnode import RealNode, Scheduler, pause_archive
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cni"))
+from crihelp import Cri  # noqa: E402 (the CRI client of the CNI tests)
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "localhost/netplane/netplane:0.1.0"
+
+
+def _overlay(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "deploy", directory)],
+                "configMapGenerator": [
+                    {
+                        "name": "netplane-apiserver",
+                        "namespace": "kube-system",
+                        "behavior": "replace",
+                        "options": {"disableNameSuffixHash": True},
+                        "literals": [f"host={APISERVER_IP}", f"port={APISERVER_PORT}"],
+                    }
+                ],
+                "images": [
+                    {
+                        "name": "ghcr.io/netplane/netplane",
+                        "newName": IMAGE.split(":")[0],
+                        "newTag": IMAGE.split(":")[1],
+                    }
+                ],
+            }
+        )
+    )
+    return directory
+
+
+def _wait(what: str, check, timeout: float = 300, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _all_ready(cp: ControlPlane) -> bool:
+    get = cp.api.get
+    for name in ("netplane-proxy", "netplane-cni"):
+        ds = get(f"/apis/apps/v1/namespaces/kube-system/daemonsets/{name}").get("status", {})
+        if (
+            not ds.get("desiredNumberScheduled")
+            or ds.get("numberReady") != ds["desiredNumberScheduled"]
+        ):
+            return False
+    dns = get("/apis/apps/v1/namespaces/kube-system/deployments/netplane-dns")
+    return dns.get("status", {}).get("readyReplicas") == dns["spec"]["replicas"]
+
+
+WORKLOAD = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: IMAGE
+          command: [python3, -c, "import http.server as h, socket;
+            C = type('C', (h.BaseHTTPRequestHandler,), {'do_GET': lambda s: (s.send_response(200),
+            s.end_headers(), s.wfile.write(socket.gethostname().encode()))});
+            h.ThreadingHTTPServer(('', 8080), C).serve_forever()"]
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  containers:
+    - name: client
+      image: IMAGE
+      command: [sleep, "3600"]
+"""
+
+FETCH = (
+    "import sys, urllib.request; "
+    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
+
+
+def test_deploy_on_a_real_node(built_image, tmp_path):
+    _, archive = built_image
+    with ControlPlane(controller_manager=True) as cp, Scheduler(cp), RealNode(cp, "node-a") as node:
+        node.import_images(archive, pause_archive(tmp_path / "pause.tar"))
+        overlay = _overlay(tmp_path / "overlay")
+        start = time.monotonic()
+        cp.kubectl("apply", "-k", str(overlay))
+        try:
+            node.untaint_when_ready()
+            _wait("netplane's DaemonSets and DNS Deployment Ready", lambda: _all_ready(cp))
+        except Exception:
+            print(cp.kubectl("get", "all", "-A", "-o", "wide", check=False))
+            print(cp.kubectl("get", "events", "-A", check=False)[-4000:])
+            raise
+        apply_to_ready = time.monotonic() - start
+        print(f"kubectl apply -k -> all Ready: {apply_to_ready:.1f} s")
+
+        print("RunPodSandbox incl. CNI ADD, same kubelet's containerd, ms (p50 / max):")
+        for name, seconds in _sandbox_times(node, 10).items():
+            ms = sorted(1000 * s for s in seconds)
+            print(f"  {name}: {statistics.median(ms):.1f} / {ms[-1]:.1f}")
+
+        # the network a pod gets is netplane-bridge's, from the Node's pod CIDR
+        conflist = json.loads(node.run("cat", "/etc/cni/net.d/10-netplane.conflist"))
+        assert conflist["plugins"][0]["type"] == "netplane-bridge"
+        assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+        assert "netplane0" in node.run("ip", "-br", "link", "show", "type", "bridge")
+
+        cp.kubectl("apply", "-f", "-", input=WORKLOAD.replace("IMAGE", IMAGE))
+        cp.kubectl("wait", "--for=condition=Ready", "pod", "-l", "app=web", "--timeout=300s")
+        cp.kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=300s")
+        pods = cp.api.get("/api/v1/namespaces/default/pods")["items"]
+        assert all(p["status"]["podIP"].startswith("10.244.1.") for p in pods), pods
+        names = {p["metadata"]["name"] for p in pods if p["metadata"]["name"] != "client"}
+
+        # a ClusterIP Service by name: the pod's resolv.conf -> netplane dns -> netplane proxy
+        answers = {
+            cp.kubectl("exec", "client", "--", "python3", "-c", FETCH, "http://web").strip()
+            for _ in range(12)
+        }
+        assert answers == names, answers  # both endpoints answer
+        # a NodePort from outside the node
+        outside = cp.add_node("outside", register=False)
+        got = netns.run(outside.netns, ["python3", "-c", FETCH, f"http://{node.node.ip}:30080"])
+        assert got.strip() in names
+
+        # removal: the workload first, then netplane; the node is left clean
+        cp.kubectl("delete", "-f", "-", "--wait=true", input=WORKLOAD.replace("IMAGE", IMAGE))
+        cp.kubectl("delete", "-k", str(overlay), "--wait=true")
+        _wait("netplane's pods gone", lambda: not cp.api.get(
+            "/api/v1/namespaces/kube-system/pods")["items"])  # fmt: skip
+        leftovers = node_state(node)
+        assert leftovers == {}, leftovers
+
+
+def node_state(node: RealNode) -> dict[str, object]:
+    """What netplane could leave on a node; empty when clean. kubelet's own chains
+    (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY, KUBE-FIREWALL) are not netplane's."""
+    found: dict[str, object] = {}
+    kubelet_chains = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-FIREWALL")
+    for tool in ("iptables-save", "ip6tables-save"):
+        rules = [
+            line
+            for line in node.run(tool).splitlines()
+            if line.startswith((":", "-A"))
+            and ("KUBE-" in line or "NETPLANE" in line or "CNI-" in line)
+            and not any(chain in line for chain in kubelet_chains)
+        ]
+        if rules:
+            found[tool] = rules
+    bridges = node.run("ip", "-br", "link", "show", "type", "bridge").split()
+    if bridges:
+        found["bridges"] = bridges
+    for path in ("/etc/cni/net.d", "/run/netplane", "/var/lib/cni/networks"):
+        listing = node.run("sh", "-c", f"ls -A {path} 2>/dev/null || true").split()
+        if listing:
+            found[path] = listing
+    if node.run("sh", "-c", "ls /opt/cni/bin | grep netplane || true").strip():
+        found["/opt/cni/bin"] = "netplane-bridge"
+    return found
+
+
+REFERENCE = {
+    "cniVersion": "1.0.0",
+    "name": "reference",
+    "plugins": [
+        {
+            "type": "bridge",
+            "bridge": "cniref0",
+            "isGateway": True,
+            "ipMasq": True,
+            "hairpinMode": True,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.244.201.0/24"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        }
+    ],
+}
+
+
+def _sandbox_times(node: RealNode, count: int) -> dict[str, list[float]]:
+    """RunPodSandbox (which includes the CNI ADD) on the node's containerd, the runtime its
+    kubelet uses: with netplane-bridge (the DaemonSet's conflist), then with the reference
+    bridge + host-local (a conflist that sorts first, same options), then netplane again."""
+    cri = Cri(str(node.root / "fs" / "run_containerd" / "containerd.sock"))
+    conf_dir = node.root / "fs" / "etc_cni_net.d"
+    times: dict[str, list[float]] = {"netplane-bridge": [], "reference bridge": []}
+
+    def run(name: str, prefix: str, n: int) -> None:
+        for i in range(n):
+            meta = {"name": f"sb{i}", "namespace": "default", "uid": f"{prefix}-{i}-{time.time()}"}
+            start = time.perf_counter()
+            sandbox = cri("RunPodSandbox", {"config": {"metadata": meta, "linux": {}}})
+            times[name].append(time.perf_counter() - start)
+            sid = sandbox["pod_sandbox_id"]
+            ip = cri("PodSandboxStatus", {"pod_sandbox_id": sid})["status"]["network"]["ip"]
+            assert ip.startswith(prefix), (name, ip)
+            # kubelet stops sandboxes of pods it does not know, maybe before we do
+            with contextlib.suppress(Exception):
+                cri("StopPodSandbox", {"pod_sandbox_id": sid})
+            with contextlib.suppress(Exception):
+                cri("RemovePodSandbox", {"pod_sandbox_id": sid})
+
+    def switch(to_reference: bool) -> None:
+        path = conf_dir / "05-reference.conflist"
+        if to_reference:
+            path.write_text(json.dumps(REFERENCE))
+        else:
+            path.unlink()
+        time.sleep(3)  # containerd reloads the directory on inotify
+
+    run("netplane-bridge", "10.244.1.", count // 2)
+    switch(True)
+    run("reference bridge", "10.244.201.", count)
+    switch(False)
+    run("netplane-bridge", "10.244.1.", count - count // 2)
+    node.run("ip", "link", "del", "cniref0")
+    node.run("rm", "-rf", "/var/lib/cni/networks/reference")
+    return times
