@@ -269,29 +269,25 @@ class Built:
     size: int  # bytes, as podman reports the image
 
 
-def base_list(arches: tuple[str, ...]) -> str:
-    """One multi-arch base (a manifest list of the per-arch bases), as a registry's
-    debian:bookworm-slim is: each stage of the build finds its own architecture in it."""
-    refs = [base_image(arch) for arch in arches]
-    tag = hashlib.sha256(" ".join(refs).encode()).hexdigest()[:12]
-    ref = f"localhost/netplane/base:{SUITE}-{tag}"
-    if not _image_exists(ref):
-        podman("manifest", "create", ref)
-        for one in refs:
-            podman("manifest", "add", ref, f"containers-storage:{one}")
-    return ref
-
-
-def build_arch(arch: str, version: str, base: str) -> Built:
+def build_arch(arch: str, version: str) -> Built:
+    """deploy/Containerfile for ARCH: its build stage natively first (pip for the target
+    platform, a cross compiler; podman 4.3 would run it emulated in a multi-stage build),
+    then the final stage on ARCH's base with that stage's image as BUILD_STAGE."""
     house = wheelhouse(arch)
     ref = f"{IMAGE}:{version}-{arch}"
+    stage = f"{IMAGE}-build:{version}-{arch}"
     log = cache_dir() / f"build-{arch}.log"
     log.unlink(missing_ok=True)
+    common = ["--network", "host", "--pull=never", "-f", str(REPO / "deploy/Containerfile")]
     _log(f"podman build {ref} (log {log})")
-    # --pull=never: every base is local, never a registry's
-    podman("build", "--platform", f"linux/{arch}", "--network", "host", "--pull=never",
-           "--build-arg", f"BASE={base}",
-           "--volume", f"{house}:/wheels:ro,Z", "-f", str(REPO / "deploy/Containerfile"),
+    podman("build", *common, "--platform", f"linux/{host_arch()}", "--target", "build",
+           "--build-arg", f"BUILD_BASE={base_image(host_arch())}",
+           "--build-arg", f"TARGETARCH={arch}", "--volume", f"{house}:/wheels:ro,Z",
+           "-t", stage, str(REPO), log=log)  # fmt: skip
+    # by ID: podman 4.3 looks a name up for the target platform and would not find it
+    stage_id = json.loads(podman("image", "inspect", stage))[0]["Id"]
+    podman("build", *common, "--platform", f"linux/{arch}",
+           "--build-arg", f"BASE={base_image(arch)}", "--build-arg", f"BUILD_STAGE={stage_id}",
            "-t", ref, str(REPO), log=log)  # fmt: skip
     size = json.loads(podman("image", "inspect", ref))[0]["Size"]
     return Built(arch, ref, int(size))
@@ -314,10 +310,9 @@ def build(arches: tuple[str, ...], out: Path, version: str = netplane.__version_
     report: dict = {"image": f"{IMAGE}:{version}", "archive": str(out), "arches": {}}
     built = []
     with _locked("build"):
-        base = base_list(tuple(sorted({*arches, host_arch()})))
         for arch in arches:
             t0 = time.monotonic()
-            b = build_arch(arch, version, base)
+            b = build_arch(arch, version)
             built.append(b)
             report["arches"][arch] = {
                 "ref": b.ref,
