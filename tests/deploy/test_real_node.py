@@ -171,14 +171,22 @@ def test_deploy_on_a_real_node(built_image, tmp_path):
         names = {p["metadata"]["name"] for p in pods if p["metadata"]["name"] != "client"}
 
         # a ClusterIP Service by name: the pod's resolv.conf -> netplane dns -> netplane proxy
-        answers = {
-            cp.kubectl("exec", "client", "--", "python3", "-c", FETCH, "http://web").strip()
-            for _ in range(12)
-        }
+        def fetch() -> str:
+            return cp.kubectl("exec", "client", "--", "python3", "-c", FETCH, "http://web").strip()
+
+        # until the proxy has the new Service's rules (the node has no route to 10.96/12)
+        _wait("the web Service answering", lambda: _answers(fetch), timeout=120, interval=1)
+        answers = {fetch() for _ in range(12)}
         assert answers == names, answers  # both endpoints answer
         # a NodePort from outside the node
         outside = cp.add_node("outside", register=False)
-        got = netns.run(outside.netns, ["python3", "-c", FETCH, f"http://{node.node.ip}:30080"])
+        url = f"http://{node.node.ip}:30080"
+        got = _wait(
+            "the NodePort answering",
+            lambda: _answers(lambda: netns.run(outside.netns, ["python3", "-c", FETCH, url])),
+            timeout=60,
+            interval=1,
+        )
         assert got.strip() in names
 
         # removal: the workload first, then netplane; the node is left clean
@@ -188,6 +196,13 @@ def test_deploy_on_a_real_node(built_image, tmp_path):
             "/api/v1/namespaces/kube-system/pods")["items"])  # fmt: skip
         leftovers = node_state(node)
         assert leftovers == {}, leftovers
+
+
+def _answers(fetch) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return str(fetch())
+    except Exception:
+        return ""
 
 
 def node_state(node: RealNode) -> dict[str, object]:
