@@ -376,18 +376,10 @@ state = "/run/containerd"
 
 class Scheduler:
     """The real kube-scheduler beside the control plane (DaemonSet and Deployment pods are
-    placed by it), stopped with `close()`. It also lets the test control plane's
-    kube-controller-manager, which runs every controller under its own identity
-    (--use-service-account-credentials=false), create what controllers create (ReplicaSets,
-    pods, EndpointSlices): kubeadm's per-controller service accounts get that from the
-    system:controller:* roles."""
+    placed by it), stopped with `close()`."""
 
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
-        cp.kubectl(
-            "create", "clusterrolebinding", "netplane-test-controllers",
-            "--clusterrole=cluster-admin", "--user=system:kube-controller-manager", check=False,
-        )  # fmt: skip
         self.log = cp.directory / "scheduler.log"
         kubeconfig = cp.kubeconfig("system:kube-scheduler")
         binary = anchors.require("kube-scheduler")["kube-scheduler"]
