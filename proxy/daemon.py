@@ -1,8 +1,9 @@
 """`netplane proxy run`: manifests -> ClusterState -> ChangeTracker -> sync loop -> backend.
 
 The loop owns the schedule, the backend (proxy/backend.py) the kernel:
-- a sync when something changed, no more often than --min-sync-period (bursts are batched
-  into one transaction); every --sync-period a sync with nothing to write (it refreshes
+- a sync when something changed: two may run back to back, then one per --min-sync-period
+  (kube-proxy's bounded-frequency runner; bursts of changes are batched into one
+  transaction); every --sync-period a sync with nothing to write (it refreshes
   /healthz). These syncs are partial: they write only what changed.
 - a full sync at start, after a failed transaction (continuing from the failed chunk, with
   back-off), and every --full-sync-period (an hour: kube-proxy's own rhythm).
@@ -46,6 +47,7 @@ VERIFY_PERIOD_RANGE = (30.0, 600.0)  # seconds: bounds of the automatic period
 _WATCH = 0.05  # seconds between looks for a stop (or a change) during a read-back
 _YIELDED = VerifyResult((), 0, 0, 0.0)  # verify_once: cut short by a change
 MAX_BACKOFF = 30.0  # seconds, between failed syncs that got nowhere
+SYNC_BURST = 2  # syncs that may run back to back before --min-sync-period applies
 
 
 @dataclass
@@ -84,7 +86,7 @@ class SyncLoop:
         while not stop.is_set() and not self.state.wait_synced(TICK):
             pass
         now = time.monotonic()
-        last_start = float("-inf")
+        budget = _Bucket(self.min_sync_period, SYNC_BURST)
         last_sync = last_full = now
         next_probe = now + self.probe_period
         next_verify = float("inf")  # the first periodic read-back: a period after a sync
@@ -100,11 +102,11 @@ class SyncLoop:
                     or self.tracker.pending()
                     or now - last_sync >= self.sync_period
                 ):
-                    start_at = max(last_start + self.min_sync_period, self._retry_at)
+                    start_at = max(now + budget.wait(now), self._retry_at)
                     if now < start_at:
                         stop.wait(min(start_at - now, TICK))
                         continue
-                    last_start = now
+                    budget.take(now)
                     full = hourly or self.backend.needs_full
                     if self.sync_once(hourly, stop):
                         last_sync = now
@@ -227,6 +229,34 @@ class SyncLoop:
         else:
             log.debug("verified %d bytes of rules in %.3f s", result.read_bytes, result.seconds)
         return result
+
+
+class _Bucket:
+    """kube-proxy's bounded-frequency runner: up to BURST syncs at once, then one per
+    PERIOD (a token bucket), so a change that follows another within the period is not
+    held back while a burst lasts, and a storm of changes is batched."""
+
+    def __init__(self, period: float, burst: int) -> None:
+        self.period = period
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        if self.period > 0:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) / self.period)
+        else:
+            self.tokens = float(self.burst)
+        self.stamp = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a sync may start."""
+        self._refill(now)
+        return max(0.0, (1 - self.tokens) * self.period)
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
 
 
 def _cpu() -> float:
