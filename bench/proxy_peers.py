@@ -218,6 +218,15 @@ def load_cluster(cp: Any, services: int) -> dict[str, float]:
     return {"seconds": time.monotonic() - start, "created": created}
 
 
+def restore_originals(cp: Any, indices: Sequence[int]) -> None:
+    """PUT back the original slices of services INDICES (unchanged ones are no-ops): each
+    contender's changes must really change something."""
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+    for i in sorted(set(indices)):
+        body = slice_object(i, original_addresses(i))
+        cp.api.put(f"{path}/{body['metadata']['name']}", body)
+
+
 def sample(services: int) -> list[int]:
     step = max(services // 50, 1)
     return sorted({0, services - 1, *range(step - 1, services, step)})
@@ -308,6 +317,8 @@ def measure(
 ) -> Measurement:
     """One contender at one scale, in a node namespace of its own (removed afterwards)."""
     m = Measurement(contender.name, services)
+    changed = [(j * 7919 + 13) % services for j in range(changes)]
+    restore_originals(cp, changed)  # an earlier contender changed them: start from the same state
     node = cp.add_node(f"{contender.name}-{services}-{os.urandom(2).hex()}")
     ns = Netns(node.netns)
     listener = proxy = None
@@ -340,7 +351,7 @@ def measure(
         rng = random.Random(services)
         for j in range(changes):
             proxy.check()
-            i = (j * 7919 + 13) % services
+            i = changed[j]
             addresses = original_addresses(i)
             new = w.pod_ip(i, ENDPOINTS + j % 100)
             addresses[j % ENDPOINTS] = new
