@@ -197,3 +197,31 @@ def test_periodic_read_back_yields_to_a_change() -> None:
     stop.set()  # SIGTERM during a read-back
     with pytest.raises(SyncInterrupted):
         loop.verify_once(stop)
+
+
+def test_periodic_syncs_are_partial_and_full_rewrites_come_only_when_due() -> None:
+    state = ClusterState()
+    tracker = state.tracker()
+    for i in range(5):
+        state.apply(objects(i, 2))
+    state.mark_synced()
+    ipt = FakeIptables()
+    metrics = Metrics()
+    # a periodic sync every 50 ms, no read-back, no full rewrite
+    loop = SyncLoop(state, tracker, Syncer(CONFIG, ipt), metrics, "node-a", min_sync_period=0,
+                    sync_period=0.05, full_sync_period=0, verify_period=3600)  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        while metrics.partial._sum.get() == 0 or len(ipt.texts) < 1:
+            stop.wait(0.01)
+        stop.wait(0.5)  # ~10 periodic syncs
+        assert len(ipt.texts) == 1  # the first (full) sync wrote; the periodic ones did not
+        loop.full_sync_period = 0.2  # now due: one full rewrite, then partial ones again
+        stop.wait(0.5)
+    finally:
+        stop.set()
+        thread.join(5)
+    fulls = [t for t in ipt.texts if ":KUBE-SERVICES" in t]
+    assert 2 <= len(fulls) <= 6, len(fulls)  # the first, then one per 0.2 s at most
