@@ -95,11 +95,12 @@ ANCHORS: dict[str, Anchor] = {
 }
 
 
-# What the test suite runs (bootstrap.sh's test job builds only these): the control plane
-# with its optional controller manager, kubectl, the real kube-proxy and CoreDNS. kubelet and
-# kube-scheduler, which no test starts, are built on request.
+# What the test suite runs (bootstrap.sh's test job builds these): the control plane with its
+# controller manager and scheduler, kubectl, the real kube-proxy, CoreDNS, and the kubelet of
+# tests/deploy's real node: today every anchor.
 FOR_TESTS = (
-    "etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy", "coredns",
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+    "kube-proxy", "kubelet", "coredns",
 )  # fmt: skip
 
 

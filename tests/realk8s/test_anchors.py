@@ -147,4 +147,3 @@ def test_for_tests_builds_what_the_suite_runs(cache, monkeypatch) -> None:
     result = CliRunner().invoke(anchors_group, ["build", "--for-tests"])
     assert result.exit_code == 0, result.output
     assert {line.split()[0] for line in result.output.splitlines()} == set(anchors.FOR_TESTS)
-    assert "kubelet" not in result.output
