@@ -14,6 +14,7 @@ from netplane.cluster.control.admission import admit, object_key
 from netplane.cluster.control.builtin import builtin_objects
 from netplane.cluster.control.controller import reconcile
 from netplane.cluster.control.envvars import service_env
+from netplane.cluster.control.events import MAX_EVENTS
 from netplane.cluster.control.naming import ALPHABET, template_hash
 from netplane.cluster.control.topology import build_topology, node_names
 from netplane.cluster.control.workloads import deployment_manifest, service_manifest
@@ -111,6 +112,26 @@ def test_deployment_pods_have_replicaset_names_and_spread_over_nodes(c):
         assert p["metadata"]["labels"] == {"app": "blue", "pod-template-hash": h}
     nodes = [p["spec"]["nodeName"] for p in pods]
     assert sorted(nodes) == ["pi-black", "pi-black", "pi-red", "pi-red"]
+
+
+def test_events_are_capped_oldest_first(c):
+    c.apply(deployment_manifest("web", "nginx"))
+    c.settle()
+    events = lambda: sorted(  # noqa: E731
+        (int(b["metadata"].get("resourceVersion", "0")), k)
+        for k, b in c.objects.items()
+        if k[0] == "Event"
+    )
+    first = events()
+    assert first
+    for n in range(MAX_EVENTS):
+        key = ("Event", "default", f"filler.{n}")
+        c.objects[key] = {**c.objects[first[0][1]], "metadata": {
+            "name": key[2], "namespace": "default", "resourceVersion": str(10**6 + n)}}  # fmt: skip
+    c.settle()
+    left = events()
+    assert len(left) == MAX_EVENTS
+    assert not {k for _, k in first} & {k for _, k in left}
 
 
 def test_scaling_down_and_up(c):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from netplane.cluster.control import workloads_controller as wc
 from netplane.cluster.control.endpointslices import MANAGED_BY, endpoint_slices
+from netplane.cluster.control.events import oldest_beyond_cap
 from netplane.cluster.control.topology import Topology
 from netplane.model import InvalidField, Pod, Service, parse_as
 
@@ -64,6 +65,8 @@ def reconcile(objects: Mapping[Key, dict], topo: Topology, rng: random.Random, n
     wc.replicasets(t, topo)
     wc.schedule(t, topo)
     wc.deployment_status(t)
+    for key in oldest_beyond_cap([(k, v) for k, v in t.view.items() if k[0] == "Event"]):
+        t.delete(key)
     try:
         up, dl = _slices(t.view, parse_pods(t.view), now)
     except Exception as e:
