@@ -3,8 +3,9 @@
 Raw samples (not just medians) are kept so that `netplane bench compare` can run a proper
 significance test between two runs made on different days, commits or machines. The
 platform block is what makes two files comparable at all: a figure without the CPU, kernel
-and iptables variant it was measured with means little. A run under qemu-user emulation is
-labelled EMULATED in the file itself so its figures can never pass for hardware figures.
+and iptables variant it was measured with means little. A run under emulation (qemu-user, or
+a whole emulated machine under qemu-system) says so in the file itself, with how, so its
+figures can never pass for hardware figures.
 """
 
 from __future__ import annotations
@@ -198,9 +199,11 @@ def validate(doc: Any) -> list[str]:
 
 def platform_info() -> dict[str, Any]:
     """What a figure was measured on: enough to tell two machines (or two setups) apart."""
+    facts = MachineFacts.read()
     return {
-        "arch": platform.machine(),
-        "cpu_model": cpu_model(),
+        "arch": facts.machine,
+        "cpu_model": cpu_model(facts.cpuinfo),
+        "board": board(),
         "cores": os.cpu_count() or 0,
         "kernel": platform.release(),
         "distribution": _os_release(),
@@ -212,42 +215,161 @@ def platform_info() -> dict[str, Any]:
         "iptables_legacy": _tool_version(["iptables-legacy", "--version"]),
         "iptables_nft": _tool_version(["iptables-nft", "--version"]),
         "nft": _tool_version(["nft", "--version"]),
-        "emulated": emulation(),
+        "emulated": classify(facts),
     }
 
 
-def _cpuinfo() -> str:
+def _read(path: str) -> str:
     try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
 
 
-def cpu_model() -> str:
-    # x86 says "model name"; arm64 kernels often give only "CPU part", the Pi's DT gives "Model"
-    info = _cpuinfo()
-    for key in ("model name", "Model", "Hardware", "cpu model", "CPU part"):
+# ARM Ltd (implementer 0x41) CPU parts, as the MIDR register gives them: arm64 kernels show
+# only these numbers. The Raspberry Pi 3/4/5 are the A53, A72 and A76.
+_ARM_PARTS = {
+    0xD03: "Cortex-A53", 0xD04: "Cortex-A35", 0xD05: "Cortex-A55", 0xD07: "Cortex-A57",
+    0xD08: "Cortex-A72", 0xD09: "Cortex-A73", 0xD0A: "Cortex-A75", 0xD0B: "Cortex-A76",
+    0xD0C: "Neoverse-N1", 0xD0D: "Cortex-A77", 0xD40: "Neoverse-V1", 0xD41: "Cortex-A78",
+    0xD46: "Cortex-A510", 0xD47: "Cortex-A710", 0xD49: "Neoverse-N2", 0xD4F: "Neoverse-V2",
+}  # fmt: skip
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's name: x86 says it ("model name"); arm64 kernels give only the MIDR numbers,
+    named here for ARM's own cores."""
+    info = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+
+    def field(key: str) -> str | None:
         m = re.search(rf"^{key}\s*:\s*(.+)$", info, re.MULTILINE)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or "unknown"
+        return m.group(1).strip() if m else None
+
+    if name := field("model name") or field("cpu model"):
+        return name
+    implementer, part = field("CPU implementer"), field("CPU part")
+    if implementer and part:
+        try:
+            if int(implementer, 16) == 0x41 and int(part, 16) in _ARM_PARTS:
+                return f"ARM {_ARM_PARTS[int(part, 16)]}"
+        except ValueError:
+            pass
+        return f"CPU implementer {implementer} part {part}"
+    return field("Hardware") or platform.processor() or "unknown"
+
+
+def board() -> str | None:
+    """What machine this is: the device tree's model (a Raspberry Pi names itself there) or
+    compatible string (QEMU's virt machine has only "linux,dummy-virt"), else DMI."""
+    model = _read("/proc/device-tree/model").strip("\0\n ")
+    if model:
+        return model
+    compatible = _read("/proc/device-tree/compatible").split("\0")[0].strip()
+    if compatible:
+        return compatible
+    vendor = _read("/sys/class/dmi/id/sys_vendor").strip()
+    product = _read("/sys/class/dmi/id/product_name").strip()
+    return " ".join(p for p in (vendor, product) if p) or None
+
+
+# --- emulation -------------------------------------------------------------------------------
+
+QEMU_USER = "qemu-user"
+QEMU_SYSTEM_TCG = "qemu-system (tcg)"
+# the arm64 VM runner (bench/arm64) puts this on the guest kernel's command line
+CMDLINE_FLAG = "netplane.emulation"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineFacts:
+    """What emulation detection looks at, read once so that `classify` stays pure."""
+
+    machine: str  # uname: what programs see (qemu-user reports the emulated architecture)
+    kernel_arch: str  # what the kernel itself is built for ("" when it does not say)
+    cpuinfo: str
+    cmdline: str  # the kernel command line
+    dt_compatible: tuple[str, ...]  # device tree (arm64 boards and QEMU's virt machine)
+    dmi_vendor: str  # DMI/SMBIOS (x86, and arm64 with UEFI)
+    clocksources: str
+    declared: str  # NETPLANE_BENCH_EMULATED: an explicit answer wins
+
+    @classmethod
+    def read(cls) -> MachineFacts:
+        return cls(
+            machine=platform.machine(),
+            kernel_arch=_kernel_arch(),
+            cpuinfo=_read("/proc/cpuinfo"),
+            cmdline=_read("/proc/cmdline").strip(),
+            dt_compatible=tuple(c for c in _read("/proc/device-tree/compatible").split("\0") if c),
+            dmi_vendor=_read("/sys/class/dmi/id/sys_vendor").strip(),
+            clocksources=_read(
+                "/sys/devices/system/clocksource/clocksource0/available_clocksource"
+            ).strip(),
+            declared=os.environ.get("NETPLANE_BENCH_EMULATED", "").strip(),
+        )
+
+
+def _kernel_arch() -> str:
+    """The running kernel's architecture, from files qemu-user does not rewrite (it reports
+    the guest's architecture through uname)."""
+    arch = _read("/proc/sys/kernel/arch").strip()
+    if arch:
+        return arch
+    m = re.match(r"cpu:type:([^:,]+)", _read("/sys/devices/system/cpu/modalias"))
+    return m.group(1) if m else ""
+
+
+def _family(arch: str) -> str:
+    """x86 or arm for the architectures that run each other's code only under emulation
+    (an arm64 kernel running 32-bit arm programs, or x86_64 running i686, is not that)."""
+    a = arch.lower()
+    if a in ("x86_64", "amd64", "x86", "i386", "i686") or re.fullmatch(r"i\d86", a):
+        return "x86"
+    if a.startswith(("aarch64", "arm")):
+        return "arm"
+    return a
+
+
+def classify(f: MachineFacts) -> str | None:
+    """Why figures measured here are not hardware figures, or None when they are.
+
+    - qemu-user (QEMU_USER...): programs of one architecture on another's kernel; netfilter
+      netlink and sockopts are not translated, so the kernel benchmarks cannot run;
+    - qemu-system (QEMU_SYSTEM_TCG, or "qemu-system (...)"): a whole emulated machine with
+      its own kernel: everything runs, ten to fifty times slower than hardware, unevenly;
+    - None: hardware, or a hardware-assisted VM (KVM), whose CPU runs the code natively.
+    NETPLANE_BENCH_EMULATED overrides (`none` for real hardware).
+    """
+    if f.declared:
+        return None if f.declared.lower() in ("none", "no", "0", "hardware") else f.declared
+    if f.kernel_arch and _family(f.kernel_arch) != _family(f.machine):
+        return f"{QEMU_USER} ({f.machine} programs on an {f.kernel_arch} kernel)"
+    if _family(f.machine) == "arm" and re.search(
+        r"^(vendor_id|flags)\s*:.*\b(GenuineIntel|AuthenticAMD|sse2)\b", f.cpuinfo, re.MULTILINE
+    ):
+        return f"{QEMU_USER} ({f.machine} programs on an x86 CPU)"
+    m = re.search(rf"(?:^|\s){re.escape(CMDLINE_FLAG)}=(\S+)", f.cmdline)
+    if m:
+        accel = m.group(1).lower()
+        if accel in ("none", "kvm", "hvf", "hardware"):
+            return None
+        return QEMU_SYSTEM_TCG if accel == "tcg" else f"qemu-system ({accel})"
+    if "linux,dummy-virt" in f.dt_compatible or f.dmi_vendor == "QEMU":
+        if _family(f.machine) != "x86":  # arm64 KVM guests look the same: say so
+            return "qemu-system (QEMU machine, accelerator not declared: tcg or kvm)"
+        if "kvm-clock" not in f.clocksources.split():
+            return "qemu-system (QEMU machine without kvm-clock: tcg)"
+    return None
 
 
 def emulation() -> str | None:
-    """Why this run is emulated (for example "qemu-user"), or None on real hardware.
+    """Why this run is emulated (see `classify`), or None on real hardware."""
+    return classify(MachineFacts.read())
 
-    The arm64 chroot script says so explicitly; as a second line of defence an aarch64
-    userland whose /proc/cpuinfo describes an x86 CPU is qemu-user (it passes the host's file).
-    """
-    declared = os.environ.get("NETPLANE_BENCH_EMULATED", "").strip()
-    if declared:
-        return declared
-    info = _cpuinfo()
-    if platform.machine() in ("aarch64", "arm64") and re.search(
-        r"^(vendor_id|flags)\s*:.*\b(GenuineIntel|AuthenticAMD|sse2)\b", info, re.MULTILINE
-    ):
-        return "qemu-user (aarch64 userland on an x86 CPU)"
-    return None
+
+def is_qemu_user(why: str | None) -> bool:
+    """Whether EMULATION's answer means netfilter netlink is out of reach (qemu-user)."""
+    return bool(why) and why.startswith(QEMU_USER)
 
 
 def _os_release() -> str:

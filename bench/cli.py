@@ -43,7 +43,8 @@ def _save(result: Result, output_dir: Path, path: Path | None = None) -> None:
     for s in result.skipped:
         click.echo(f"skipped {s.what}: {s.reason}", err=True)
     if result.emulated:
-        click.echo("EMULATED run (qemu-user): figures are not hardware figures", err=True)
+        click.echo(f"EMULATED run ({result.platform['emulated']}, {result.platform['cpu_model']}):"
+                   " figures are not hardware figures", err=True)  # fmt: skip
     click.echo(f"wrote {path}")
 
 
@@ -88,6 +89,18 @@ def compute(quick: bool, output_dir: Path) -> None:
 
     params, series, skipped = run(quick)
     _save(new_result("compute", params, series, skipped), output_dir)
+
+
+@bench.command()
+@_quick
+@_output_dir
+def calibrate(quick: bool, output_dir: Path) -> None:
+    """Fixed work (Python loop, SHA-256, fork/exec, iptables-restore of a fixed ruleset):
+    compare two machines' files to relate their figures (e.g. an emulated arm64 run)."""
+    from netplane.bench.calibrate import run
+
+    params, series, skipped = run(quick)
+    _save(new_result("calibrate", params, series, skipped), output_dir)
 
 
 @bench.command()
@@ -166,11 +179,12 @@ def _plugged(benchmark: str, data: dict[str, Any], quick: bool) -> Result:
 
 
 def _emulated_skip(benchmark: str, quick: bool) -> Result | None:
-    """Under qemu-user the namespace/netlink benchmarks cannot run: say so in a result."""
-    from netplane.bench._results import emulation
+    """Under qemu-user the namespace/netlink benchmarks cannot run: say so in a result.
+    (A whole emulated machine, qemu-system, runs them: its results are labelled instead.)"""
+    from netplane.bench._results import emulation, is_qemu_user
 
     why = emulation()
-    if not why:
+    if not is_qemu_user(why):
         return None
     reason = f"emulated ({why}): needs network namespaces, netlink and real tools"
     return new_result(benchmark, {"quick": quick}, [], [Skipped(benchmark, reason)])
@@ -255,6 +269,54 @@ def proxy_sync(
     _run_plugged("proxy-sync", "netplane.bench.proxy_sync", "the proxy sync benchmark",
                  output_dir, scales=list(scales) or None, variants=list(variants) or None,
                  quick=quick)  # fmt: skip
+
+
+@bench.command("arm64-vm")
+@click.option(
+    "--cpu",
+    type=click.Choice(["cortex-a72", "cortex-a76"]),
+    default="cortex-a72",
+    show_default=True,
+    help="The emulated cores: Raspberry Pi 4 (a72) or 5 (a76).",
+)
+@click.option("--smp", type=int, default=None, help="vCPUs (default: 4, or the host's cores).")
+@click.option("--memory", "memory_mb", type=int, default=4096, show_default=True, help="MiB.")
+@click.option(
+    "--budget",
+    type=int,
+    default=None,
+    help="Seconds the suite may run inside the VM (default 6 h; --quick 40 min).",
+)
+@click.option("--only", default="", help="Comma-separated suite parts (see bench/arm64/suite.sh).")
+@click.option("--refresh", is_flag=True, help="Rebuild the image from current Debian packages.")
+@click.option("--quick", is_flag=True, help="suite.sh --quick: a smoke run of every part.")
+@_output_dir
+def arm64_vm(cpu, smp, memory_mb, budget, only, refresh, quick, output_dir) -> None:
+    """The suite on an emulated Raspberry Pi class arm64 machine (qemu-system, TCG): builds
+    and caches the image, boots it with no network, copies the JSON results out."""
+    from netplane.bench._results import ResultError, load_result
+    from netplane.bench.arm64 import vm
+    from netplane.bench.arm64.image import ImageError
+    from netplane.bench.compare import format_table
+
+    try:
+        plan = vm.VmPlan.make(cpu, smp, memory_mb, budget, quick,
+                              tuple(p for p in only.split(",") if p))  # fmt: skip
+        files = vm.run(plan, output_dir)
+    except (ValueError, ImageError) as e:
+        raise click.ClickException(str(e)) from e
+    for path in files:
+        try:
+            r = load_result(path)
+        except ResultError:  # the micro-benchmarks' pytest-benchmark file
+            click.echo(f"wrote {path}")
+            continue
+        host = vm.newest_host_run(output_dir, r.benchmark)
+        if host and r.series:
+            click.echo(format_table((host[0].name, host[1]), [(path.name, r)]))
+        click.echo(f"wrote {path}")
+    if not files:
+        raise click.ClickException("the VM wrote no results (see its console log)")
 
 
 @bench.command()

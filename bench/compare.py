@@ -96,10 +96,16 @@ def compare(base: Result, other: Result) -> list[Row]:
 
 
 def label(result: Result, name: str) -> str:
-    """How a run is named in tables: its file, plus EMULATED when it was not real hardware."""
+    """How a run is named in tables: its file, machine and CPU, plus EMULATED and how when
+    it was not real hardware (qemu-user, or a whole machine under qemu-system)."""
     plat = result.platform
-    tag = " EMULATED" if result.emulated else ""
-    return f"{name} [{plat.get('arch', '?')}, {plat.get('cores', '?')} cores{tag}]"
+    parts = [plat.get("arch", "?"), f"{plat.get('cores', '?')} cores"]
+    if plat.get("cpu_model"):
+        parts.append(str(plat["cpu_model"]))
+    if result.emulated:
+        how = plat.get("emulated")
+        parts.append(f"EMULATED: {how}" if isinstance(how, str) else "EMULATED")
+    return f"{name} [{', '.join(parts)}]"
 
 
 def format_value(v: float, unit: str) -> str:
@@ -153,7 +159,10 @@ def format_table(
     else:
         lines.append(f"Medians; ratio = other / base. No significance marks: {SCIPY_MISSING}.")
     if any(r.emulated for _, r in (base, *others)):
-        lines.append("EMULATED runs ran under qemu-user: their figures are not hardware figures.")
+        lines.append(
+            "EMULATED runs ran under qemu-user or on a whole emulated machine (qemu-system): "
+            "their figures are not hardware figures (bench/README.md)."
+        )
     return "\n".join(lines)
 
 

@@ -87,11 +87,6 @@ def test_plugged_results_keep_their_data(tmp_path):
     assert load_result(write_result(r, tmp_path)).benchmark == "dns"
 
 
-@pytest.mark.parametrize("script", sorted((REPO / "bench" / "arm64").glob("*.sh")), ids=str)
-def test_arm64_scripts_parse(script):
-    subprocess.run(["bash", "-n", str(script)], check=True)
-
-
 def test_bench_is_registered_lazily():
     out = subprocess.run(
         [

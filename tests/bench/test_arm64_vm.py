@@ -1,0 +1,134 @@
+"""The arm64 VM runner's cheap parts: the initramfs, the machine it boots, the scripts and
+the build sandbox. Booting the VM itself is a benchmark (bench/arm64/run-vm.sh), not a test:
+it takes tens of minutes under emulation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netplane.bench._results import CMDLINE_FLAG
+from netplane.bench.arm64 import _initramfs, _sandbox
+from netplane.bench.arm64.vm import VmPlan
+
+REPO = Path(__file__).resolve().parents[2]
+ARM64 = REPO / "bench" / "arm64"
+
+
+def _module(path: Path, depends: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF...\0license=GPL\0depends=" + depends.encode() + b"\0vermagic=6.1\0")
+
+
+def test_modules_load_after_their_dependencies(tmp_path):
+    mods = tmp_path / "kernel"
+    _module(mods / "fs/ext4/ext4.ko", "jbd2,mbcache,crc16")
+    _module(mods / "fs/jbd2/jbd2.ko", "")
+    _module(mods / "fs/mbcache.ko", "")
+    _module(mods / "lib/crc16.ko", "")
+    _module(mods / "drivers/virtio/virtio_pci.ko", "virtio_pci_modern_dev")
+    _module(mods / "drivers/virtio/virtio_pci_modern_dev.ko", "")
+    files = _initramfs.module_files(tmp_path)
+    assert _initramfs.depends(files["ext4"].read_bytes()) == ["jbd2", "mbcache", "crc16"]
+    order = _initramfs.load_order(
+        ["virtio_pci", "ext4"], lambda n: _initramfs.depends(files[n].read_bytes())
+    )
+    assert order == ["virtio_pci_modern_dev", "virtio_pci", "jbd2", "mbcache", "crc16", "ext4"]
+    with pytest.raises(_initramfs.InitramfsError, match=r"virtio_blk .*not in this kernel"):
+        _initramfs.load_order(["virtio_blk"], lambda n: None)
+
+
+def test_initramfs_is_a_cpio_the_kernel_can_unpack(tmp_path):
+    mods = tmp_path / "modules"
+    for name in _initramfs.ROOT_MODULES:
+        _module(mods / f"{name}.ko", "")
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"#!busybox")
+    archive = _initramfs.build(mods, busybox)
+    assert archive.startswith(b"070701") and b"TRAILER!!!" in archive
+    if not shutil.which("busybox"):
+        pytest.skip("busybox (bootstrap.sh installs busybox-static) is needed to list it")
+    listing = subprocess.run(
+        ["busybox", "cpio", "-tv"], input=archive, capture_output=True, check=True
+    ).stdout.decode()
+    assert "modules/ext4.ko" in listing and " init" in listing.replace("\n", " \n")
+    console = next(line for line in listing.splitlines() if line.endswith("dev/console"))
+    assert console.startswith("crw")
+    out = tmp_path / "unpacked"
+    out.mkdir()
+    subprocess.run(
+        ["busybox", "cpio", "-id"], input=archive, cwd=out, check=True, capture_output=True
+    )
+    assert (out / "init").read_text() == _initramfs.INIT
+    assert os.stat(out / "init").st_mode & stat.S_IXUSR
+    assert (out / "modules.order").read_text().split() == list(_initramfs.ROOT_MODULES)
+
+
+def test_the_machine_is_a_pi_shaped_arm64_with_no_network(tmp_path):
+    plan = VmPlan.make("cortex-a76", smp=4, quick=True, only=("proxy-sync", "dataplane"))
+    argv = plan.qemu_argv(tmp_path, tmp_path / "root.img", tmp_path / "payload.img")
+    joined = " ".join(argv)
+    assert argv[0] == "qemu-system-aarch64" and "-cpu cortex-a76" in joined
+    assert "-smp 4" in joined and "-m 4096" in joined
+    assert argv[argv.index("-nic") + 1] == "none"
+    assert "snapshot=on" in argv[argv.index("-drive") + 1]  # the cached image is never changed
+    assert f"{CMDLINE_FLAG}=tcg" in argv[argv.index("-append") + 1]  # how results get labelled
+    assert plan.suite_args == ("--quick", "--only", "proxy-sync,dataplane")
+    assert VmPlan.make().smp == min(4, os.cpu_count())
+    with pytest.raises(ValueError, match="cortex-a72, cortex-a76"):
+        VmPlan.make("cortex-a53")
+
+
+@pytest.mark.parametrize("script", sorted(ARM64.glob("*.sh")), ids=lambda p: p.name)
+def test_arm64_scripts_parse(script):
+    shell = "sh" if script.name == "guest-init.sh" else "bash"  # PID 1 in the VM is dash
+    subprocess.run([shell, "-n", str(script)], check=True)
+
+
+def test_suite_rejects_unknown_arguments():
+    out = subprocess.run(
+        ["bash", str(ARM64 / "suite.sh"), "--nope"], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "usage: suite.sh" in out.stderr
+
+
+def test_both_runners_run_the_same_suite():
+    for runner, target in (
+        ("run-hardware.sh", "bench/arm64/suite.sh"),
+        ("run-vm.sh", "netplane bench arm64-vm"),
+    ):
+        assert target in (ARM64 / runner).read_text()
+    assert "bench/arm64/suite.sh" in (ARM64 / "guest-init.sh").read_text()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (user namespaces with id maps)")
+def test_the_build_sandbox_is_isolated(tmp_path):
+    """Its own PID 1, only a loopback device, root with real file owners: run with the
+    host's busybox (the qemu-user handler is registered but not needed for it)."""
+    busybox = shutil.which("busybox")
+    if not busybox or not Path(_sandbox.QEMU).exists():
+        pytest.skip("needs busybox-static and qemu-user-static")
+    root = tmp_path / "root"
+    for d in ("bin", "proc", "sys"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(busybox, root / "bin/busybox")
+    script = (
+        "/bin/busybox --install -s /bin; echo pid=$$ uid=$(id -u); ls /sys/class/net; "
+        "touch /owned; chown 42:42 /owned; cat /proc/sys/fs/binfmt_misc/netplane-aarch64"
+    )
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        _sandbox.run(root, ["/bin/busybox", "sh", "-c", script], {"PATH": "/bin"}, 60, out)
+    text = log.read_text()
+    assert "pid=1 uid=0" in text
+    assert text.split("uid=0", 1)[1].split()[0] == "lo"  # the only network device
+    assert "enabled" in text and "flags: F" in text
+    assert (root / "owned").stat().st_uid == 42  # the identity map: real owners
+    with log.open("w") as out, pytest.raises(_sandbox.SandboxError, match="exited with 3"):
+        _sandbox.run(root, ["/bin/busybox", "sh", "-c", "exit 3"], {}, 60, out)
