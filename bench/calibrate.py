@@ -31,7 +31,7 @@ VARIANTS = ("legacy", "nft")
 RESTORE_TIMEOUT = 600.0  # seconds: ~0.2 s on an x86 host, ~10-20 s emulated
 
 
-def python_loop(n: int = LOOP_ITERATIONS) -> int:
+def python_loop(n: int) -> int:
     """Integer arithmetic, a dict and a list: the kind of Python the renderer runs."""
     seen: dict[int, int] = {}
     acc = 0
@@ -42,7 +42,7 @@ def python_loop(n: int = LOOP_ITERATIONS) -> int:
     return acc + len(seen)
 
 
-def sha256(size: int = HASH_BYTES) -> str:
+def sha256(size: int) -> str:
     block = bytes(range(256)) * 4096  # 1 MiB
     h = hashlib.sha256()
     for _ in range(size // len(block)):
@@ -50,12 +50,12 @@ def sha256(size: int = HASH_BYTES) -> str:
     return h.hexdigest()
 
 
-def spawn(n: int = SPAWNS) -> None:
+def spawn(n: int) -> None:
     for _ in range(n):
         subprocess.run(["true"], check=True)
 
 
-def ruleset(services: int = SERVICES, endpoints: int = ENDPOINTS) -> str:
+def ruleset(services: int, endpoints: int) -> str:
     """kube-proxy's iptables layout for SERVICES ClusterIPs with ENDPOINTS each (fixed:
     written here rather than by the renderer, so it never changes with netplane)."""
     chains = [":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
@@ -118,16 +118,16 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Series], list[Skipped
     repeat = 3 if quick else 5
     series: list[Series] = []
     cpu = (
-        ("python_loop", {"iterations": LOOP_ITERATIONS}, python_loop),
-        ("sha256", {"bytes": HASH_BYTES}, sha256),
-        ("spawn", {"programs": SPAWNS}, spawn),
+        ("python_loop", {"iterations": LOOP_ITERATIONS}, lambda: python_loop(LOOP_ITERATIONS)),
+        ("sha256", {"bytes": HASH_BYTES}, lambda: sha256(HASH_BYTES)),
+        ("spawn", {"programs": SPAWNS}, lambda: spawn(SPAWNS)),
     )
     for metric, labels, fn in cpu:
         series.append(Series(metric, "s", labels, tuple(_timed(fn) for _ in range(repeat))))
         print(f"calibrate: {metric} {min(series[-1].values):.3f} s", file=sys.stderr)
     problems = kernel_check(VARIANTS)
     skipped = [Skipped(f"iptables_restore {v}", why) for v, why in problems.items()]
-    text = ruleset()
+    text = ruleset(SERVICES, ENDPOINTS)
     with private_xtables_lock():
         for variant in (v for v in VARIANTS if v not in problems):
             values = tuple(_restore(variant, text) for _ in range(repeat))

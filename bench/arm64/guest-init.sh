@@ -1,8 +1,8 @@
 #!/bin/sh
 # PID 1 of netplane's arm64 VM (bench/arm64/vm.py copies it onto the payload disk, the image's
-# /sbin/netplane-vm-init runs it). MODE=bench (from /payload/run.conf): install this checkout's
-# netplane wheel into the image's virtualenv (offline), run bench/arm64/suite.sh, results to
-# /payload/results. No systemd, no udev: the machine does only this, and is up in seconds.
+# /sbin/netplane-vm-init runs it). MODE=bench (from /payload/run.conf): install this checkout
+# into the image's virtualenv (editable and offline, as bootstrap.sh does on a Pi), run
+# bench/arm64/suite.sh, results to /payload/results. No systemd, no udev: the machine does only this, and is up in seconds.
 # Whatever happens it powers the machine off itself; BUDGET (seconds) bounds the benchmarks so
 # that the disks are synced and unmounted before the host's own timeout kills qemu.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
@@ -36,11 +36,12 @@ log "up: $(uname -srm), $(nproc) cpus, $(awk '/MemTotal/ {print int($2/1024)}' /
 bench() {
     ip link set lo up
     hostname netplane-arm64-vm
-    /opt/netplane-venv/bin/pip install -q --no-index --no-deps --disable-pip-version-check \
-        /payload/netplane-*.whl || off "installing netplane failed"
     cp -a /payload/src /opt/netplane
     ln -s /opt/netplane-venv /opt/netplane/.venv
     cd /opt/netplane || off "no source tree"
+    log "installing netplane (editable, offline)"
+    .venv/bin/pip install -q --no-index --no-deps --no-build-isolation \
+        --disable-pip-version-check -e . || off "installing netplane failed"
     log "suite.sh $SUITE_ARGS (deadline in $((deadline - $(date +%s))) s)"
     # shellcheck disable=SC2086  # SUITE_ARGS is a word list by design
     {

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,6 +74,19 @@ class ImageError(RuntimeError):
     """A step of the image build failed; the message names it and where its log is."""
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (user + system)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def log(msg: str) -> None:
     print(f"arm64-vm: {msg}", file=sys.stderr, flush=True)
 
@@ -120,7 +135,7 @@ def ensure_host_packages() -> None:
 # --- a private arm64 apt root: the kernel and busybox debs, without touching the host's apt ---
 
 
-def _apt(cache: Path, *args: str, timeout: float = 900) -> str:
+def _apt(cache: Path, *args: str, timeout: float = 900, cwd: Path | None = None) -> str:
     root = cache / "apt"
     opts = [
         f"-oDir={root}",
@@ -134,7 +149,7 @@ def _apt(cache: Path, *args: str, timeout: float = 900) -> str:
         "-oAPT::Sandbox::User=root",
     ]
     tool = "apt-cache" if args[0] in ("depends", "policy", "show") else "apt-get"
-    return _run([tool, *opts, *args], f"{tool} {args[0]} (arm64)", timeout=timeout).stdout
+    return _run([tool, *opts, *args], f"{tool} {args[0]} (arm64)", timeout=timeout, cwd=cwd).stdout
 
 
 def apt_update(cache: Path) -> None:
@@ -161,8 +176,8 @@ def apt_update(cache: Path) -> None:
 def latest_kernel(cache: Path) -> str:
     """The kernel package linux-image-arm64 points at now (e.g. linux-image-6.1.0-57-arm64)."""
     for line in _apt(cache, "depends", "linux-image-arm64").splitlines():
-        dep = line.strip().removeprefix("Depends:").strip()
-        if dep.startswith("linux-image-") and dep.endswith("-arm64"):
+        key, _, dep = line.strip().partition(": ")
+        if key == "Depends" and dep.startswith("linux-image-") and dep.endswith("-arm64"):
             return dep
     raise ImageError("linux-image-arm64 names no kernel package")
 
@@ -194,11 +209,24 @@ def kernel(cache: Path, package: str) -> Path:
 # --- netplane's dependencies as aarch64 wheels, downloaded on the host ---
 
 
+# from the test extra, only what the micro-benchmarks need: the rest (fuzzers, CRI clients)
+# serves tests, which the VM does not run
+MICRO_BENCH_TOOLS = ("pytest", "pytest-benchmark", "pytest-timeout")
+
+
 def requirements(repo: Path) -> list[str]:
-    """netplane's runtime, test and bench dependencies, from pyproject.toml."""
+    """What the VM installs: netplane's dependencies and bench extra from pyproject.toml,
+    the micro-benchmarks' pytest plugins and netplane's build backend (the VM installs the
+    checkout editable, offline, as bootstrap.sh does on a Pi)."""
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    reqs = [*project["dependencies"], *extras.get("test", []), *extras.get("bench", [])]
+    test = [
+        r
+        for r in extras.get("test", [])
+        if re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0] in MICRO_BENCH_TOOLS
+    ]
+    build = tomllib.loads((repo / "pyproject.toml").read_text())["build-system"]["requires"]
+    reqs = [*project["dependencies"], *extras.get("bench", []), *test, *build]
     return sorted({r.split("#")[0].strip() for r in reqs})
 
 
@@ -311,14 +339,18 @@ def ensure(repo: Path, cache: Path = CACHE, refresh: bool = False) -> Image:
     info_path = cache / "image.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     timings: dict[str, float] = {}
+    cpu_times: dict[str, float] = {}
     root, disk, logfile = cache / "rootfs", cache / "rootfs.img", cache / "build.log"
     ensure_host_packages()
 
     def step(name: str, fn) -> None:
-        start = time.monotonic()
+        """Run one build step; its wall time and the CPU time it and its children used
+        (on a shared machine the wall time says more about the others than about us)."""
+        start, cpu = time.monotonic(), _cpu_seconds()
         fn()
         timings[name] = round(time.monotonic() - start, 1)
-        log(f"{name}: {timings[name]:.0f} s")
+        cpu_times[name] = round(_cpu_seconds() - cpu, 1)
+        log(f"{name}: {timings[name]:.0f} s ({cpu_times[name]:.0f} s CPU, load {_load()})")
 
     if refresh or not info.get("kernel"):
         step("apt update (arm64)", lambda: apt_update(cache))
@@ -437,7 +469,12 @@ def ensure(repo: Path, cache: Path = CACHE, refresh: bool = False) -> Image:
             }
         )
         info["build_seconds"] = timings  # what this (re)build cost, step by step
+        info["build_cpu_seconds"] = cpu_times
         info["build_total_seconds"] = round(sum(timings.values()), 1)
-        log(f"image ready: {disk} ({info['build_total_seconds']:.0f} s)")
+        info["build_load"] = _load()
+        log(
+            f"image ready: {disk} ({info['build_total_seconds']:.0f} s, "
+            f"{sum(cpu_times.values()):.0f} s CPU)"
+        )
     info_path.write_text(json.dumps(info, indent=1) + "\n")
     return Image(disk, kdir, info)

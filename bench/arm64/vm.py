@@ -9,9 +9,9 @@ the reference CNI plugins) runs as on a Pi; only the CPU is emulated, 10-50x slo
 unevenly, and every result says so (`emulated: qemu-system (tcg)`, the CPU model).
 
 One run: the host's `netplane bench calibrate` (fixed work) first; then a payload disk is
-made with this checkout (as a wheel and as a tree for bench/arm64/suite.sh), the guest's
+made with this checkout (the tree: it is installed editable, as on a Pi), the guest's
 init script and the run's settings; the VM boots from a throwaway snapshot of the cached
-image, installs the wheel, runs suite.sh (calibrate first) within a time budget, writes the
+image, installs the checkout, runs suite.sh (calibrate first) within a time budget, writes the
 JSON results to the payload disk and powers itself off; the results are read back with
 debugfs (no mount), copied to the output directory and shown beside the newest host run of
 each benchmark there with `compare`.
@@ -37,7 +37,7 @@ from netplane.bench.arm64.image import CACHE, ImageError, log
 
 REPO = Path(__file__).resolve().parents[2]
 CPUS = ("cortex-a72", "cortex-a76")  # Raspberry Pi 4, Raspberry Pi 5
-BOOT_MARGIN = 900  # seconds for boot, installing the wheel and powering off, beyond the budget
+BOOT_MARGIN = 900  # seconds for boot, installing netplane and powering off, beyond the budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class VmPlan:
 
 
 def payload(plan: VmPlan, repo: Path, where: Path) -> Path:
-    """The payload disk: this checkout as a wheel and a tree, the guest's init, settings."""
+    """The payload disk: this checkout's files, the guest's init script, the settings."""
     root = where / "payload"
     (root / "results").mkdir(parents=True)
     shutil.copy(REPO / "bench/arm64/guest-init.sh", root / "init.sh")
@@ -126,22 +126,6 @@ def payload(plan: VmPlan, repo: Path, where: Path) -> Path:
     if commit:  # what bench/_results.git_commit reads (a worktree's .git is only a file)
         (src / ".git").mkdir()
         (src / ".git/HEAD").write_text(commit + "\n")
-    image_mod._run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-w",
-            str(root),
-            str(repo),
-        ],
-        "building netplane's wheel",
-        timeout=600,
-    )
     size_mb = 512 + sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) // 2**20
     disk = where / "payload.img"
     image_mod._run(

@@ -132,3 +132,36 @@ def test_the_build_sandbox_is_isolated(tmp_path):
     assert (root / "owned").stat().st_uid == 42  # the identity map: real owners
     with log.open("w") as out, pytest.raises(_sandbox.SandboxError, match="exited with 3"):
         _sandbox.run(root, ["/bin/busybox", "sh", "-c", "exit 3"], {}, 60, out)
+
+
+def test_the_vm_installs_what_the_benchmarks_need_only():
+    from netplane.bench.arm64.image import requirements
+
+    reqs = requirements(REPO)
+    names = {r.split(">")[0].split("=")[0].split("[")[0] for r in reqs}
+    assert {"pytest", "pytest-benchmark", "python-iptables", "scipy", "pyroute2"} <= names
+    assert any(r.startswith("setuptools") for r in reqs)  # editable install, offline
+    assert "ruff" not in names and "grpcio" not in names  # test-only tools stay out
+
+
+def test_payload_disk_carries_the_checkout_and_results_come_back(tmp_path):
+    from netplane.bench.arm64.vm import payload, read_results
+
+    if not shutil.which("mkfs.ext4") or not shutil.which("debugfs"):
+        pytest.skip("needs e2fsprogs")
+    plan = VmPlan.make(quick=True, budget=600)
+    disk = payload(plan, REPO, tmp_path)
+    conf = subprocess.run(["debugfs", "-R", "cat /run.conf", str(disk)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "MODE=bench" in conf and "BUDGET=600" in conf and "SUITE_ARGS='--quick'" in conf
+    listing = subprocess.run(["debugfs", "-R", "ls /src/bench/arm64", str(disk)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "suite.sh" in listing
+    # what the guest leaves behind comes back without mounting anything
+    made = tmp_path / "made"
+    (made / "results").mkdir(parents=True)
+    (made / "results/calibrate-aarch64-x-emulated.json").write_text("{}")
+    back = tmp_path / "back.img"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(made), str(back), "8M"], check=True)
+    got = read_results(back, tmp_path / "out")
+    assert [p.name for p in got] == ["calibrate-aarch64-x-emulated.json"]
