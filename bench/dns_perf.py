@@ -362,7 +362,9 @@ def profile(pid: int, host: str, port: int, queries: Path, seconds: int) -> list
     if not PY_SPY.exists():
         return []
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    worker = next(c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+    if not children:
+        return []
+    worker = children[0]  # the workers are forked from the supervisor (same command line)
     out = Path(tempfile.mkdtemp()) / "stacks.txt"
     spy = subprocess.Popen([str(PY_SPY), "record", "-p", worker, "-d", str(seconds), "-r",
                             "250", "-f", "raw", "-o", str(out), "--nonblocking", "--idle"],
