@@ -369,7 +369,7 @@ def emulation() -> str | None:
 
 def is_qemu_user(why: str | None) -> bool:
     """Whether EMULATION's answer means netfilter netlink is out of reach (qemu-user)."""
-    return bool(why) and why.startswith(QEMU_USER)
+    return why is not None and why.startswith(QEMU_USER)
 
 
 def _os_release() -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netplane.bench._netns import kernel_check, netns, private_xtables_lock
-from netplane.bench._results import Series, Skipped
+from netplane.bench._results import Label, Series, Skipped
 
 SERVICES, ENDPOINTS = 1000, 5
 LOOP_ITERATIONS = 1_000_000
@@ -131,8 +131,12 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Series], list[Skipped
     with private_xtables_lock():
         for variant in (v for v in VARIANTS if v not in problems):
             values = tuple(_restore(variant, text) for _ in range(repeat))
-            labels = {"variant": variant, "services": SERVICES, "endpoints": ENDPOINTS}
-            series.append(Series("iptables_restore", "s", labels, values))
+            restore_labels: dict[str, Label] = {
+                "variant": variant,
+                "services": SERVICES,
+                "endpoints": ENDPOINTS,
+            }
+            series.append(Series("iptables_restore", "s", restore_labels, values))
             print(f"calibrate: iptables-{variant}-restore {min(values):.3f} s", file=sys.stderr)
     params = {"quick": quick, "repeat": repeat, "ruleset_bytes": len(text.encode())}
     return params, series, skipped

@@ -291,7 +291,16 @@ def proxy_sync(
 @click.option("--refresh", is_flag=True, help="Rebuild the image from current Debian packages.")
 @click.option("--quick", is_flag=True, help="suite.sh --quick: a smoke run of every part.")
 @_output_dir
-def arm64_vm(cpu, smp, memory_mb, budget, only, refresh, quick, output_dir) -> None:
+def arm64_vm(
+    cpu: str,
+    smp: int | None,
+    memory_mb: int,
+    budget: int | None,
+    only: str,
+    refresh: bool,
+    quick: bool,
+    output_dir: Path,
+) -> None:
     """The suite on an emulated Raspberry Pi class arm64 machine (qemu-system, TCG): builds
     and caches the image, boots it with no network, copies the JSON results out."""
     from netplane.bench._results import ResultError, load_result

@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
@@ -52,7 +53,7 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(libc, source: str, target: str, fstype: str | None, flags: int = 0) -> None:
+def _mount(libc: ctypes.CDLL, source: str, target: str, fstype: str | None, flags: int = 0) -> None:
     _check(
         libc.mount(
             source.encode(), target.encode(), fstype.encode() if fstype else None, flags, None
@@ -88,7 +89,7 @@ def _child(root: Path, argv: Sequence[str], env: dict[str, str], ready: int, go:
     os.execve(argv[0], list(argv), env)
 
 
-def run(root: Path, argv: Sequence[str], env: dict[str, str], timeout: float, log) -> None:
+def run(root: Path, argv: Sequence[str], env: dict[str, str], timeout: float, log: IO[str]) -> None:
     """Run ARGV (an absolute path inside ROOT) chrooted into ROOT under qemu-user; output
     goes to LOG (a file object). Raises SandboxError when it fails or runs out of TIMEOUT."""
     if not Path(QEMU).exists():

@@ -28,8 +28,10 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from netplane.bench.arm64 import _initramfs, _sandbox
 
@@ -91,7 +93,9 @@ def log(msg: str) -> None:
     print(f"arm64-vm: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], what: str, logfile: Path | None = None, **kwargs):
+def _run(
+    argv: list[str], what: str, logfile: Path | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run ARGV; its output goes to LOGFILE when given (long steps), else is kept for the
     error message. ImageError says which step failed and shows the end of its output."""
     try:
@@ -100,7 +104,7 @@ def _run(argv: list[str], what: str, logfile: Path | None = None, **kwargs):
         with logfile.open("a") as out:
             out.write(f"\n### {what}: {' '.join(argv)}\n")
             out.flush()
-            return subprocess.run(argv, check=True, stdout=out, stderr=out, **kwargs)
+            return subprocess.run(argv, check=True, text=True, stdout=out, stderr=out, **kwargs)
     except subprocess.CalledProcessError as e:
         text = logfile.read_text(errors="replace") if logfile else (e.stderr or e.stdout or "")
         tail = "\n".join(text.strip().splitlines()[-15:])
@@ -343,7 +347,7 @@ def ensure(repo: Path, cache: Path = CACHE, refresh: bool = False) -> Image:
     root, disk, logfile = cache / "rootfs", cache / "rootfs.img", cache / "build.log"
     ensure_host_packages()
 
-    def step(name: str, fn) -> None:
+    def step(name: str, fn: Callable[[], object]) -> None:
         """Run one build step; its wall time and the CPU time it and its children used
         (on a shared machine the wall time says more about the others than about us)."""
         start, cpu = time.monotonic(), _cpu_seconds()

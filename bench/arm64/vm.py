@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from netplane.bench._results import CMDLINE_FLAG, ResultError, load_result
+from netplane.bench._results import CMDLINE_FLAG, Result, ResultError, load_result
 from netplane.bench.arm64 import image as image_mod
 from netplane.bench.arm64.image import CACHE, ImageError, log
 
@@ -50,7 +50,13 @@ class VmPlan:
 
     @classmethod
     def make(
-        cls, cpu="cortex-a72", smp=None, memory_mb=4096, budget=None, quick=False, only=()
+        cls,
+        cpu: str = "cortex-a72",
+        smp: int | None = None,
+        memory_mb: int = 4096,
+        budget: int | None = None,
+        quick: bool = False,
+        only: tuple[str, ...] = (),
     ) -> VmPlan:
         if cpu not in CPUS:
             raise ValueError(f"cpu must be one of {', '.join(CPUS)} (Raspberry Pi 4 / 5)")
@@ -183,7 +189,7 @@ def read_results(disk: Path, dest: Path) -> list[Path]:
     return sorted((dest / "results").glob("*"))
 
 
-def newest_host_run(output_dir: Path, benchmark: str):
+def newest_host_run(output_dir: Path, benchmark: str) -> tuple[Path, Result] | None:
     """The newest result of BENCHMARK in OUTPUT_DIR measured on hardware (not emulated)."""
     for path in sorted(output_dir.glob(f"{benchmark}-*.json"), key=os.path.getmtime, reverse=True):
         try:

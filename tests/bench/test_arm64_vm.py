@@ -139,7 +139,7 @@ def test_the_vm_installs_what_the_benchmarks_need_only():
 
     reqs = requirements(REPO)
     names = {r.split(">")[0].split("=")[0].split("[")[0] for r in reqs}
-    assert {"pytest", "pytest-benchmark", "python-iptables", "scipy", "pyroute2"} <= names
+    assert {"pytest", "pytest-benchmark", "python-iptables", "scipy"} <= names
     assert any(r.startswith("setuptools") for r in reqs)  # editable install, offline
     assert "ruff" not in names and "grpcio" not in names  # test-only tools stay out
 
