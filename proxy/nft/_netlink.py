@@ -15,6 +15,7 @@ load at 10k services is ~200k messages). proxy/README.md has the figures.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import select
@@ -109,13 +110,15 @@ class Batch:
         self.family = family
         self._nfproto = NFPROTO[family]
         self._buf = bytearray()  # the messages, back to back (no list of 200k parts)
-        self._what: list[tuple[str, str, str]] = []  # per message, for error reports
+        self._what: list[tuple[str, str]] = []  # per message (shared by a chain's rules)
+        self._tables: list[tuple[int, str]] = []  # (first message, table) for error reports
         self.bytes = 0
         self.use(table)
 
     def use(self, table: str) -> None:
         """The table the next messages are about (a transaction may span tables)."""
         self.table = table
+        self._tables.append((len(self._what), table))
         self._table_attr = string(1, table)  # NFTA_*_TABLE is attribute 1 everywhere
 
     def __len__(self) -> int:
@@ -133,7 +136,7 @@ class Batch:
             size, _SUBSYS | kind, _F_REQUEST | flags, seq, 0, self._nfproto, 0, 0
         )
         self._buf += body
-        self._what.append((what[0], self.table, what[1]))
+        self._what.append(what)
         self.bytes += size
 
     # -- tables
@@ -233,7 +236,9 @@ class Batch:
         return [begin, self._buf, _batch_marker(_BATCH_END, len(self._what) + 1)]
 
     def describe(self, index: int) -> str:
-        verb, table, name = self._what[index]
+        verb, name = self._what[index]
+        i = bisect.bisect_right(self._tables, (index, "\U0010ffff")) - 1
+        table = self._tables[i][1]
         return f"{verb} {self.family} {table} {name}"
 
 

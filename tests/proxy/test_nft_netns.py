@@ -16,7 +16,8 @@ from netplane.netns import create, delete, run, unique_name
 from netplane.proxy.backend import SyncError
 from netplane.proxy.nft import _kernel
 from netplane.proxy.nft._exprs import element, key_bytes, rule_exprs, udata_comment
-from netplane.proxy.nft._netlink import Batch, Netlink
+from netplane.proxy.nft._model import DROP, Rule
+from netplane.proxy.nft._netlink import Batch, Netlink, NftError
 from netplane.proxy.nft._tables import SHARD_SETS, SHARED_SETS, TABLE, shard_index
 from netplane.proxy.nft._text import format_ruleset
 from netplane.proxy.nft.render import render_full
@@ -353,3 +354,15 @@ def test_spreading_over_more_or_fewer_tables_moves_everything(netns) -> None:
         time.sleep(1.1)
         again.sync(world.state.snapshot(), None)  # the moved services' emptied chains go
         assert world.kernel() == world.fresh_kernel(), shards
+
+
+def test_a_refused_message_is_named_with_its_table(netns):
+    batch = Batch("ip", "np-a")
+    batch.add_table()
+    batch.add_chain("c")
+    batch.use("np-b")
+    batch.add_table()
+    batch.add_rule("missing", rule_exprs(Rule((DROP,)), "ip"))
+    with pytest.raises(NftError, match="add rule ip np-b missing"):
+        Netlink(netns).commit(batch)
+    assert batch.describe(1) == "add chain ip np-a c"
