@@ -1,7 +1,7 @@
 """netplane-bridge: the entry point the container runtime executes.
 
 Kept to the stdlib on purpose: if a node agent is listening it gets the request over a unix
-socket (no pyroute2 import here), otherwise the plugin runs in this process.
+socket (no netlink code imported here), otherwise the plugin runs in this process.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Why not pyroute2 here: measured on this machine, pyroute2 0.9's asyncio core cos
 10-20 us, and importing it costs ~110 ms; an ADD makes ~17 requests. This module packs the
 messages with `struct` and does one `send` + `recv` per request, so the plugin's ADD is
 dominated by the kernel's own work, and a plugin run without the agent starts in
-milliseconds. pyroute2 still serves the tests and tools where convenience beats speed.
+milliseconds. Nothing else in netplane needed pyroute2 either, so it is not a dependency
+(cni/README.md, "Speed").
 
 A socket acts in the network namespace its creator was in when it was made (`in_netns`).
 Errors are `OSError` with the kernel's errno (EEXIST gives FileExistsError, and so on).

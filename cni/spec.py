@@ -1,6 +1,6 @@
 """CNI protocol types shared by the plugins: errors, versions, environment, result shapes.
 
-Stdlib only: the thin client and the agent both import it, and neither may pay for pyroute2.
+Stdlib only: the thin client and the agent both import it, and neither may pay for more.
 """
 
 from __future__ import annotations

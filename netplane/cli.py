@@ -1,7 +1,7 @@
 """The `netplane` command.
 
 Components register their sub-commands here by dotted path and are imported only when
-invoked, so `netplane proxy render` never pays for importing the DNS server or pyroute2.
+invoked, so `netplane proxy render` never pays for importing the DNS server or the CNI plugin.
 """
 
 from __future__ import annotations
