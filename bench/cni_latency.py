@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +157,21 @@ def _phase(modes: list[_Mode], config: str, phase: str, width: int, workdir: str
                 ).extend(f.result() for f in futures)
 
 
+@contextmanager
+def _stopped_cleanly() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C: the agent, the 3 + 3 x pods namespaces and the work
+    directory go (a killed run once left 147 namespaces behind)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _percentiles(samples: list[float]) -> dict[str, float]:
     q = statistics.quantiles(samples, n=100, method="inclusive")
     return {
@@ -175,7 +192,11 @@ def run(quick: bool, configs: tuple[str, ...] = tuple(CONFIGS)) -> dict[str, Any
 
     pods = 16 if quick else 48
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="npbench-cni-") as workdir, ExitStack() as stack:
+    with (
+        _stopped_cleanly(),
+        tempfile.TemporaryDirectory(prefix="npbench-cni-") as workdir,
+        ExitStack() as stack,
+    ):
         binaries = {
             "reference": os.path.join(REF_DIR, "bridge"),
             "agent": binary(),  # the static launcher a node runs, forwarding to the agent
