@@ -47,9 +47,19 @@ def kc(lab, *args: str, check: bool = True, stdin: str | None = None) -> str:
     return lab.np(*args[:i], "-n", NS, *args[i:], check=check, stdin=stdin)
 
 
-def pod_names(lab, selector: str = "app=web") -> list[str]:
+def listed_pods(lab, selector: str = "app=web") -> list[str]:
+    """What `get pods -l` lists: terminating pods too, until their grace period ends."""
     out = kc(lab, "get", "pods", "-l", selector, "-o", "name")
     return sorted(line.removeprefix("pod/") for line in out.splitlines())
+
+
+def pod_names(lab, selector: str = "app=web") -> list[str]:
+    """The selected pods that are not terminating: those a ReplicaSet counts (the
+    controller's active pods) and `rollout status` waits for."""
+    items = json.loads(kc(lab, "get", "pods", "-l", selector, "-o", "json"))["items"]
+    return sorted(
+        p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")
+    )
 
 
 def wait_for(what, timeout: float = 30, interval: float = 0.2):
@@ -471,11 +481,19 @@ def test_rolling_update_keeps_the_service_answering(k):
                     r"    Image:\tjpetazzo/color:v2\n", revision), revision  # fmt: skip
     assert kc(k, "rollout", "undo", "deployment/web") == "deployment.apps/web rolled back\n"
     kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
+    # as kubectl's, rollout status is done once the old sets have no pod that is not
+    # terminating (status.replicas == updatedReplicas): terminating pods are still listed by
+    # `get pods` for their grace period (1 s here, 30 s by default in Kubernetes)
+    undone = set(pod_names(k))
+    assert len(undone) == 3 and not undone & new
     image = "jsonpath={.spec.template.spec.containers[0].image}"
     assert kc(k, "get", "deploy", "web", "-o", image) == "jpetazzo/color"
     assert kc(k, "rollout", "restart", "deployment/web") == "deployment.apps/web restarted\n"
     kc(k, "rollout", "status", "deployment/web", "--timeout=60s")
-    assert not set(pod_names(k)) & new
+    restarted = set(pod_names(k))
+    assert len(restarted) == 3 and not restarted & (new | undone)
+    # the old pods go once their grace period is over (the next tests see only these three)
+    wait_for(lambda: listed_pods(k) == sorted(restarted))
 
 
 def test_rollout_status_waits_for_a_stuck_rollout(k):
