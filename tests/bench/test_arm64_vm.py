@@ -97,6 +97,53 @@ def test_suite_rejects_unknown_arguments():
     assert out.returncode == 2 and "usage: suite.sh" in out.stderr
 
 
+def _fake_checkout(tmp_path: Path, fail: str = "") -> Path:
+    """A checkout whose netplane/python/pytest only log their arguments (FAIL: the
+    benchmark that exits 1), with the real suite.sh."""
+    (tmp_path / "bench/arm64").mkdir(parents=True)
+    shutil.copy(ARM64 / "suite.sh", tmp_path / "bench/arm64/suite.sh")
+    bin_ = tmp_path / ".venv/bin"
+    bin_.mkdir(parents=True)
+    for tool in ("netplane", "python", "pytest"):
+        (bin_ / tool).write_text(
+            f'#!/bin/sh\necho "{tool} $*" >>"{tmp_path}/calls"\n'
+            f'case "$*" in *"bench {fail} "*) exit 1 ;; esac\n'
+        )
+        (bin_ / tool).chmod(0o755)
+    return tmp_path
+
+
+def _suite(checkout: Path, *args: str) -> tuple[int, list[str]]:
+    out = subprocess.run(
+        ["bash", str(checkout / "bench/arm64/suite.sh"), *args, "--output-dir", "o"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    calls = (checkout / "calls").read_text().splitlines()
+    return out.returncode, [c for c in calls if c.startswith("netplane")]
+
+
+def test_suite_runs_proxy_sync_once_per_scale_small_first(tmp_path):
+    code, calls = _suite(_fake_checkout(tmp_path), "--only", "proxy-sync,dataplane")
+    assert code == 0
+    assert calls == [
+        "netplane bench proxy-sync --services 1000 --output-dir o",
+        "netplane bench proxy-sync --services 5000 --output-dir o",
+        "netplane bench dataplane --services 10 --services 100 --services 1000 --output-dir o",
+    ]
+
+
+def test_suite_counts_failed_parts_and_goes_on(tmp_path):
+    code, calls = _suite(_fake_checkout(tmp_path, fail="calibrate"), "--quick", "--only",
+                         "calibrate,proxy-sync")  # fmt: skip
+    assert code == 1
+    assert calls == [
+        "netplane bench calibrate --quick --output-dir o",
+        "netplane bench proxy-sync --quick --output-dir o",
+    ]
+
+
 def test_both_runners_run_the_same_suite():
     for runner, target in (
         ("run-hardware.sh", "bench/arm64/suite.sh"),
