@@ -6,11 +6,18 @@ EndpointSlice of 5 endpoints (`quick`: 1,000) created through the API, one query
 time on a loopback address of its own:
 - CoreDNS (the anchor) with kubeadm's default Corefile, minus what would leave the machine
   or needs it (`forward`, `loop`, `reload`) and so minus `fallthrough` (nothing after it);
+  kubeadm disables the cache for cluster.local, so every service query runs the
+  `kubernetes` plugin;
+- CoreDNS with the plain `cache 30` (its README's, caching cluster.local too), the fair
+  peer of our answer cache;
 - `netplane dns serve --kubeconfig` under the shipped netplane-dns ServiceAccount (RBAC from
   deploy/rbac.yaml), with 1 and 2 workers, TTL 30 and `--pods insecure` as that Corefile.
 Measured per server: start -> /ready (wall) and the CPU all its processes used until then;
 RSS and PSS summed over all its processes when idle after ready and again after the load;
-dnsperf's peak QPS and p50/p99 at half of that peak.
+dnsperf's peak QPS, the server's CPU during that peak and so queries per CPU second (on a
+shared machine the peak says how much CPU a server got, this says what it did with it),
+and p50/p99 at half of that peak. Servers log to files (an unread pipe fills up and blocks
+a server that logs: CoreDNS logs every /ready poll while it starts).
 """
 
 from __future__ import annotations
@@ -51,13 +58,17 @@ COREFILE = """\
         ttl 30
     }}
     prometheus 127.0.0.1:{metrics_port}
-    cache 30 {{
-        disable success cluster.local
-        disable denial cluster.local
-    }}
+    {cache}
     loadbalance
 }}
 """
+
+
+KUBEADM_CACHE = """cache 30 {
+        disable success cluster.local
+        disable denial cluster.local
+    }"""
+PLAIN_CACHE = "cache 30"
 
 
 def cluster_objects(services: int, endpoints: int = 5) -> list[dict]:
@@ -163,17 +174,25 @@ def _ready(port: int, proc: subprocess.Popen[str], timeout: float = 300) -> floa
 
 
 def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Path,
-            seconds: int) -> dict:  # fmt: skip
+            seconds: int, log: Path) -> dict:  # fmt: skip
     load = Path("/proc/loadavg").read_text().split()[:3]
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with log.open("wb") as sink:  # the server's output: read only on failure
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        ready_at = _ready(ready_port, proc)
+        try:
+            ready_at = _ready(ready_port, proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
         out: dict = {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu_seconds(proc.pid)}
         time.sleep(1)
         out["idle"] = memory_mb(proc.pid)
-        dnsperf(host, port, queries, 2)  # warm caches (both cache answers)
+        dnsperf(host, port, queries, 2)  # warm-up (fills whatever caches the server has)
+        cpu, start = cpu_seconds(proc.pid), time.monotonic()
         out["peak"] = dnsperf(host, port, queries, seconds)
+        cpu, wall = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
+        out["peak"]["server_cpu_share"] = round(cpu / wall, 2)  # 1.0 = one core
+        out["peak"]["queries_per_cpu_s"] = round(out["peak"]["completed"] / cpu) if cpu else 0
         half = max(100, int(out["peak"]["qps"] / 2))
         out["half_load"] = dnsperf(host, port, queries, seconds, qps=half, verbose=True)
         out["after_load"] = memory_mb(proc.pid)
@@ -246,12 +265,13 @@ def _compare(
     servers: dict[str, list[str]] = {}
     port, ready, health, metrics = (_free_port(host if i == 0 else "127.0.0.1")
                                     for i in range(4))  # fmt: skip
-    corefile = work / "Corefile"
-    corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
-                                        ready_port=ready, metrics_port=metrics,
-                                        kubeconfig=admin))  # fmt: skip
     if coredns is not None:
-        servers["coredns"] = [str(coredns), "-conf", str(corefile)]
+        for name, cache in (("coredns", KUBEADM_CACHE), ("coredns-cache", PLAIN_CACHE)):
+            corefile = work / f"Corefile-{name}"
+            corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
+                                                ready_port=ready, metrics_port=metrics,
+                                                kubeconfig=admin, cache=cache))  # fmt: skip
+            servers[name] = [str(coredns), "-conf", str(corefile)]
     else:
         results["coredns"] = {"skipped": "not built (netplane anchors build coredns)"}
     for n in workers:
@@ -263,7 +283,8 @@ def _compare(
         ]  # fmt: skip
     try:
         for name, argv in servers.items():
-            results[name] = measure(argv, ready, host, port, queries, seconds)
+            log = work / f"{name}.log"
+            results[name] = measure(argv, ready, host, port, queries, seconds, log)
             print(name, _line(results[name]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -272,7 +293,8 @@ def _compare(
 def _line(r: dict) -> str:
     lat = r["half_load"].get("latency_ms", {})
     return (f"ready {r['ready_s']} s, cpu {r['cpu_to_ready_s']} s, idle RSS/PSS "
-            f"{r['idle']['rss_mb']}/{r['idle']['pss_mb']} MB, QPS {r['peak']['qps']:.0f}, "
+            f"{r['idle']['rss_mb']}/{r['idle']['pss_mb']} MB, QPS {r['peak']['qps']:.0f} "
+            f"({r['peak']['server_cpu_share']} CPU, {r['peak']['queries_per_cpu_s']} per CPU s), "
             f"p50/p99 {lat.get(50)}/{lat.get(99)} ms, after load RSS/PSS "
             f"{r['after_load']['rss_mb']}/{r['after_load']['pss_mb']} MB")  # fmt: skip
 
@@ -293,6 +315,8 @@ def series(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("dns_ready", "s", r["ready_s"])
         add("dns_cpu_to_ready", "s", r["cpu_to_ready_s"])
         add("dns_peak_qps", "queries/s", r["peak"]["qps"])
+        add("dns_peak_cpu_share", "cores", r["peak"]["server_cpu_share"])
+        add("dns_queries_per_cpu_second", "queries/CPU s", r["peak"]["queries_per_cpu_s"])
         for when in ("idle", "after_load"):
             add("dns_rss", "MB", r[when]["rss_mb"], when=when)
             add("dns_pss", "MB", r[when]["pss_mb"], when=when)

@@ -208,10 +208,12 @@ def test_peer_benchmark_measures_every_server(shipped_rbac: ControlPlane) -> Non
 
     _coredns()  # fails with how to build it when missing
     results = run(services=40, seconds=1, workers=(2,), cp=shipped_rbac)
-    for server in ("coredns", "netplane-2w"):
+    for server in ("coredns", "coredns-cache", "netplane-2w"):
         r = results[server]
         assert r["ready_s"] > 0 and r["peak"]["qps"] > 0 and r["peak"]["completed"] > 0
+        assert r["peak"]["server_cpu_share"] >= 0 and r["peak"]["queries_per_cpu_s"] >= 0
         assert r["idle"]["pss_mb"] > 0 and r["after_load"]["processes"] >= 1
     assert results["netplane-2w"]["idle"]["processes"] == 3  # supervisor + 2 workers
     metrics = {(s["metric"], s["labels"]["server"]) for s in results["series"]}
     assert ("dns_pss", "coredns") in metrics and ("dns_ready", "netplane-2w") in metrics
+    assert ("dns_queries_per_cpu_second", "coredns-cache") in metrics
