@@ -158,7 +158,7 @@ def cpu_seconds(pid: int) -> float:
     return round(total / tick, 2)
 
 
-def _ready(port: int, proc: subprocess.Popen[str], timeout: float = 300) -> float:
+def _ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
