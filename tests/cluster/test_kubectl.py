@@ -353,6 +353,41 @@ def test_run_executes_the_command_in_the_pods_network_namespace(k):
     assert k.run("get", "pod", "tmp", "-n", NS).returncode == 1
 
 
+def test_a_pod_without_a_command_runs_what_its_image_would(k):
+    """Without a command, alpine and busybox run a shell, which exits at once with no
+    terminal: restarted with back-off (CrashLoopBackOff), or Completed with
+    --restart=Never; curl's image prints its usage hint and fails. No process is left to
+    exec into."""
+    kc(k, "run", "idle", "--image=alpine")
+    kc(k, "run", "once", "--image=busybox", "--restart=Never")
+    kc(k, "run", "curler", "--image=curlimages/curl", "--restart=Never")
+
+    def row(name: str, status: str, restarts: str) -> bool:
+        table = kc(k, "get", "pod", name)
+        return bool(re.search(rf"^{name} +0/1 +{status} +{restarts} +{AGE}$", table, re.M))
+
+    # the first restart is at once, the next after 10 s (kubelet's back-off)
+    assert wait_for(lambda: row("idle", "CrashLoopBackOff", r"1 \(\d+s ago\)"))
+    assert wait_for(lambda: row("once", "Completed", "0"))
+    assert wait_for(lambda: row("curler", "Error", "0"))
+    assert kc(k, "logs", "curler") == (
+        "curl: try 'curl --help' or 'curl --manual' for more information\n"
+    )
+    phases = kc(k, "get", "pods", "once", "curler", "-o", "jsonpath={.items[*].status.phase}")
+    assert phases == "Succeeded Failed"
+    out = k.run("exec", "once", "-n", NS, "--", "true")
+    assert (out.returncode, out.stderr) == (
+        1,
+        "error: cannot exec into a container in a completed pod; current phase is Succeeded\n",
+    )
+    out = k.run("exec", "idle", "-n", NS, "--", "true")
+    assert (out.returncode, out.stderr) == (
+        1,
+        'error: unable to upgrade connection: container not found ("idle")\n',
+    )
+    kc(k, "delete", "pod", "idle", "once", "curler")
+
+
 def test_logs_follow_tail_selector_and_deployment(k):
     ip = kc(k, "get", "svc", "web", "-o", "go-template={{.spec.clusterIP}}")
     for _ in range(4):

@@ -106,7 +106,7 @@ def test_exercise_5_three_replicas_share_the_requests(lab, blue):
 
 @pytest.fixture(scope="module")
 def client(lab, blue):
-    lab.np("run", "client", "--image=alpine")
+    lab.np("run", "client", "--image=alpine", "--", "sleep", "infinity")
     lab.wait_ready()
     return next(p for p in lab.pods() if p["metadata"]["name"] == "client")
 
@@ -238,7 +238,7 @@ def test_exercise_10_service_environment_variables(lab, client):
     # only services that existed when the pod started: a new one shows in new pods only
     lab.np("expose", "deployment", "blue", "--port=81", "--target-port=80", "--name=late")
     assert "LATE_SERVICE_HOST" not in lab.np("exec", "client", "--", "env")
-    lab.np("run", "late-client", "--image=busybox")
+    lab.np("run", "late-client", "--image=busybox", "--", "sleep", "infinity")
     lab.wait_ready()
     assert f"LATE_SERVICE_HOST={cluster_ip(lab, 'late')}" in lab.np(
         "exec", "late-client", "--", "env"

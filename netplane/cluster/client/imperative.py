@@ -221,6 +221,8 @@ def run(state: StateDir, cluster: str, name: str, command: tuple[str, ...], imag
         raise click.UsageError("--rm should only be used for attached containers")
     if command and not attach:
         c["command" if is_command else "args"] = list(command)
+    if interactive:  # as kubectl: the container keeps stdin open for the attached session
+        c.update({"stdin": True, "stdinOnce": True, **({"tty": True} if tty else {})})
     if env:
         c["env"] = [{"name": k, "value": v} for k, _, v in (e.partition("=") for e in env)]
     if labels:

@@ -86,7 +86,11 @@ def exec_(state: StateDir, cluster: str, pod: str | None, command: tuple[str, ..
         except KeyError as e:
             raise click.ClickException(str(e.args[0])) from None
     elif pod:
-        name = pick_pod(state, namespace, pod)["metadata"]["name"]
+        body = pick_pod(state, namespace, pod)
+        name = body["metadata"]["name"]
+        refusal = exec_refusal(body, container)
+        if refusal:
+            raise click.ClickException(refusal)
         info = api.call(state, {"op": "exec-info", "namespace": namespace, "name": name})
         if "error" in info:
             raise click.ClickException(info["error"])
@@ -97,6 +101,20 @@ def exec_(state: StateDir, cluster: str, pod: str | None, command: tuple[str, ..
         raise click.UsageError("exec POD -- CMD, exec --node NODE -- CMD or exec --outside -- CMD")
     proc = subprocess.run(["ip", "netns", "exec", netns, *command], env=env)
     sys.exit(proc.returncode)
+
+
+def exec_refusal(pod: dict, container: str | None) -> str | None:
+    """kubectl's and kubelet's refusals: there is no process to join in a pod whose
+    containers ended, or in a container that is not running (e.g. in CrashLoopBackOff)."""
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    if phase in ("Succeeded", "Failed"):
+        return f"cannot exec into a container in a completed pod; current phase is {phase}"
+    name = container or pod["spec"]["containers"][0]["name"]
+    for cs in status.get("containerStatuses") or []:
+        if cs["name"] == name and "running" not in (cs.get("state") or {}):
+            return f'unable to upgrade connection: container not found ("{name}")'
+    return None
 
 
 # -- logs ------------------------------------------------------------------------------------

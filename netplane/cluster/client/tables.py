@@ -62,17 +62,24 @@ def pod_status(pod: dict) -> str:
             running = True
     if running and reason == "Completed":
         reason = "Running"
-    if pod["metadata"].get("deletionTimestamp"):
+    if pod["metadata"].get("deletionTimestamp") and status.get("phase") not in (
+        "Succeeded",
+        "Failed",
+    ):
         reason = "Terminating"
     return reason
 
 
 def restarts(pod: dict) -> str:
-    return str(
-        sum(
-            cs.get("restartCount", 0) for cs in pod.get("status", {}).get("containerStatuses") or []
-        )
-    )
+    """kubectl's RESTARTS: the count, and how long ago the last restarted container ended."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    count = sum(cs.get("restartCount", 0) for cs in statuses)
+    ended = [
+        cs["lastState"]["terminated"]["finishedAt"]
+        for cs in statuses
+        if ((cs.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
+    ]
+    return f"{count} ({age(max(ended))} ago)" if count and ended else str(count)
 
 
 def _ready_containers(pod: dict) -> int:

@@ -4,7 +4,8 @@
   `This is pod default/blue-5c986bd7bf-2gf7d on linux/amd64, serving / for 10.244.0.1:54312.`
 - coredns images: run `netplane dns serve` (a process, started by the supervisor).
 - busybox/alpine-like images: nothing listens; a container's command and args run as a
-  process in the pod's network namespace (see runtime.py); without them the pod just runs.
+  process in the pod's network namespace (see runtime.py); without them the image's own
+  default command runs (`image_command`), which exits at once as it does in Kubernetes.
 - any other image: an echo on each containerPort: TCP answers HTTP requests with one line
   naming the pod, method, path and client, and echoes other bytes; UDP echoes datagrams.
 - the API server stand-in on the control-plane node: HTTPS on 6443, answering an
@@ -26,6 +27,12 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 PLATFORM = f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
 QUIET_IMAGES = ("busybox", "alpine", "ubuntu", "debian", "curlimages/curl", "nicolaka/netshoot")
 DEFAULT_PORTS = {"nginx": 80, "httpd": 80}
+# What those images run without a command (their ENTRYPOINT + CMD): a shell, which exits at
+# once with no terminal attached (kubelet gives it no stdin), so Kubernetes shows the pod
+# Completed, then CrashLoopBackOff; curl with no URL prints its usage hint and exits 2.
+# ubuntu's bash and netshoot's zsh end the same way as the host's sh that stands in here.
+_SHELL = ["sh"]
+IMAGE_COMMANDS = {"curlimages/curl": ["curl"]}
 _METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI")
 
 
@@ -54,6 +61,15 @@ def image_base(image: str) -> str:
 
 def is_dns_image(image: str) -> bool:
     return image_base(image).endswith("coredns")
+
+
+def image_command(image: str) -> list[str]:
+    """The command a quiet image runs when the container gives none ([] for the images whose
+    application is built in)."""
+    base = image_base(image)
+    if base not in QUIET_IMAGES:
+        return []
+    return IMAGE_COMMANDS.get(base, _SHELL)
 
 
 def listeners(containers: list[dict]) -> list[Listener]:

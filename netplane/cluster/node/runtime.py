@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 
 from netplane.cluster.node.apiserver import tls_context
-from netplane.cluster.node.responders import Listener, is_dns_image, listeners, start
+from netplane.cluster.node.responders import (
+    Listener,
+    image_command,
+    is_dns_image,
+    listeners,
+    start,
+)
 from netplane.netns import entered
 
 PR_SET_PDEATHSIG = 1
@@ -79,9 +85,17 @@ def _die_with_parent() -> None:
 
 
 def argv_of(container: dict) -> list[str]:
-    """command replaces the image's entrypoint, args its default command; the emulated
-    images have neither, so what is given is what runs."""
-    return [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    """What the container runs as a process ([]: a built-in application, or nothing).
+
+    command replaces the image's entrypoint, args its default command; the emulated images
+    have no entrypoint, so what is given is what runs. Without either, a quiet image runs
+    its default (a shell that exits at once), unless the container keeps stdin open
+    (`run -i`): then the attached session is its process, run by the client.
+    """
+    given = (container.get("command") or []) + (container.get("args") or [])
+    if not given and not container.get("stdin"):
+        given = image_command(container.get("image", ""))
+    return [str(a) for a in given]
 
 
 class Container:
@@ -100,7 +114,7 @@ class Container:
 
     async def run(self) -> None:
         policy = self.pod.get("restartPolicy", "Always")
-        delay = BACKOFF[0]
+        delay = 0.0  # as kubelet's: the first restart is at once, then 10 s, 20 s, ...
         while not self.stopping:
             started = time.monotonic()
             code = await self._once()
@@ -111,15 +125,16 @@ class Container:
             if not again:
                 return
             if time.monotonic() - started > 600:
-                delay = BACKOFF[0]
-            self.emit(
-                "waiting",
-                reason="CrashLoopBackOff",
-                message=f"back-off {delay:.0f}s restarting failed container={self.name} "
-                f"pod={self.pod['pod'].split('/')[1]}_{self.pod['pod'].split('/')[0]}",
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF[1])
+                delay = 0.0
+            if delay:
+                self.emit(
+                    "waiting",
+                    reason="CrashLoopBackOff",
+                    message=f"back-off {delay:.0f}s restarting failed container={self.name} "
+                    f"pod={self.pod['pod'].split('/')[1]}_{self.pod['pod'].split('/')[0]}",
+                )
+                await asyncio.sleep(delay)
+            delay = min(max(delay * 2, BACKOFF[0]), BACKOFF[1])
             self.restarts += 1
 
     async def _once(self) -> int:
