@@ -1,9 +1,11 @@
-"""deploy/ on a real node: the real kubelet and containerd, `kubectl apply -k`, and what a user
-checks after it (slow; runs on the cached anchors and the image built here).
+"""deploy/ on two real nodes: the real kubelet and containerd on each, `kubectl apply -k`, and
+what a user checks after it (slow; runs on the cached anchors and the image built here).
 
-The node is a `RealNode` of a real control plane (etcd, kube-apiserver, kube-controller-manager,
+Each node is a `RealNode` of a real control plane (etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler): its own network and mount namespaces, so deploy/'s manifests run unchanged.
 An overlay points the node components at the API server's address and at the local image.
+The nodes route each other's pod CIDR through their addresses (flannel's host-gw backend in
+two commands): netplane-bridge, like the reference bridge, wires pods to their own node only.
 """
 
 from __future__ import annotations
@@ -72,14 +74,11 @@ def _wait(what: str, check, timeout: float = 300, interval: float = 0.5):  # typ
         time.sleep(interval)
 
 
-def _all_ready(cp: ControlPlane) -> bool:
+def _all_ready(cp: ControlPlane, nodes: int) -> bool:
     get = cp.api.get
     for name in ("netplane-proxy", "netplane-cni"):
         ds = get(f"/apis/apps/v1/namespaces/kube-system/daemonsets/{name}").get("status", {})
-        if (
-            not ds.get("desiredNumberScheduled")
-            or ds.get("numberReady") != ds["desiredNumberScheduled"]
-        ):
+        if ds.get("desiredNumberScheduled") != nodes or ds.get("numberReady") != nodes:
             return False
     dns = get("/apis/apps/v1/namespaces/kube-system/deployments/netplane-dns")
     return dns.get("status", {}).get("readyReplicas") == dns["spec"]["replicas"]
@@ -95,6 +94,11 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
+      topologySpreadConstraints:  # one per node: one of them is always on the other node
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: DoNotSchedule
+          labelSelector: {matchLabels: {app: web}}
       containers:
         - name: web
           image: IMAGE
@@ -123,6 +127,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: default}
 spec:
+  nodeSelector: {kubernetes.io/hostname: node-a}
   containers:
     - name: client
       image: IMAGE
@@ -135,16 +140,29 @@ FETCH = (
 )
 
 
-def test_deploy_on_a_real_node(built_image, tmp_path):
+def test_deploy_on_two_real_nodes(built_image, tmp_path):
     _, archive = built_image
-    with ControlPlane(controller_manager=True) as cp, Scheduler(cp), RealNode(cp, "node-a") as node:
-        node.import_images(archive, pause_archive(tmp_path / "pause.tar"))
+    pause = pause_archive(tmp_path / "pause.tar")
+    with (
+        ControlPlane(controller_manager=True) as cp,
+        Scheduler(cp),
+        RealNode(cp, "node-a") as node,
+        RealNode(cp, "node-b") as other,
+    ):
+        nodes = (node, other)
+        for n in nodes:
+            n.import_images(archive, pause)
+            for peer in nodes:
+                if peer is not n:
+                    assert peer.node is not None
+                    n.run("ip", "route", "add", peer.node.pod_cidr, "via", peer.node.ip)
         overlay = _overlay(tmp_path / "overlay")
         start = time.monotonic()
         cp.kubectl("apply", "-k", str(overlay))
         try:
-            node.untaint_when_ready()
-            _wait("netplane's DaemonSets and DNS Deployment Ready", lambda: _all_ready(cp))
+            for n in nodes:
+                n.untaint_when_ready()
+            _wait("netplane's DaemonSets and DNS Deployment Ready", lambda: _all_ready(cp, 2))
         except Exception:
             print(cp.kubectl("get", "all", "-A", "-o", "wide", check=False))
             print(cp.kubectl("get", "events", "-A", check=False)[-4000:])
@@ -157,20 +175,30 @@ def test_deploy_on_a_real_node(built_image, tmp_path):
             ms = sorted(1000 * s for s in seconds)
             print(f"  {name}: {statistics.median(ms):.1f} / {ms[-1]:.1f}")
 
-        # the network a pod gets is netplane-bridge's, from the Node's pod CIDR
-        conflist = json.loads(node.run("cat", "/etc/cni/net.d/10-netplane.conflist"))
-        assert conflist["plugins"][0]["type"] == "netplane-bridge"
-        assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
-        assert "netplane0" in node.run("ip", "-br", "link", "show", "type", "bridge")
+        # the network a pod gets is netplane-bridge's, from its Node's pod CIDR
+        cidrs = {}
+        for n in nodes:
+            assert n.node is not None
+            cidrs[n.name] = n.node.pod_cidr
+            conflist = json.loads(n.run("cat", "/etc/cni/net.d/10-netplane.conflist"))
+            assert conflist["plugins"][0]["type"] == "netplane-bridge"
+            assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": n.node.pod_cidr}]]
 
         cp.kubectl("apply", "-f", "-", input=WORKLOAD.replace("IMAGE", IMAGE))
         cp.kubectl("wait", "--for=condition=Ready", "pod", "-l", "app=web", "--timeout=300s")
         cp.kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=300s")
         pods = cp.api.get("/api/v1/namespaces/default/pods")["items"]
-        assert all(p["status"]["podIP"].startswith("10.244.1.") for p in pods), pods
-        names = {p["metadata"]["name"] for p in pods if p["metadata"]["name"] != "client"}
+        for p in pods:
+            prefix = cidrs[p["spec"]["nodeName"]].rsplit(".", 1)[0] + "."
+            assert p["status"]["podIP"].startswith(prefix), p["status"]
+        webs = [p for p in pods if p["metadata"]["name"] != "client"]
+        assert {p["spec"]["nodeName"] for p in webs} == set(cidrs), "one web pod per node"
+        for n in nodes:  # made by the first ADD on the node
+            assert "netplane0" in n.run("ip", "-br", "link", "show", "type", "bridge")
+        names = {p["metadata"]["name"] for p in webs}
 
         # a ClusterIP Service by name: the pod's resolv.conf -> netplane dns -> netplane proxy
+        # (both endpoints answer: one of them is on the other node)
         def fetch() -> str:
             return cp.kubectl("exec", "client", "--", "python3", "-c", FETCH, "http://web").strip()
 
@@ -178,24 +206,26 @@ def test_deploy_on_a_real_node(built_image, tmp_path):
         _wait("the web Service answering", lambda: _answers(fetch), timeout=120, interval=1)
         answers = {fetch() for _ in range(12)}
         assert answers == names, answers  # both endpoints answer
-        # a NodePort from outside the node
+        # a NodePort from outside the nodes, on each node
         outside = cp.add_node("outside", register=False)
-        url = f"http://{node.node.ip}:30080"
-        got = _wait(
-            "the NodePort answering",
-            lambda: _answers(lambda: netns.run(outside.netns, ["python3", "-c", FETCH, url])),
-            timeout=60,
-            interval=1,
-        )
-        assert got.strip() in names
+        for n in nodes:
+            assert n.node is not None
+            argv = ["python3", "-c", FETCH, f"http://{n.node.ip}:30080"]
+            got = _wait(
+                f"the NodePort answering on {n.name}",
+                lambda argv=argv: _answers(lambda: netns.run(outside.netns, argv)),
+                timeout=60,
+                interval=1,
+            )
+            assert got.strip() in names
 
         # removal: the workload first, then netplane; the node is left clean
         cp.kubectl("delete", "-f", "-", "--wait=true", input=WORKLOAD.replace("IMAGE", IMAGE))
         cp.kubectl("delete", "-k", str(overlay), "--wait=true")
         _wait("netplane's pods gone", lambda: not cp.api.get(
             "/api/v1/namespaces/kube-system/pods")["items"])  # fmt: skip
-        leftovers = node_state(node)
-        assert leftovers == {}, leftovers
+        leftovers = {n.name: node_state(n) for n in nodes}
+        assert leftovers == {"node-a": {}, "node-b": {}}, leftovers
 
 
 def _answers(fetch) -> str:  # type: ignore[no-untyped-def]
