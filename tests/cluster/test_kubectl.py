@@ -602,9 +602,15 @@ def test_watch_prints_changes(k):
     try:
         time.sleep(1.0)
         kc(k, "run", "watched", "--image=nginx")
-        lines = read_until(watch, lambda got: any(" 1/1 " in x for x in got))
+        kc(k, "wait", "--for=condition=Ready", "pod/watched", "--timeout=60s")
+        kc(k, "delete", "pod", "watched")  # returns once the pod is gone
+        lines = read_until(watch, lambda got: sum("Terminating" in x for x in got) >= 2)
         assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-        assert all(x.startswith("watched ") for x in lines[1:]), lines
+        rows = [x.split()[:3] for x in lines[1:]]
+        assert all(r[0] == "watched" for r in rows), lines
+        # a watch, not a poll: every state shows, from the new pod to its delete event
+        assert rows[0][1] == "0/1" and ["watched", "1/1", "Running"] in rows, lines
+        assert [r[2] for r in rows[-2:]] == ["Terminating", "Terminating"], lines
     finally:
         watch.terminate()
         watch.wait(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 
 from netplane.cluster.statedir import StateDir, default_state_dir
 
@@ -17,7 +18,7 @@ def resolve_state(cluster: str, state_dir: str | None) -> StateDir:
     return StateDir(state_dir or os.environ.get("NETPLANE_STATE_DIR") or default_state_dir(cluster))
 
 
-def call(state: StateDir, request: dict, timeout: float = 60.0) -> dict:
+def _connect(state: StateDir, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -32,6 +33,21 @@ def call(state: StateDir, request: dict, timeout: float = 60.0) -> dict:
         raise NotRunning(
             f"no cluster is running at {state.path}: start one with `netplane up{where}`"
         ) from None
+    return sock
+
+
+def stream(state: StateDir, request: dict) -> Iterator[dict]:
+    """A watch: the daemon's events, one per line, until it stops (a BOOKMARK comes every
+    few seconds, so a daemon that died unseen is noticed by the timeout)."""
+    with _connect(state, 60.0) as sock:
+        sock.sendall((json.dumps(request) + "\n").encode())
+        with sock.makefile("rb") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+
+def call(state: StateDir, request: dict, timeout: float = 60.0) -> dict:
+    sock = _connect(state, timeout)
     with sock:
         sock.sendall((json.dumps(request) + "\n").encode())
         data = b""

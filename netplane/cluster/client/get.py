@@ -35,15 +35,24 @@ ENDPOINTS_WARNING = (  # what kube-apiserver v1.33 says to every Endpoints reque
 def fetch(
     state: StateDir, kind: str, ns: str | None, selector: str | None = None, name: str | None = None
 ) -> list[dict]:
+    return fetch_list(state, kind, ns, selector, name)[0]
+
+
+def fetch_list(
+    state: StateDir, kind: str, ns: str | None, selector: str | None = None, name: str | None = None
+) -> tuple[list[dict], int]:
+    """The objects, sorted as kubectl lists them, and the revision the list was taken at
+    (where a watch starts)."""
     source = "EndpointSlice" if kind == "Endpoints" else kind
     reply = api.call(state, {"op": "get", "kind": source,
                              "namespace": None if kind in CLUSTER_SCOPED else ns,
                              "selector": selector, "name": name})  # fmt: skip
     if "error" in reply:
         raise click.ClickException(reply["error"])
-    return sorted(
+    items = sorted(
         reply["items"], key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
     )
+    return items, int(reply.get("resourceVersion", 0))
 
 
 TEMPLATES = ("jsonpath=", "jsonpath-as-json=", "go-template=", "template=", "custom-columns=")
@@ -149,8 +158,11 @@ def get(
     seen: dict[tuple, str] = {}
     found = []
     headed: set[str] = set()  # kinds whose header is printed
+    since = None
     for kind in kinds:
-        for o in _select(state, kind, ns, selector, names):
+        items, revision = _select(state, kind, ns, selector, names)
+        since = revision if since is None else min(since, revision)
+        for o in items:
             seen[(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])] = o[
                 "metadata"
             ].get("resourceVersion", "")
@@ -177,14 +189,15 @@ def get(
             where = f" in {ns} namespace" if ns and not set(kinds) <= set(CLUSTER_SCOPED) else ""
             click.echo(f"No resources found{where}.", err=True)
     if watch or watch_only:
-        _watch(state, kinds, ns, selector, names, output, all_ns, show_labels, labels, seen,
-               headed)  # fmt: skip
+        watcher = _Watcher(state, kinds, ns, selector, names, output, all_ns, show_labels,
+                           labels, seen, headed)  # fmt: skip
+        watcher.run(since or 0)
 
 
 def _select(
     state: StateDir, kind: str, ns: str | None, selector: str | None, names: list[str]
-) -> list[dict]:
-    items = fetch(state, kind, ns, selector)
+) -> tuple[list[dict], int]:
+    items, revision = fetch_list(state, kind, ns, selector)
     if kind == "Endpoints":
         items = _endpoints_as_objects(items)
     if names:
@@ -193,7 +206,7 @@ def _select(
         if missing:
             raise not_found(kind, missing[0])
         items = [by_name[n] for n in names]
-    return items
+    return items, revision
 
 
 def _endpoints_as_objects(slices: list[dict]) -> list[dict]:
@@ -226,49 +239,82 @@ def _endpoints_as_objects(slices: list[dict]) -> list[dict]:
                                                   o["metadata"]["name"]))  # fmt: skip
 
 
-def _watch(
-    state: StateDir,
-    kinds: list[str],
-    ns: str | None,
-    selector: str | None,
-    names: list[str],
-    output: str | None,
-    all_ns: bool,
-    show_labels: bool,
-    labels: list[str],
-    seen: dict[tuple, str],
-    headed: set[str],
-) -> None:
-    """Poll the store and print a row for every object whose resourceVersion changed, as
-    `kubectl get -w` prints watch events: each row laid out on its own (kubectl flushes its
-    tabwriter per event), the header with a kind's first row if the list had none."""
-    try:
-        while True:
-            time.sleep(0.5)
-            for kind in kinds:
-                items = _select(state, kind, ns, selector, []) if not names else [
-                    o for o in _select(state, kind, ns, selector, [])
-                    if o["metadata"]["name"] in names
-                ]  # fmt: skip
-                now = {}
-                for o in items:
-                    key = (kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
-                    now[key] = o["metadata"].get("resourceVersion", "")
-                    if seen.get(key) != now[key]:
-                        if generic(output):
-                            text = render_generic([(kind, o)], str(output), True, False)
-                            click.echo(text, nl=not text.endswith("\n"))
-                        else:
-                            click.echo(render_table(kind, [o], output == "wide",
-                                                    all_ns and kind not in CLUSTER_SCOPED,
-                                                    show_labels, labels, kind not in headed,
-                                                    len(kinds) > 1))  # fmt: skip
-                            headed.add(kind)
-                for key in [k for k in seen if k[0] == kind and k not in now]:
-                    del seen[key]
-                seen.update(now)
-    except KeyboardInterrupt:
-        pass
+class _Watcher:
+    """`kubectl get -w`: follow the daemon's watch from the list's revision and print a row
+    per event (deletions too), each laid out on its own (kubectl flushes its tabwriter per
+    event), with the header before a kind's first row if the list had none."""
+
+    def __init__(self, state: StateDir, kinds: list[str], ns: str | None,
+                 selector: str | None, names: list[str], output: str | None, all_ns: bool,
+                 show_labels: bool, labels: list[str], seen: dict[tuple, str],
+                 headed: set[str]) -> None:  # fmt: skip
+        self.state, self.kinds, self.ns, self.selector = state, kinds, ns, selector
+        self.names, self.output, self.all_ns = names, output, all_ns
+        self.show_labels, self.labels, self.seen, self.headed = show_labels, labels, seen, headed
+
+    def run(self, since: int) -> None:
+        sources = sorted({"EndpointSlice" if k == "Endpoints" else k for k in self.kinds})
+        request = {"op": "watch", "kinds": sources, "namespace": self.ns,
+                   "selector": self.selector}  # fmt: skip
+        try:
+            while True:
+                for event in api.stream(self.state, {**request, "resourceVersion": str(since)}):
+                    if event["type"] == "BOOKMARK":
+                        since = int(event["resourceVersion"])
+                    elif event["type"] == "ERROR":
+                        if event.get("code") != 410:
+                            raise click.ClickException(event["error"])
+                        break  # too far behind: list again, then watch from there
+                    else:
+                        since = int(event["object"]["metadata"]["resourceVersion"])
+                        self._event(event["type"], event["object"])
+                else:
+                    return  # the daemon stopped
+                since = max(self._relist(kind) for kind in self.kinds)
+        except KeyboardInterrupt:
+            pass
+
+    def _event(self, kind_of_event: str, obj: dict) -> None:
+        kind, meta = obj["kind"], obj["metadata"]
+        if kind == "EndpointSlice" and "Endpoints" in self.kinds:
+            self._relist("Endpoints")  # Endpoints are made from the slices
+        if kind not in self.kinds or (self.names and meta["name"] not in self.names):
+            return
+        key = (kind, meta.get("namespace", ""), meta["name"])
+        if kind_of_event == "DELETED":
+            self.seen.pop(key, None)
+        elif self.seen.get(key) == meta.get("resourceVersion", ""):
+            return  # already listed
+        else:
+            self.seen[key] = meta.get("resourceVersion", "")
+        self._show(kind, obj)
+
+    def _relist(self, kind: str) -> int:
+        """Print the objects of KIND that changed since they were last shown."""
+        items, revision = _select(self.state, kind, self.ns, self.selector, [])
+        now = {}
+        for o in items:
+            if self.names and o["metadata"]["name"] not in self.names:
+                continue
+            key = (kind, o["metadata"].get("namespace", ""), o["metadata"]["name"])
+            now[key] = o["metadata"].get("resourceVersion", "")
+            if self.seen.get(key) != now[key]:
+                self._show(kind, o)
+        for key in [k for k in self.seen if k[0] == kind and k not in now]:
+            del self.seen[key]
+        self.seen.update(now)
+        return revision
+
+    def _show(self, kind: str, obj: dict) -> None:
+        if generic(self.output):
+            text = render_generic([(kind, obj)], str(self.output), True, False)
+            click.echo(text, nl=not text.endswith("\n"))
+            return
+        click.echo(render_table(kind, [obj], self.output == "wide",
+                                self.all_ns and kind not in CLUSTER_SCOPED, self.show_labels,
+                                self.labels, kind not in self.headed,
+                                len(self.kinds) > 1))  # fmt: skip
+        self.headed.add(kind)
 
 
 @click.command(cls=KubectlCommand)

@@ -1,8 +1,9 @@
 """The daemon's API: one JSON request per connection, answered from the store.
 
 Requests: apply (create or update), create (refuse what exists), replace, patch, delete,
-get, exec-info, status, shutdown. Writes go through admission (defaulting, validation,
-allocation); a refused object leaves the store unchanged.
+get, watch, exec-info, status, shutdown. Writes go through admission (defaulting,
+validation, allocation); a refused object leaves the store unchanged. A watch answers with
+a stream of lines instead of one: the events after the revision the client listed at.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from netplane.cluster.control.admission import AdmissionError, admit, object_key
@@ -45,7 +46,7 @@ class Api:
         self.rng = random.Random()
         self._status, self._shutdown = status, shutdown
 
-    def handle(self, req: dict) -> dict:
+    def handle(self, req: dict) -> dict | Iterator[dict]:
         op = req.get("op")
         if op in ("apply", "create", "replace"):
             return self.write(req["objects"], op, req.get("dryRun", False))
@@ -55,6 +56,9 @@ class Api:
             return self.delete([tuple(k) for k in req["keys"]])
         if op == "get":
             return self.get(req["kind"], req.get("namespace"), req.get("name"), req.get("selector"))
+        if op == "watch":
+            return self.watch(req["kinds"], req.get("namespace"), req.get("selector"),
+                              int(req["resourceVersion"]))  # fmt: skip
         if op == "exec-info":
             return self.exec_info(req["namespace"], req["name"])
         if op == "status":
@@ -173,6 +177,33 @@ class Api:
             ]
             revision = self.store.revision
         return {"items": items, "resourceVersion": str(revision)}
+
+    def watch(
+        self, kinds: list[str], namespace: str | None, selector: str | None, since: int
+    ) -> Iterator[dict]:
+        """The API's watch: {"type": ADDED | MODIFIED | DELETED, "object"} for each change
+        after SINCE that the list would have shown, a BOOKMARK every few seconds (how a
+        gone client is noticed), and an ERROR (code 410) when SINCE is too old."""
+        try:
+            wanted = parse_selector(selector) if selector else None
+        except SelectorError as e:
+            yield {"type": "ERROR", "error": str(e), "code": 400}
+            return
+        while True:
+            events = self.store.events_since(since, timeout=5.0)
+            if events is None:
+                yield {"type": "ERROR", "error": "too old resource version", "code": 410}
+                return
+            for revision, kind, key, body in events:
+                since = revision
+                if (
+                    key[0] in kinds
+                    and (namespace is None or key[1] in (namespace, ""))
+                    and (wanted is None or matches(wanted, body["metadata"].get("labels") or {}))
+                ):
+                    yield {"type": kind, "object": body}
+            if not events:
+                yield {"type": "BOOKMARK", "resourceVersion": str(since)}
 
     def exec_info(self, namespace: str, name: str) -> dict:
         with self.store.lock:

@@ -1,9 +1,11 @@
 """The daemon's object store: every API object, one lock, and what is persisted.
 
 Objects are plain dicts keyed by (kind, namespace, name), as the API serves them. Each
-write bumps `metadata.resourceVersion` (one counter for the store, as etcd's revision), so
-clients that watch compare versions. Persistence: `objects.json` (what a restarted daemon
-reloads) and the manifests the proxies and DNS servers follow.
+write bumps `metadata.resourceVersion` (one counter for the store, as etcd's revision) and
+is kept as a watch event (ADDED, MODIFIED, DELETED) in a bounded history, as the API
+server's watch cache: a watcher asks for what came after the revision it listed at.
+Persistence: `objects.json` (what a restarted daemon reloads) and the manifests the proxies
+and DNS servers follow.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 from netplane.cluster.statedir import MANIFEST_KINDS, StateDir, write_atomic
 
 Key = tuple[str, str, str]
+Event = tuple[int, str, Key, dict]  # (revision, ADDED | MODIFIED | DELETED, key, object)
+HISTORY = 2000  # events kept for watchers (the API server keeps ~100 per kind by default)
 
 
 def now() -> str:
@@ -28,6 +33,8 @@ class ObjectStore:
         self.state = state
         self.lock = threading.RLock()
         self.changed = threading.Event()  # wakes the controller loop
+        self.written = threading.Condition(self.lock)  # wakes the watchers
+        self.history: deque[Event] = deque(maxlen=HISTORY)
         self.objects: dict[Key, dict] = {}
         self.revision = 0
         self._manifests = ManifestWriter(state)
@@ -49,12 +56,33 @@ class ObjectStore:
             self.revision += 1
             body = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.revision)}}
             self.objects[key] = body
+            self._event("ADDED" if old is None else "MODIFIED", key, body)
             return body
 
     def pop(self, key: Key) -> dict | None:
         with self.lock:
-            self.revision += 1
-            return self.objects.pop(key, None)
+            old = self.objects.pop(key, None)
+            if old is not None:
+                self.revision += 1
+                meta = {**old["metadata"], "resourceVersion": str(self.revision)}
+                self._event("DELETED", key, {**old, "metadata": meta})
+            return old
+
+    def _event(self, kind: str, key: Key, body: dict) -> None:
+        self.history.append((self.revision, kind, key, body))
+        self.written.notify_all()
+
+    def events_since(self, revision: int, timeout: float) -> list[Event] | None:
+        """The events after REVISION, waiting up to TIMEOUT for one; None when some of
+        them are no longer kept (the API's 410 Gone: list again)."""
+        with self.lock:
+            if self.revision <= revision:
+                self.written.wait(timeout)
+            if self.revision <= revision:
+                return []
+            if not self.history or self.history[0][0] > revision + 1:
+                return None
+            return [e for e in self.history if e[0] > revision]
 
     def touch(self) -> None:
         self.changed.set()
