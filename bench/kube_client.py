@@ -32,6 +32,7 @@ from netplane.bench._results import DEFAULT_OUTPUT_DIR, Series, new_result, writ
 
 if TYPE_CHECKING:  # the clients compared measure their own imports
     from netplane.model import KubeObject, ObjectKey
+    from netplane.state import Stored
 
 CLIENTS = (
     "urllib3-raw",
@@ -100,7 +101,7 @@ class _Counting:
         self.calls = 0
         original = self.state.apply
 
-        def apply(upserts: Iterable[KubeObject] = (), deletes: Iterable[ObjectKey] = ()) -> int:
+        def apply(upserts: Iterable[Stored] = (), deletes: Iterable[ObjectKey] = ()) -> int:
             self.calls += 1
             return original(upserts, deletes)
 

@@ -15,7 +15,7 @@ import click
 
 from netplane.dns.forward import parse_hostport
 from netplane.dns.records import ZoneConfig
-from netplane.kube.options import source_from_options, source_options
+from netplane.kube.options import source_options
 from netplane.resolvconf import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
 
 HostPort = tuple[str, int]
@@ -103,12 +103,12 @@ def serve(
     pod_cidr: tuple[str, ...],
 ) -> None:
     """Answer for the cluster zone over UDP and TCP, following the objects' changes."""
-    from netplane.dns.options import ServeOptions, kinds_needed
+    from netplane.dns.options import ServeOptions
     from netplane.dns.supervisor import serve as run
+    from netplane.dns.supervisor import source
 
     if autopath and pods != "verified":
         raise click.UsageError("--autopath finds the client's pod by its IP: needs --pods verified")
-    source_from_options(manifests, kubeconfig, in_cluster, kinds_needed(pods))  # fail early
     host_search = _host(host_resolv).searches if autopath else ()
     dns_ips = (listen[0],) if listen[0] not in ("0.0.0.0", "::") else ()
     reverse = service_cidr + (pod_cidr if pods != "disabled" else ())
@@ -128,7 +128,7 @@ def serve(
         cache_bytes=cache_size << 20,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
-    sys.exit(run(opts))
+    sys.exit(run(opts, source(opts)))  # a wrong source choice fails here, before serving
 
 
 def _host(path: str) -> ResolvConf:

@@ -49,10 +49,19 @@ RETIRE_DEADLINE = 5.0  # a retired worker gets SIGKILL after this
 PR_SET_PDEATHSIG = 1
 
 
-def _source(opts: ServeOptions) -> Source:
+def source(opts: ServeOptions) -> Source:
+    """Manifests, or the API server read into DNS's own lean objects (`objects.py`), one
+    unpaged list per kind from the API server's watch cache, as CoreDNS's informers do.
+    Raises SourceChoiceError (a usage error) for a wrong choice or an unusable kubeconfig."""
+    from netplane.dns.objects import ApiCodec
+    from netplane.kube.source import Tuning
+
+    kinds = kinds_needed(opts.zone.pods)
+    chosen = source_from_options(opts.manifests, opts.kubeconfig, opts.in_cluster, kinds,
+                                 ApiCodec, Tuning(page_size=0))  # fmt: skip
     if opts.manifests:  # polled faster than the default: answers follow within ~100 ms
         return ManifestSource(opts.manifests, poll_interval=opts.poll_interval)
-    return source_from_options(None, opts.kubeconfig, opts.in_cluster, kinds_needed(opts.zone.pods))
+    return chosen
 
 
 @dataclass(eq=False)
@@ -315,8 +324,9 @@ def _http(
     return server
 
 
-def serve(opts: ServeOptions) -> int:
-    """Run until SIGTERM/SIGINT or a crash loop; returns the exit status."""
+def serve(opts: ServeOptions, objects: Source | None = None) -> int:
+    """Run until SIGTERM/SIGINT or a crash loop; returns the exit status. OBJECTS: the
+    source, when the caller made it already (default: `source(opts)`)."""
     health = _Health(collector=StatsCollector(f"dns://{opts.listen[0]}:{opts.listen[1]}"))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(health.collector)
@@ -338,7 +348,7 @@ def serve(opts: ServeOptions) -> int:
     sup = Supervisor(opts, health)
     state = ClusterState()
     sup.catalog = build_catalog(state.snapshot(), opts.zone, 0)  # unsynced: SERVFAIL
-    _, source_stop = start_source(_source(opts), state)
+    _, source_stop = start_source(objects or source(opts), state)
     threading.Thread(target=follow, args=(state, sup, stop), daemon=True).start()
     try:
         return sup.run(stop)

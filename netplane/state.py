@@ -13,11 +13,10 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from netplane.model import (
     EndpointSlice,
-    KubeObject,
     NamespacedName,
     Node,
     ObjectKey,
@@ -28,6 +27,15 @@ from netplane.model import (
 
 ServiceKey = NamespacedName  # a Service's (namespace, name): what proxy and DNS work by
 Change = tuple[ObjectKey, ServiceKey | None]  # an object that changed, and its service
+
+
+class Stored(Protocol):
+    """What the state holds: a model object, or a consumer's own lean form of a kind
+    (DNS keeps only the fields it answers from) with the same key, the same namespace and
+    name attributes, and for Services and EndpointSlices the same `service_key`."""
+
+    @property
+    def key(self) -> ObjectKey: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +89,11 @@ _KINDS = {
     "Pod": replace(_NAMESPACED, change="pods"),
     "Node": _Kind("nodes", itemgetter(2), attrgetter("name")),
 }
-_BY_TYPE = {Service: _KINDS["Service"], EndpointSlice: _KINDS["EndpointSlice"],
+_SLICES = _KINDS["EndpointSlice"]
+_BY_TYPE = {Service: _KINDS["Service"], EndpointSlice: _SLICES,
             Pod: _KINDS["Pod"], Node: _KINDS["Node"]}  # fmt: skip
 _OTHER = _Kind("others", lambda key: key, attrgetter("key"))  # every other kind: RawObject
+_BY_TYPE[RawObject] = _OTHER
 
 
 class ChangeTracker:
@@ -158,7 +168,7 @@ class ClusterState:
             self._trackers.append(t)
         return t
 
-    def apply(self, upserts: Iterable[KubeObject] = (), deletes: Iterable[ObjectKey] = ()) -> int:
+    def apply(self, upserts: Iterable[Stored] = (), deletes: Iterable[ObjectKey] = ()) -> int:
         """Add/replace and remove objects in one step; returns how many really changed."""
         now = time.monotonic()
         changed: list[Change] = []
@@ -175,14 +185,18 @@ class ClusterState:
             t.record(changed, now)
         return len(changed)
 
-    def _upsert(self, obj: KubeObject) -> list[Change]:
-        kind = _BY_TYPE.get(type(obj), _OTHER)
+    def _upsert(self, obj: Any) -> list[Change]:
+        kind = _BY_TYPE.get(type(obj))
+        if kind is None:  # a consumer's lean form of a modelled kind, or another kind
+            kind = _KINDS.get(obj.key[0], _OTHER)
+            if kind is not _OTHER:
+                _BY_TYPE[type(obj)] = kind
         store, key = self._stores[kind.change], kind.of_object(obj)
         old = store.get(key)
         if old == obj:
             return []
         store[key] = obj
-        if isinstance(obj, EndpointSlice):
+        if kind is _SLICES:
             result = []
             if old is not None and old.service_key != obj.service_key:  # moved to another
                 self._unlink_slice(old)
@@ -190,18 +204,18 @@ class ClusterState:
             others = tuple(s for s in self._slices.get(obj.service_key, ()) if s.name != obj.name)
             self._slices[obj.service_key] = tuple(sorted((*others, obj), key=lambda s: s.name))
             return [*result, (obj.key, obj.service_key)]
-        return [(obj.key, obj.service_key if isinstance(obj, Service) else None)]
+        return [(obj.key, obj.service_key if kind.by_service else None)]
 
     def _delete(self, key: ObjectKey) -> list[Change]:
         kind = _KINDS.get(key[0], _OTHER)
         old = self._stores[kind.change].pop(kind.of_key(key), None)
         if old is None:
             return []
-        if isinstance(old, EndpointSlice):
+        if kind is _SLICES:
             self._unlink_slice(old)
-        return [(key, old.service_key if isinstance(old, Service | EndpointSlice) else None)]
+        return [(key, old.service_key if kind.by_service else None)]
 
-    def _unlink_slice(self, old: EndpointSlice) -> None:
+    def _unlink_slice(self, old: Any) -> None:
         """Remove OLD from its service's slices."""
         rest = tuple(s for s in self._slices.get(old.service_key, ()) if s.name != old.name)
         if rest:

@@ -1,10 +1,12 @@
 """The Kubernetes API as a `Source`: list, then watch, per kind, into a `ClusterState`.
 
-The official `kubernetes` client provides configuration (kubeconfig with every auth
-method, in-cluster service account with token rotation) and the HTTP transport (urllib3);
-its typed methods and models are bypassed: the JSON is decoded once and handed to the same
+Two things are pluggable. The transport: the official `kubernetes` client's (configuration
+with every auth method, urllib3; its typed methods and models are bypassed) or
+`transport.HttpTransport` (the standard library, no client import). The codec: how a
+kind's JSON becomes state objects; `JsonCodec` decodes it once and hands it to the same
 parsers the manifest source uses (bench/kube_client.py measured the model layer at 4x the
-list CPU and 2.5x the watch CPU; see deploy/README.md).
+list CPU and 2.5x the watch CPU; see deploy/README.md); a consumer that reads a few fields
+brings its own (the DNS server's decodes only what DNS answers from).
 
 Per kind, a reflector keeps what it put into the state and the resourceVersion it has seen:
 - list (paged) -> apply only what differs from what it holds, delete what disappeared;
@@ -22,14 +24,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from kubernetes import client as k8s
-
-from netplane.model import InvalidField, KubeObject, ObjectKey, parse_object
-from netplane.state import ClusterState
+from netplane.kube.transport import ApiError
+from netplane.model import InvalidField, ObjectKey, parse_object
+from netplane.state import ClusterState, Stored
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Tuning:
     page_size: int = 500  # list in pages: a 10k-service list never sits in memory twice
+    # 0: the first list unpaged from the API server's watch cache (resourceVersion=0), as
+    # client-go's informers start (relists after 410 Gone read the current state)
     watch_timeout: int = 300  # server-side timeoutSeconds, randomised up to 2x (as client-go)
     connect_timeout: float = 5.0
     list_timeout: float = 60.0  # read timeout of one list page
@@ -87,17 +90,109 @@ class WatchFailed(Exception):
     """The server ended a watch with an ERROR event other than 410."""
 
 
+Item = tuple[ObjectKey, str, Any]  # (key, resourceVersion, the codec's decoded object)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK | ERROR | anything else: ignored
+    item: Item
+    error: tuple[Any, Any, Any] = (None, None, None)  # (code, reason, message) of an ERROR
+
+
+class Codec(Protocol):
+    """How one kind's JSON becomes state objects."""
+
+    def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
+        """A list response -> (items, resourceVersion, continue token)."""
+
+    def event(self, line: bytes) -> Event:
+        """One watch event (a line of the stream)."""
+
+    def objects(self, raw: Any) -> Sequence[Stored]:
+        """The state objects of one decoded item; raises InvalidField to reject it."""
+
+
+class JsonCodec:
+    """The full object model (`netplane.model`) from the JSON, as manifests are parsed."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+
+    def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
+        doc = json.loads(body)
+        meta = doc.get("metadata") or {}
+        items = [self._item(item) for item in doc.get("items") or ()]
+        return items, meta.get("resourceVersion", ""), meta.get("continue") or ""
+
+    def event(self, line: bytes) -> Event:
+        event = json.loads(line)
+        obj = event.get("object") or {}
+        error = (obj.get("code"), obj.get("reason"), obj.get("message"))
+        return Event(event.get("type"), self._item(obj), error)
+
+    def _item(self, item: dict) -> Item:
+        meta = item.get("metadata") or {}
+        key = (self.resource.kind, meta.get("namespace", ""), meta.get("name", ""))
+        return key, meta.get("resourceVersion", ""), item
+
+    def objects(self, raw: Any) -> Sequence[Stored]:
+        raw.setdefault("kind", self.resource.kind)  # list items carry neither
+        raw.setdefault("apiVersion", self.resource.api_version)
+        return parse_object(raw, strict=False)
+
+
+class Transport(Protocol):
+    def get(self, path: str, query: dict[str, Any], timeout: tuple[float, float]) -> Any:
+        """GET path?query: a response with status, data, stream(), release_conn() and
+        shutdown() (urllib3's names); raises ApiError for a non-2xx status."""
+
+
+class ClientTransport:
+    """GETs through the official client: its credentials (refreshing rotated tokens)."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+
+    def get(self, path: str, query: dict[str, Any], timeout: tuple[float, float]) -> Any:
+        """`param_serialize` + `call_api` is the client's generic request path: it applies
+        the configured credentials without the typed methods' pydantic validation, whose
+        schemas cost ~22 MB and ~0.4 s of CPU on first use."""
+        request = self.api_client.param_serialize(
+            "GET",
+            path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request, _request_timeout=timeout).response
+        if 200 <= response.status < 300:
+            return response
+        try:
+            body = response.data
+        finally:
+            response.release_conn()
+        raise ApiError(response.status, response.reason, body)
+
+
 class _Reflector:
     """List + watch one kind; owns the objects of that kind in the state."""
 
     def __init__(
-        self, resource: Resource, api_client: k8s.ApiClient, tuning: Tuning, on_listed: Callable
+        self,
+        resource: Resource,
+        transport: Transport,
+        codec: Codec,
+        tuning: Tuning,
+        on_listed: Callable,
     ) -> None:
         self.resource = resource
-        self.api_client = api_client
+        self.transport = transport
+        self.codec = codec
         self.tuning = tuning
         self.on_listed = on_listed
         self.rv = ""  # last resourceVersion seen; "" = list first
+        self.listed = False  # a complete list was applied once
         self._versions: dict[ObjectKey, str] = {}  # API object -> resourceVersion held
         self._produced: dict[ObjectKey, tuple[ObjectKey, ...]] = {}  # API object -> model keys
         self._response: Any = None
@@ -137,49 +232,38 @@ class _Reflector:
             response.shutdown()
 
     def _request(self, query: dict[str, Any], timeout: tuple[float, float]) -> Any:
-        """GET the collection; the raw urllib3 response, not yet read.
-
-        `param_serialize` + `call_api` is the client's generic request path: it applies the
-        configured credentials (refreshing rotated tokens) without the typed methods' pydantic
-        validation, whose schemas cost ~22 MB and ~0.4 s of CPU on first use.
-        """
-        request = self.api_client.param_serialize(
-            "GET",
-            self.resource.path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*request, _request_timeout=timeout).response
-        if 200 <= response.status < 300:
-            return response
+        """GET the collection; the response, not yet read."""
         try:
-            body = response.data
-        finally:
-            response.release_conn()
-        if response.status == 410:
-            raise Gone()
-        raise k8s.ApiException(status=response.status, reason=response.reason, body=body)
+            return self.transport.get(self.resource.path, query, timeout)
+        except ApiError as e:
+            if e.status == 410:
+                raise Gone() from e
+            raise
 
     # ---- list -------------------------------------------------------------------------
 
     def _list(self, state: ClusterState, stop: threading.Event) -> None:
         seen: dict[ObjectKey, str] = {}
-        upserts: list[KubeObject] = []
+        upserts: list[Stored] = []
         produced: dict[ObjectKey, tuple[ObjectKey, ...]] = {}
-        token, rv = None, ""
+        token, rv = "", ""
         t = self.tuning
         while True:
-            query: dict[str, Any] = {"limit": t.page_size}
+            query: dict[str, Any] = {"limit": t.page_size} if t.page_size else {}
+            if not t.page_size and not self.listed:
+                query["resourceVersion"] = "0"  # the watch cache, as informers start
             if token:
                 query["continue"] = token
-            page = self._read_json(self._request(query, (t.connect_timeout, t.list_timeout)))
-            for item in page.get("items") or ():
-                key, version = self._identity(item)
+            response = self._request(query, (t.connect_timeout, t.list_timeout))
+            try:
+                items, rv, token = self.codec.page(response.data)
+            finally:
+                response.release_conn()
+            for key, version, raw in items:
                 seen[key] = version
                 if self._versions.get(key) == version:
                     continue  # unchanged since we last held it: no parse, no apply
-                objects = self._parse(item, key)
+                objects = self._parse(raw, key)
                 if objects is None:  # keep serving the last good version, if any
                     if key in self._versions:
                         seen[key] = self._versions[key]
@@ -188,8 +272,7 @@ class _Reflector:
                     continue
                 upserts.extend(objects)
                 produced[key] = tuple(o.key for o in objects)
-            meta = page.get("metadata") or {}
-            rv, token = meta.get("resourceVersion", ""), meta.get("continue")
+            del items
             if not token or stop.is_set():
                 break
         if stop.is_set():
@@ -206,6 +289,7 @@ class _Reflector:
         log.info("%s: listed %d at resourceVersion %s, %d changed",
                  self.resource.kind, len(seen), rv, changed)  # fmt: skip
         self.rv = rv
+        self.listed = True
 
     # ---- watch ------------------------------------------------------------------------
 
@@ -226,8 +310,8 @@ class _Reflector:
         try:
             if stop.is_set():
                 return True
-            for event in _lines(response):
-                self._event(state, json.loads(event))
+            for line in _lines(response):
+                self._event(state, self.codec.event(line))
                 progressed = True
         finally:
             with self._lock:
@@ -235,22 +319,21 @@ class _Reflector:
             response.release_conn()
         return progressed or time.monotonic() - started > 1.0
 
-    def _event(self, state: ClusterState, event: dict) -> None:
-        kind, obj = event.get("type"), event.get("object") or {}
+    def _event(self, state: ClusterState, event: Event) -> None:
+        kind, (key, version, raw) = event.type, event.item
         if kind == "ERROR":
-            if obj.get("code") == 410:
+            code, reason, message = event.error
+            if code == 410:
                 raise Gone()
-            raise WatchFailed(f"{obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
-        version = (obj.get("metadata") or {}).get("resourceVersion", "")
+            raise WatchFailed(f"{code} {reason}: {message}")
         if kind == "BOOKMARK":
             self.rv = version or self.rv
             return
-        key, version = self._identity(obj)
         if kind == "DELETED":
             self._versions.pop(key, None)
             state.apply((), self._produced.pop(key, ()))
         elif kind in ("ADDED", "MODIFIED"):
-            objects = self._parse(obj, key)
+            objects = self._parse(raw, key)
             if objects is not None:
                 keys = tuple(o.key for o in objects)
                 stale = [k for k in self._produced.get(key, ()) if k not in keys]
@@ -262,29 +345,13 @@ class _Reflector:
 
     # ---- helpers ----------------------------------------------------------------------
 
-    def _identity(self, item: dict) -> tuple[ObjectKey, str]:
-        meta = item.get("metadata") or {}
-        return (
-            (self.resource.kind, meta.get("namespace", ""), meta.get("name", "")),
-            meta.get("resourceVersion", ""),
-        )
-
-    def _parse(self, item: dict, key: ObjectKey) -> list[KubeObject] | None:
-        """Model objects, or None (keep the last good version) when the parser rejects it."""
-        item.setdefault("kind", self.resource.kind)  # list items carry neither
-        item.setdefault("apiVersion", self.resource.api_version)
+    def _parse(self, raw: Any, key: ObjectKey) -> Sequence[Stored] | None:
+        """State objects, or None (keep the last good version) when the codec rejects it."""
         try:
-            return parse_object(item, strict=False)
+            return self.codec.objects(raw)
         except InvalidField as e:
             log.warning("%s %s/%s rejected, keeping the last good version: %s", *key, e)
             return None
-
-    @staticmethod
-    def _read_json(response: Any) -> dict:
-        try:
-            return json.loads(response.data)
-        finally:
-            response.release_conn()
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -299,7 +366,7 @@ def _lines(response: Any) -> Iterator[bytes]:
 
 
 def _describe(e: Exception) -> str:
-    if isinstance(e, k8s.ApiException):
+    if isinstance(e, ApiError):
         return f"HTTP {e.status} {e.reason}"
     return f"{type(e).__name__}: {e}"
 
@@ -311,13 +378,21 @@ class KubeApiSource:
     `mark_synced` only once every kind has been listed completely.
     """
 
-    def __init__(self, api_client: k8s.ApiClient, kinds: set[str], tuning: Tuning = Tuning()):
+    def __init__(
+        self,
+        api: Any,
+        kinds: set[str],
+        tuning: Tuning = Tuning(),
+        codec: Callable[[Resource], Codec] = JsonCodec,
+    ):
+        """API: a `Transport`, or the official client's ApiClient (wrapped in one)."""
         unknown = set(kinds) - RESOURCES.keys()
         if unknown or not kinds:
             raise ValueError(
                 f"cannot watch kinds {sorted(unknown) or '(none)'}; known: {sorted(RESOURCES)}"
             )
-        self.api_client = api_client
+        self.transport: Transport = ClientTransport(api) if hasattr(api, "call_api") else api
+        self.codec = codec
         self.kinds = frozenset(kinds)
         self.tuning = tuning
 
@@ -332,7 +407,7 @@ class KubeApiSource:
                     state.mark_synced()
 
         reflectors = [
-            _Reflector(RESOURCES[k], self.api_client, self.tuning, listed)
+            _Reflector(RESOURCES[k], self.transport, self.codec(RESOURCES[k]), self.tuning, listed)
             for k in sorted(self.kinds)
         ]
         threads = [

@@ -11,6 +11,7 @@ import pytest
 
 from netplane.kube import api_client
 from netplane.kube.source import Backoff, KubeApiSource, Tuning
+from netplane.kube.transport import HttpTransport, load_config
 from netplane.sources import start_source
 from netplane.state import ClusterState
 from netplane.testing.fakeapi import FakeApiServer, write_kubeconfig
@@ -51,13 +52,18 @@ def kubeconfig(tmp_path, api: FakeApiServer) -> str:
     return write_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
-@pytest.fixture
-def run_source(kubeconfig: str):
-    """Start a source for some kinds; returns (state, source)."""
+@pytest.fixture(params=["client", "http"])
+def run_source(kubeconfig: str, request: pytest.FixtureRequest):
+    """Start a source for some kinds; returns (state, source). Each test runs with both
+    transports: the official client's and `netplane.kube.transport` (what DNS uses)."""
     running: list[tuple[threading.Thread, threading.Event]] = []
 
     def start(kinds=frozenset({"Service", "EndpointSlice"}), tuning: Tuning = FAST):
-        source = KubeApiSource(api_client(kubeconfig=kubeconfig), set(kinds), tuning)
+        if request.param == "client":
+            api = api_client(kubeconfig=kubeconfig)
+        else:
+            api = HttpTransport(load_config(kubeconfig))
+        source = KubeApiSource(api, set(kinds), tuning)
         state = ClusterState()
         running.append(start_source(source, state))
         return state, source
