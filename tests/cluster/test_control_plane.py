@@ -114,6 +114,31 @@ def test_deployment_pods_have_replicaset_names_and_spread_over_nodes(c):
     assert sorted(nodes) == ["pi-black", "pi-black", "pi-red", "pi-red"]
 
 
+def test_pods_get_the_service_account_token_volume_as_from_its_admission_plugin(c):
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}}  # fmt: skip
+    spec = c.apply(json.loads(json.dumps(body)))["spec"]
+    (volume,) = spec["volumes"]
+    assert re.fullmatch(rf"kube-api-access-[{ALPHABET}]{{5}}", volume["name"])
+    assert [next(iter(s)) for s in volume["projected"]["sources"]] == [
+        "serviceAccountToken", "configMap", "downwardAPI"]  # fmt: skip
+    assert spec["containers"][0]["volumeMounts"] == [{"name": volume["name"], "readOnly": True,
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]  # fmt: skip
+    # applied again: the same volume (the spec does not change)
+    assert c.apply(json.loads(json.dumps(body)))["spec"] == spec
+    body["metadata"]["name"] = "q"
+    body["spec"]["automountServiceAccountToken"] = False
+    assert "volumes" not in c.apply(body)["spec"]
+    # a Deployment's pods get one each; its template (and so its hash) stays without
+    c.apply(deployment_manifest("blue", "nginx", replicas=2))
+    c.settle()
+    pods = [p for p in c.live() if p["metadata"]["name"].startswith("blue-")]
+    names = {p["spec"]["volumes"][0]["name"] for p in pods}
+    assert len(pods) == 2 and len(names) == 2
+    (rs,) = [b for k, b in c.objects.items() if k[0] == "ReplicaSet" and k[2].startswith("blue")]
+    assert "volumes" not in rs["spec"]["template"]["spec"]
+
+
 def test_events_are_capped_oldest_first(c):
     c.apply(deployment_manifest("web", "nginx"))
     c.settle()

@@ -194,6 +194,55 @@ def _state(w: _Writer, name: str, state: dict) -> None:
             w.write(3, f"Reason:\t{reason}\n")
 
 
+def _volumes(w: _Writer, volumes: list[dict], space: str = "") -> None:
+    """kubectl's describeVolumes for the kinds a lab pod has (others: their type only)."""
+    if not volumes:
+        w.write(0, f"{space}Volumes:\t<none>\n")
+        return
+    w.write(0, f"{space}Volumes:\n")
+    for v in volumes:
+        w.write(1, f"{' ' if space else ''}{v['name']}:\n")
+        if "projected" in v:
+            w.write(2, "Type:\tProjected (a volume that contains injected data from multiple "
+                       "sources)\n")  # fmt: skip
+            for source in v["projected"].get("sources") or []:
+                if "secret" in source:
+                    w.write(2, f"SecretName:\t{source['secret'].get('name', '')}\n")
+                    w.write(2, f"Optional:\t{_bool(source['secret'].get('optional'))}\n")
+                elif "downwardAPI" in source:
+                    w.write(2, "DownwardAPI:\ttrue\n")
+                elif "configMap" in source:
+                    w.write(2, f"ConfigMapName:\t{source['configMap'].get('name', '')}\n")
+                    w.write(2, f"Optional:\t{_bool(source['configMap'].get('optional'))}\n")
+                elif "serviceAccountToken" in source:
+                    seconds = source["serviceAccountToken"].get("expirationSeconds", 3600)
+                    w.write(2, f"TokenExpirationSeconds:\t{seconds}\n")
+        elif "emptyDir" in v:
+            d = v["emptyDir"] or {}
+            w.write(2, "Type:\tEmptyDir (a temporary directory that shares a pod's lifetime)\n")
+            w.write(2, f"Medium:\t{d.get('medium', '')}\n")
+            w.write(2, f"SizeLimit:\t{d.get('sizeLimit') or '<unset>'}\n")
+        elif "configMap" in v:
+            w.write(2, "Type:\tConfigMap (a volume populated by a ConfigMap)\n")
+            w.write(2, f"Name:\t{v['configMap'].get('name', '')}\n")
+            w.write(2, f"Optional:\t{_bool(v['configMap'].get('optional'))}\n")
+        elif "secret" in v:
+            w.write(2, "Type:\tSecret (a volume populated by a Secret)\n")
+            w.write(2, f"SecretName:\t{v['secret'].get('secretName', '')}\n")
+            w.write(2, f"Optional:\t{_bool(v['secret'].get('optional'))}\n")
+        elif "hostPath" in v:
+            w.write(2, "Type:\tHostPath (bare host directory volume)\n")
+            w.write(2, f"Path:\t{v['hostPath'].get('path', '')}\n")
+            w.write(2, f"HostPathType:\t{v['hostPath'].get('type', '<none>')}\n")
+        else:
+            kind = next((k for k in v if k != "name"), "unknown")
+            w.write(2, f"Type:\t{kind[0].upper()}{kind[1:]}\n")
+
+
+def _bool(value: object) -> str:
+    return "true" if value is True else "false"
+
+
 def _pod_template(w: _Writer, template: dict) -> None:
     w.write(0, "Pod Template:\n")
     meta, spec = template.get("metadata") or {}, template.get("spec") or {}
@@ -203,7 +252,7 @@ def _pod_template(w: _Writer, template: dict) -> None:
     if spec.get("serviceAccountName"):
         w.write(1, f"Service Account:\t{spec['serviceAccountName']}\n")
     _containers(w, "Containers", spec.get("containers") or [], None, "  ")
-    w.write(0, "  Volumes:\t<none>\n")
+    _volumes(w, spec.get("volumes") or [], "  ")
     w.labels("Node-Selectors", spec.get("nodeSelector"), "  ")
     w.tolerations("Tolerations", spec.get("tolerations"), "  ")
 
@@ -262,7 +311,7 @@ def _pod(w: _Writer, pod: dict, ctx: dict) -> None:
         w.write(0, "Conditions:\n  Type\tStatus\n")
         for c in status["conditions"]:
             w.write(1, f"{c['type']} \t{c['status']} \n")
-    w.write(0, "Volumes:\t<none>\n")
+    _volumes(w, spec.get("volumes") or [])
     w.write(0, f"QoS Class:\t{status.get('qosClass', 'BestEffort')}\n")
     w.labels("Node-Selectors", spec.get("nodeSelector"))
     w.tolerations("Tolerations", spec.get("tolerations"))

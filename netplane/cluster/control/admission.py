@@ -13,7 +13,7 @@ import random
 from collections.abc import Mapping
 
 from netplane.cluster.control import defaults
-from netplane.cluster.control.naming import uid
+from netplane.cluster.control.naming import suffix, uid
 from netplane.cluster.control.topology import NODE_PORT_RANGE, Topology
 from netplane.cluster.control.validation import (
     API_VERSIONS,
@@ -175,6 +175,9 @@ def admit(
         meta.setdefault("namespace", "default")
     old = objects.get(object_key(body))
     old_meta = (old or {}).get("metadata", {})
+    if kind == "Pod" and isinstance(body.get("spec"), dict):
+        name = defaults.token_volume_name(old) or defaults.TOKEN_VOLUME_PREFIX + suffix(rng)
+        defaults.token_volume(body["spec"], name)
     meta["uid"] = old_meta.get("uid") or uid(rng)
     meta["creationTimestamp"] = (
         old_meta.get("creationTimestamp") or meta.get("creationTimestamp") or now

@@ -2,8 +2,9 @@
 
 The API server fills these on every create and update (its scheme's defaulting functions
 plus the ServiceAccount, Priority and DefaultTolerationSeconds admission plugins); the
-emulated cluster fills the same ones so objects read back as they do from kube-apiserver.
-Only what has no effect here is left out: no ServiceAccount token volume is mounted.
+emulated cluster fills the same ones so objects read back as they do from kube-apiserver,
+the ServiceAccount token volume included (in the spec only: no file is written, as pods
+here share the host's filesystem).
 """
 
 from __future__ import annotations
@@ -55,6 +56,60 @@ def pod_admission(spec: dict) -> None:
     spec["tolerations"] = tolerations + [
         dict(t) for t in _NOT_READY_TOLERATIONS if t["key"] not in keys
     ]
+
+
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_VOLUME_PREFIX = "kube-api-access-"
+
+
+def token_volume(spec: dict, name: str) -> None:
+    """The ServiceAccount admission plugin's projected volume NAME (token, the cluster's CA,
+    the namespace), mounted read-only at TOKEN_MOUNT in each container, unless the pod
+    turns automounting off or mounts something there itself."""
+    if spec.get("automountServiceAccountToken") is False:
+        return
+    containers = [
+        c
+        for field in ("initContainers", "containers")
+        for c in spec.get(field) or []
+        if isinstance(c, dict)
+    ]
+    mounts = [m for c in containers for m in c.get("volumeMounts") or [] if isinstance(m, dict)]
+    if any(m.get("mountPath") == TOKEN_MOUNT for m in mounts):
+        return
+    field_ref = {"apiVersion": "v1", "fieldPath": "metadata.namespace"}
+    spec["volumes"] = [
+        *(spec.get("volumes") or []),
+        {
+            "name": name,
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt",
+                                   "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": field_ref}]}},
+                ],
+            },
+        },
+    ]  # fmt: skip
+    mount = {"name": name, "readOnly": True, "mountPath": TOKEN_MOUNT}
+    for field in ("initContainers", "containers"):  # new dicts: a template may share these
+        if spec.get(field):
+            spec[field] = [
+                {**c, "volumeMounts": [*(c.get("volumeMounts") or []), dict(mount)]}
+                if isinstance(c, dict)
+                else c
+                for c in spec[field]
+            ]
+
+
+def token_volume_name(pod: dict | None) -> str | None:
+    """The token volume POD has (an update keeps its name), if any."""
+    for v in ((pod or {}).get("spec") or {}).get("volumes") or []:
+        if str(v.get("name", "")).startswith(TOKEN_VOLUME_PREFIX) and "projected" in v:
+            return str(v["name"])
+    return None
 
 
 def _service(spec: dict) -> None:

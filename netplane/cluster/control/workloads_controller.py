@@ -398,6 +398,7 @@ def _new_pod(t: Txn, rs: dict, node: str) -> dict:
         "status": {"phase": "Pending", "qosClass": "BestEffort"},
     }
     defaults.pod_admission(pod["spec"])
+    defaults.token_volume(pod["spec"], defaults.TOKEN_VOLUME_PREFIX + suffix(t.rng))
     t.put(pod)
     return pod
 
