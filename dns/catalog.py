@@ -274,7 +274,8 @@ def build_catalog(snap: Snapshot, config: ZoneConfig, serial: int) -> Catalog:
         owner = ("svc", *key)
         for ip in service_ips(svc, snap.slices.get(key, ())):
             name = reverse_name(ip)
-            reverse[name] = tuple(sorted((*reverse.get(name, ()), owner)))
+            held = reverse.get(name)  # an address two services cover is rare
+            reverse[name] = (owner,) if held is None else tuple(sorted((*held, owner)))
     pods: dict[str, tuple[tuple[str, str], ...]] = {}
     if config.pods == "verified":
         for key, pod in snap.pods.items():

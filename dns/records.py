@@ -162,8 +162,14 @@ def service_ips(svc: Service | None, slices: Iterable[EndpointSlice]) -> set[str
     """Every address a service's PTR records cover (cluster IPs and ready endpoints)."""
     if svc is None or svc.type == "ExternalName":
         return set()
-    ips = {addr for addr, _ in ready_addresses(svc, slices)}
-    return ips | set(svc.cluster_ips if not svc.headless else ())
+    ips = set() if svc.headless else set(svc.cluster_ips)
+    publish = svc.publish_not_ready_addresses
+    for sl in slices:  # ready_addresses' endpoints without their names: built per service
+        if sl.address_type in ("IPv4", "IPv6"):
+            for ep in sl.endpoints:
+                if ep.ready or publish:
+                    ips.update(ep.addresses)
+    return ips
 
 
 def pod_ips(pod: Pod | None) -> tuple[str, ...]:
