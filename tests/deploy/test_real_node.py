@@ -219,6 +219,29 @@ def test_deploy_on_two_real_nodes(built_image, tmp_path):
             )
             assert got.strip() in names
 
+        # an upgrade (a new image tag rolls the DaemonSets the same way): running pods keep
+        # their network (supervise cleans up only when its DaemonSet goes), and pods made and
+        # deleted afterwards get their ADD and DEL from the new agents
+        for ds in ("daemonset/netplane-cni", "daemonset/netplane-proxy"):
+            cp.kubectl("-n", "kube-system", "rollout", "restart", ds)
+        for ds in ("daemonset/netplane-cni", "daemonset/netplane-proxy"):
+            cp.kubectl("-n", "kube-system", "rollout", "status", ds, "--timeout=300s")
+        answers = {fetch() for _ in range(12)}
+        assert answers == names, answers
+        cp.kubectl("rollout", "restart", "deployment/web")
+        cp.kubectl("rollout", "status", "deployment/web", "--timeout=300s")
+        pods = cp.api.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dweb")["items"]
+        renewed = {p["metadata"]["name"] for p in pods if "deletionTimestamp" not in p["metadata"]}
+        assert renewed and renewed.isdisjoint(names), (renewed, names)
+
+        def only_renewed() -> bool:  # until the proxy has the new endpoints only
+            try:
+                return {fetch() for _ in range(12)} == renewed
+            except Exception:
+                return False
+
+        _wait("only the new web pods answering", only_renewed, timeout=180, interval=1)
+
         # removal: the workload first, then netplane; the node is left clean
         cp.kubectl("delete", "-f", "-", "--wait=true", input=WORKLOAD.replace("IMAGE", IMAGE))
         cp.kubectl("delete", "-k", str(overlay), "--wait=true")
