@@ -389,7 +389,19 @@ def test_a_pod_without_a_command_runs_what_its_image_would(k):
         1,
         'error: unable to upgrade connection: container not found ("idle")\n',
     )
-    kc(k, "delete", "pod", "idle", "once", "curler")
+    # a log per run, as kubelet keeps them: logs shows the current run, -p the one before
+    kc(k, "run", "flaky", "--image=busybox", "--", "sh", "-c",
+       "cat /proc/sys/kernel/random/uuid; exit 1")  # fmt: skip
+    assert wait_for(lambda: row("flaky", "CrashLoopBackOff", r"1 \(\d+s ago\)"))
+    now, before = kc(k, "logs", "flaky"), kc(k, "logs", "flaky", "-p")
+    assert len(now.splitlines()) == len(before.splitlines()) == 1 and now != before
+    out = k.run("logs", "once", "-p", "-n", NS)
+    assert (out.returncode, out.stderr) == (
+        1,
+        "Error from server (BadRequest): previous "
+        'terminated container "once" in pod "once" not found\n',
+    )
+    kc(k, "delete", "pod", "idle", "once", "curler", "flaky")
 
 
 def test_logs_follow_tail_selector_and_deployment(k):

@@ -15,7 +15,7 @@ import click
 
 from netplane.cluster.client import api
 from netplane.cluster.client.cli import KubectlCommand, cluster_options, namespace_option
-from netplane.cluster.client.kinds import kind_of, not_found
+from netplane.cluster.client.kinds import KubectlError, kind_of, not_found
 from netplane.cluster.statedir import StateDir, read_json
 
 
@@ -127,8 +127,10 @@ def _parse_cri(line: str) -> tuple[str, str]:
 
 
 def _log_files(
-    state: StateDir, pod: dict, container: str | None, all_containers: bool
+    state: StateDir, pod: dict, container: str | None, all_containers: bool, previous: bool
 ) -> list[tuple[str, Path]]:
+    """Each container's current run's log, or with PREVIOUS the run before (one file per
+    run, numbered by restart count, as kubelet keeps them)."""
     meta = pod["metadata"]
     d = state.pod_logs(meta["namespace"], meta["name"], meta["uid"])
     names = [c["name"] for c in pod["spec"].get("containers", [])]
@@ -139,7 +141,14 @@ def _log_files(
     elif not all_containers and len(names) > 1:
         click.echo(f'Defaulted container "{names[0]}" out of: {", ".join(names)}', err=True)
         names = names[:1]
-    return [(n, d / f"{n}.log") for n in names]
+    out = []
+    for n in names:
+        runs = sorted((d / n).glob("*.log"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+        if previous and len(runs) < 2:
+            raise KubectlError(f'Error from server (BadRequest): previous terminated container '
+                               f'"{n}" in pod "{meta["name"]}" not found')  # fmt: skip
+        out.append((n, runs[-2] if previous else runs[-1] if runs else d / n / "0.log"))
+    return out
 
 
 @click.command(cls=KubectlCommand)
@@ -154,10 +163,12 @@ def _log_files(
 @click.option("--prefix", is_flag=True, help="Prefix each line with [pod/NAME/CONTAINER].")
 @click.option("--all-containers", is_flag=True)
 @click.option("--max-log-requests", type=int, default=5)
+@click.option("-p", "--previous", is_flag=True, help="The previous run's log (a restarted "
+              "container's, e.g. in CrashLoopBackOff).")  # fmt: skip
 def logs(state: StateDir, cluster: str, target: str | None, namespace: str,
          container: str | None, follow: bool, tail: int, selector: str | None,
          timestamps: bool, prefix: bool, all_containers: bool,
-         max_log_requests: int) -> None:  # fmt: skip
+         max_log_requests: int, previous: bool) -> None:  # fmt: skip
     """What a pod's processes wrote (its command's output; the built-in apps log one line per
     request): `logs POD`, `logs deploy/NAME`, `logs -l app=blue`, `-f`, `--tail N`."""
     if selector:
@@ -182,7 +193,7 @@ def logs(state: StateDir, cluster: str, target: str | None, namespace: str,
                 f'container "{pod["spec"]["containers"][0]["name"]}" in pod '
                 f'"{pod["metadata"]["name"]}" is waiting to start: ContainerCreating'
             )
-        for name, path in _log_files(state, pod, container, all_containers):
+        for name, path in _log_files(state, pod, container, all_containers, previous):
             files.append((f"[pod/{pod['metadata']['name']}/{name}] " if prefix else "", path))
     positions = {}
     for pre, path in files:

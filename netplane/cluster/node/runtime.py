@@ -7,8 +7,9 @@ back), so each pod answers on its own IP only. A container's `command`/`args` re
 as a process inside the pod's network namespace (`ip netns exec`, so the pod's resolv.conf
 applies), with the pod's environment, restarted by the pod's restartPolicy with kubelet's
 back-off (10 s doubling to 5 min). Everything a container writes, and each request a
-built-in application answers, goes to `<logdir>/<container>.log` in the CRI log format
-kubelet uses (`<RFC3339Nano time> stdout F <line>`), which `netplane logs` reads.
+built-in application answers, goes to `<logdir>/<container>/<restartCount>.log` (kubelet's
+layout: one file per run, so `logs` shows the current run and `logs -p` the one before) in
+the CRI log format kubelet uses (`<RFC3339Nano time> stdout F <line>`).
 
 Protocol (JSON lines): stdin `{"op": "add", "uid", "netns", "pod", "containers", "env",
 "restartPolicy", "logdir"}` or `{"op": "remove", "uid"}`; stdout `{"ready": uid}`,
@@ -80,6 +81,10 @@ class LogFile:
             f.write(f"{cri_time()} {stream} F {line.rstrip(chr(10))}\n")
 
 
+def log_path(logdir: str, container: str, restarts: int) -> Path:
+    return Path(logdir) / container / f"{restarts}.log"
+
+
 def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no container outlives its runtime
 
@@ -102,7 +107,7 @@ class Container:
     def __init__(self, runtime: Runtime, pod: dict, container: dict) -> None:
         self.runtime, self.pod, self.spec = runtime, pod, container
         self.name = container["name"]
-        self.log = LogFile(Path(pod["logdir"]) / f"{self.name}.log")
+        self.log = LogFile(log_path(pod["logdir"], self.name, 0))
         self.restarts = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.task: asyncio.Task | None = None
@@ -138,6 +143,7 @@ class Container:
             self.restarts += 1
 
     async def _once(self) -> int:
+        self.log = LogFile(log_path(self.pod["logdir"], self.name, self.restarts))
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOSTNAME": self.pod["pod"].split("/", 1)[1],
@@ -219,7 +225,7 @@ class Runtime:
                             continue
                         for ls in listeners([c]):
                             logs.setdefault(
-                                c["name"], LogFile(Path(msg["logdir"]) / f"{c['name']}.log")
+                                c["name"], LogFile(log_path(msg["logdir"], c["name"], 0))
                             )
                             socks.append((ls, bind(ls), logs[c["name"]]))
             self.servers[uid] = [
