@@ -401,7 +401,14 @@ def test_a_pod_without_a_command_runs_what_its_image_would(k):
         "Error from server (BadRequest): previous "
         'terminated container "once" in pod "once" not found\n',
     )
-    kc(k, "delete", "pod", "idle", "once", "curler", "flaky")
+    # logs -f follows a run until it ends, as kubectl's
+    kc(k, "run", "ticker", "--image=busybox", "--restart=Never", "--", "sh", "-c",
+       "echo one; sleep 2; echo two")  # fmt: skip
+    wait_for(lambda: kc(k, "get", "pod", "ticker", "-o", "jsonpath={.status.containerStatuses}"))
+    out = subprocess.run([*k.argv("logs", "-f", "ticker", "-n", NS)], env=k.env,
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, "one\ntwo\n"), out.stderr
+    kc(k, "delete", "pod", "idle", "once", "curler", "flaky", "ticker")
 
 
 def test_logs_follow_tail_selector_and_deployment(k):

@@ -194,23 +194,54 @@ def logs(state: StateDir, cluster: str, target: str | None, namespace: str,
                 f'"{pod["metadata"]["name"]}" is waiting to start: ContainerCreating'
             )
         for name, path in _log_files(state, pod, container, all_containers, previous):
-            files.append((f"[pod/{pod['metadata']['name']}/{name}] " if prefix else "", path))
+            pre = f"[pod/{pod['metadata']['name']}/{name}] " if prefix else ""
+            files.append((pre, path, (pod, name, _restarts(pod, name))))
     positions = {}
-    for pre, path in files:
+    for pre, path, _ in files:
         lines = path.read_text(errors="replace").splitlines(True) if path.exists() else []
         shown = lines if tail < 0 else lines[len(lines) - tail :] if tail else []
         for line in shown:
             _print(pre, line, timestamps)
         positions[path] = path.stat().st_size if path.exists() else 0
-    if not follow:
+    if not follow or previous:
         return
+    checked = time.monotonic()
     try:
-        while True:
+        while files:  # as kubectl's: a stream ends with its container's run (or its pod)
             time.sleep(0.2)
-            for pre, path in files:
+            ended = set()
+            if time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                ended = {path for _, path, run in files if _run_ended(state, *run)}
+            for pre, path, _ in files:  # read after the check: an ended run's last lines
                 positions[path] = _follow(pre, path, positions.get(path, 0), timestamps)
+            files = [f for f in files if f[1] not in ended]
     except KeyboardInterrupt:
         pass
+
+
+def _restarts(pod: dict, container: str) -> int | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs["name"] == container:
+            return int(cs.get("restartCount", 0))
+    return None
+
+
+def _run_ended(state: StateDir, pod: dict, container: str, restarts: int | None) -> bool:
+    """Whether the run `logs -f` follows is over: the pod went, or the container exited or
+    was restarted since (not yet started: not over)."""
+    meta = pod["metadata"]
+    found = api.call(state, {"op": "get", "kind": "Pod", "namespace": meta["namespace"],
+                             "name": meta["name"]})["items"]  # fmt: skip
+    if not found or found[0]["metadata"]["uid"] != meta["uid"]:
+        return True
+    for cs in (found[0].get("status") or {}).get("containerStatuses") or []:
+        if cs["name"] == container:
+            started = restarts is not None
+            return started and (
+                cs.get("restartCount", 0) != restarts or "running" not in (cs.get("state") or {})
+            )
+    return False
 
 
 def _print(pre: str, line: str, timestamps: bool) -> None:
