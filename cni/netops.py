@@ -219,7 +219,7 @@ def gratuitous_arp(ifname: str, mac: str, ip: str) -> None:
         + b"\x00\x01\x08\x00\x06\x04\x00\x01"  # Ethernet/IPv4, request
         + hw
         + addr
-        + b"\xff" * 6
+        + b"\x00" * 6  # target hardware address: zero, as the reference sends (RFC 5227)
         + addr  # sender = target = the new address
     )
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

@@ -326,45 +326,6 @@ def test_in_a_conflist_with_reference_plugins(pair, data_dir, version):
     assert set(links(sandbox)) == {"lo"}
 
 
-_ARP_LISTENER = """
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-s.bind(("npbr0", 0))
-s.settimeout(0.5)
-print("ready", flush=True)
-deadline = time.monotonic() + 20
-while time.monotonic() < deadline:
-    try:
-        frame = s.recv(100)
-    except TimeoutError:
-        continue
-    sender, target = frame[28:32], frame[38:42]
-    if frame[20:22] == b"\\x00\\x01" and sender == target:
-        print(socket.inet_ntoa(sender), frame[22:28].hex(":"), flush=True)
-        break
-"""
-
-
-def test_add_announces_the_address_with_gratuitous_arp(pair, data_dir):
-    host, sandbox = pair
-    for cmd in (["link", "add", "npbr0", "type", "bridge"], ["link", "set", "npbr0", "up"]):
-        subprocess.run(["ip", "netns", "exec", host, "ip", *cmd], check=True)
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", host, "/usr/bin/python3", "-c", _ARP_LISTENER],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout.readline().strip() == "ready"
-        reply = invoke("ADD", bridge_conf(data_dir), host=host, sandbox=sandbox)
-        assert reply.rc == 0, reply
-        seen = listener.stdout.readline().split()
-        assert seen == ["10.88.0.2", reply.out["interfaces"][2]["mac"]]
-    finally:
-        listener.kill()
-        listener.wait()
-
-
 def test_io_failure_and_unusable_store(pair, data_dir, tmp_path):
     host, sandbox = pair
     conf = bridge_conf(data_dir, cniVersion="1.1.0")

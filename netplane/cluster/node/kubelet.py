@@ -66,7 +66,7 @@ class Kubelet:
     # -- runtimes: one per node ------------------------------------------------------------
     def start_cni_agents(self) -> None:
         """One `netplane cni agent` per node when our plugin is used: the plugin binary hands
-        it each request instead of importing pyroute2 every time."""
+        it each request instead of importing the plugin's Python modules in every call."""
         if self.cni.bridge != "netplane-bridge" or not component_available("netplane.cni.agent"):
             return
         for node in self.topo.nodes:
