@@ -59,12 +59,13 @@ from __future__ import annotations
 
 import gc
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain as _chain_iter
 from types import MappingProxyType
+from typing import TypeVar
 
 from netplane.model import EndpointSlice, Service
 from netplane.proxy._chains import endpoint_chain_name, port_hash, service_port_name
@@ -192,6 +193,8 @@ def _in_ranges(ip: str, ranges: tuple[str, ...]) -> bool:
 
 # ---- render_service ----------------------------------------------------------------------
 
+_R = TypeVar("_R")  # a backend's result for one service
+
 # identity memo: (key, config) -> (service, slices, node ips, result). Snapshots share the
 # unchanged Service / slice-tuple objects, so a re-render of an unchanged service is a dict
 # lookup and three `is` checks.
@@ -205,21 +208,31 @@ def _node_ips(snapshot: Snapshot, config: ProxyConfig) -> tuple[str, ...]:
     return node.internal_ips if node is not None else ()
 
 
-def render_service(snapshot: Snapshot, key: ServiceKey, config: ProxyConfig) -> ServiceRules:
-    svc = snapshot.services.get(key)
-    if svc is None:
-        return EMPTY_RULES
-    slices = snapshot.slices.get(key, ())
-    node_ips = _node_ips(snapshot, config)
-    memo_key = (key, config)
-    hit = _memo.get(memo_key)
-    if hit is not None and hit[0] is svc and hit[1] is slices and hit[2] == node_ips:
-        return hit[3]
-    rules = _render(svc, slices, config, node_ips)
-    if len(_memo) > 4 * len(snapshot.services) + 1024:
-        _memo.clear()
-    _memo[memo_key] = (svc, slices, node_ips, rules)
-    return rules
+def memoized_render(
+    render: Callable[[Service, tuple[EndpointSlice, ...], ProxyConfig, tuple[str, ...]], _R],
+    empty: _R,
+    memo: dict[tuple[ServiceKey, ProxyConfig], tuple[object, object, object, _R]],
+) -> Callable[[Snapshot, ServiceKey, ProxyConfig], _R]:
+    """`render_service` of a backend: RENDER (service, slices, config, node ips) behind the
+    identity memo MEMO; EMPTY for a service the snapshot does not hold. Both backends'."""
+
+    def render_service(snapshot: Snapshot, key: ServiceKey, config: ProxyConfig) -> _R:
+        svc = snapshot.services.get(key)
+        if svc is None:
+            return empty
+        slices = snapshot.slices.get(key, ())
+        node_ips = _node_ips(snapshot, config)
+        memo_key = (key, config)
+        hit = memo.get(memo_key)
+        if hit is not None and hit[0] is svc and hit[1] is slices and hit[2] == node_ips:
+            return hit[3]
+        out = render(svc, slices, config, node_ips)
+        if len(memo) > 4 * len(snapshot.services) + 1024:
+            memo.clear()
+        memo[memo_key] = (svc, slices, node_ips, out)
+        return out
+
+    return render_service
 
 
 def _render(
@@ -472,6 +485,9 @@ def _render(
         if lines:
             shared[table_chain] = tuple(lines)
     return ServiceRules(MappingProxyType(nat), MappingProxyType(shared), (ns, name))
+
+
+render_service = memoized_render(_render, EMPTY_RULES, _memo)
 
 
 # ---- assemble / format -------------------------------------------------------------------

@@ -58,7 +58,7 @@ from netplane.proxy.nft._tables import (
     assemble,
     shard_count,
 )
-from netplane.proxy.render import ProxyConfig, paused_gc
+from netplane.proxy.render import ProxyConfig, memoized_render, paused_gc
 from netplane.state import ServiceKey, Snapshot
 
 _TO_MASQ = jump(MARK_MASQ)
@@ -86,30 +86,6 @@ EMPTY = ServiceObjects(None, MappingProxyType({}), MappingProxyType({}), Mapping
 # ---- render_service ------------------------------------------------------------------------
 
 _memo: dict[tuple[ServiceKey, ProxyConfig], tuple[object, object, object, ServiceObjects]] = {}
-
-
-def _node_ips(snapshot: Snapshot, config: ProxyConfig) -> tuple[str, ...]:
-    if config.node_ips:
-        return config.node_ips
-    node = snapshot.nodes.get(config.node_name)
-    return node.internal_ips if node is not None else ()
-
-
-def render_service(snapshot: Snapshot, key: ServiceKey, config: ProxyConfig) -> ServiceObjects:
-    svc = snapshot.services.get(key)
-    if svc is None:
-        return EMPTY
-    slices = snapshot.slices.get(key, ())
-    node_ips = _node_ips(snapshot, config)
-    memo_key = (key, config)
-    hit = _memo.get(memo_key)
-    if hit is not None and hit[0] is svc and hit[1] is slices and hit[2] == node_ips:
-        return hit[3]
-    objects = _render(svc, slices, config, node_ips)
-    if len(_memo) > 4 * len(snapshot.services) + 1024:
-        _memo.clear()
-    _memo[memo_key] = (svc, slices, node_ips, objects)
-    return objects
 
 
 @lru_cache(maxsize=1 << 17)
@@ -334,6 +310,9 @@ def _unique(elements: list[Element]) -> tuple[Element, ...]:
     for e in elements:
         seen.setdefault(e.key, e)
     return tuple(seen.values())
+
+
+render_service = memoized_render(_render, EMPTY, _memo)
 
 
 # ---- everything ----------------------------------------------------------------------------
