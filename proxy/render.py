@@ -151,7 +151,7 @@ def mark_value(config: ProxyConfig) -> str:
 
 
 @lru_cache(maxsize=64)
-def _detector(cluster_cidr: str | None, family: str) -> str | None:
+def cluster_pod_cidr(cluster_cidr: str | None, family: str) -> str | None:
     """The pod CIDR of `family` from the configured cluster CIDR(s), normalized."""
     if not cluster_cidr:
         return None
@@ -186,7 +186,7 @@ def _endpoint(
     )
 
 
-def _in_ranges(ip: str, ranges: tuple[str, ...]) -> bool:
+def in_ranges(ip: str, ranges: Iterable[str]) -> bool:
     addr = ipaddress.ip_address(ip)
     return any(addr in ipaddress.ip_network(r, strict=False) for r in ranges)
 
@@ -251,7 +251,7 @@ def _render(
 
     plen = "/128" if v6 else "/32"
     address_type = "IPv6" if v6 else "IPv4"
-    pod_cidr = _detector(config.cluster_cidr, config.family)
+    pod_cidr = cluster_pod_cidr(config.cluster_cidr, config.family)
     masq_all = config.masquerade_all
     ns, name = svc.namespace, svc.name
     cip = cluster_ip + plen
@@ -261,7 +261,7 @@ def _render(
     # Ranges given, none of this family: block this family (kube-proxy would leave it open).
     firewalled = bool(svc.load_balancer_source_ranges)
     allow_from_node = bool(source_ranges) and any(
-        (":" in ip) == v6 and _in_ranges(ip, tuple(source_ranges)) for ip in node_ips
+        (":" in ip) == v6 and in_ranges(ip, source_ranges) for ip in node_ips
     )
     node_port_type = svc.type in ("NodePort", "LoadBalancer")
     ext_policy_local = svc.external_traffic_policy == "Local" and (

@@ -16,7 +16,6 @@ proxy/README.md ("nftables backend").
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,7 +57,13 @@ from netplane.proxy.nft._tables import (
     assemble,
     shard_count,
 )
-from netplane.proxy.render import ProxyConfig, memoized_render, paused_gc
+from netplane.proxy.render import (
+    ProxyConfig,
+    cluster_pod_cidr,
+    in_ranges,
+    memoized_render,
+    paused_gc,
+)
 from netplane.state import ServiceKey, Snapshot
 
 _TO_MASQ = jump(MARK_MASQ)
@@ -104,23 +109,6 @@ def _endpoint(
     return chain, affinity_set, tuple(rules)
 
 
-def _in_ranges(ip: str, ranges: list[str]) -> bool:
-    addr = ipaddress.ip_address(ip)
-    return any(addr in ipaddress.ip_network(r, strict=False) for r in ranges)
-
-
-@lru_cache(maxsize=64)
-def _pod_cidr(cluster_cidr: str | None, family_name: str) -> str | None:
-    if not cluster_cidr:
-        return None
-    version = 6 if family_name == "ipv6" else 4
-    for part in cluster_cidr.split(","):
-        part = part.strip()
-        if part and ipaddress.ip_network(part, strict=False).version == version:
-            return str(ipaddress.ip_network(part, strict=False))
-    return None
-
-
 def _render(
     svc: Service,
     slices: tuple[EndpointSlice, ...],
@@ -134,7 +122,7 @@ def _render(
     if cluster_ip is None:
         return EMPTY
     address_type = "IPv6" if v6 else "IPv4"
-    pod_cidr = _pod_cidr(config.cluster_cidr, config.family)
+    pod_cidr = cluster_pod_cidr(config.cluster_cidr, config.family)
     ns, name = svc.namespace, svc.name
     external_ips = [ip for ip in svc.external_ips if (":" in ip) == v6]
     lb_ips = [ip for ip in svc.load_balancer_ips if (":" in ip) == v6]
@@ -142,7 +130,7 @@ def _render(
     # Ranges given, none of this family: this family is closed (as our iptables backend).
     firewalled = bool(svc.load_balancer_source_ranges)
     allow_from_node = bool(source_ranges) and any(
-        (":" in ip) == v6 and _in_ranges(ip, source_ranges) for ip in node_ips
+        (":" in ip) == v6 and in_ranges(ip, source_ranges) for ip in node_ips
     )
     node_port_type = svc.type in ("NodePort", "LoadBalancer")
     ext_policy_local = svc.external_traffic_policy == "Local" and (
