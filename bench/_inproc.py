@@ -73,16 +73,59 @@ def _peer_full(texts: list[str], applied: Tables | None) -> list[str]:
     return [format_restore(applied), *(t for t in texts if _is_jumps(t))]
 
 
-def run_inproc(
-    variant: str, services: int, endpoints: int, repeat: int, flush_repeat: int
-) -> tuple[list[Series], list[Skipped]]:
-    base: dict[str, Label] = {"backend": variant, "services": services, "endpoints": endpoints}
-    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (metric, impl, change)
-    skipped: list[Skipped] = []
+Values = dict[tuple[str, str, str], list[float]]  # (metric, impl, change) -> figures
+
+
+def bench_state(services: int, endpoints: int) -> tuple[ProxyConfig, ClusterState]:
+    """The bench node's proxy config, and a synced state of SERVICES x ENDPOINTS."""
     config = ProxyConfig(node_name="bench-node", cluster_cidr=str(w.POD_NET))
     state = ClusterState()
     state.apply(w.objects(w.cluster_docs(services, endpoints)))
     state.mark_synced()
+    return config, state
+
+
+def apply_probe(state: ClusterState, probe: ProbeService, services: int) -> None:
+    """Bring the probe service (the last of SERVICES) in STATE to PROBE's state."""
+    objs = w.objects(probe.docs(services))
+    keys = {o.key for o in objs}
+    gone = [
+        k
+        for k in (
+            ("Service", w.NAMESPACE, w.service_name(services)),
+            ("EndpointSlice", w.NAMESPACE, f"{w.service_name(services)}-1"),
+        )
+        if k not in keys
+    ]
+    state.apply(objs, gone)
+
+
+def record_syncs(values: Values, change: str, results: list[SyncResult], cpu: float) -> None:
+    """netplane's figures for one change (a flap's syncs count as one)."""
+    total = sum(r.total_seconds for r in results)
+    compute = sum(r.compute_seconds for r in results)
+    values["sync", "netplane", change].append(total)
+    values["compute", "netplane", change].append(compute)
+    values["kernel", "netplane", change].append(total - compute)
+    values["bytes", "netplane", change].append(sum(r.bytes for r in results))
+    values["restores", "netplane", change].append(sum(r.restores for r in results))
+    values["cpu", "netplane", change].append(cpu)
+
+
+def to_series(values: Values, base: dict[str, Label]) -> list[Series]:
+    return [
+        Series(metric, _UNITS[metric], {**base, "change": change, "impl": impl}, tuple(v))
+        for (metric, impl, change), v in values.items()
+    ]
+
+
+def run_inproc(
+    variant: str, services: int, endpoints: int, repeat: int, flush_repeat: int
+) -> tuple[list[Series], list[Skipped]]:
+    base: dict[str, Label] = {"backend": variant, "services": services, "endpoints": endpoints}
+    values: Values = defaultdict(list)
+    skipped: list[Skipped] = []
+    config, state = bench_state(services, endpoints)
     tracker = state.tracker()
     probe_key = (w.NAMESPACE, w.service_name(services))
     peer_full = not (variant == "nft" and services > PEER_FULL_NFT_MAX_SERVICES)
@@ -113,14 +156,7 @@ def run_inproc(
             texts: list[str],
             peer_texts: list[str],
         ) -> None:
-            total = sum(r.total_seconds for r in results)
-            compute = sum(r.compute_seconds for r in results)
-            values["sync", "netplane", change].append(total)
-            values["compute", "netplane", change].append(compute)
-            values["kernel", "netplane", change].append(total - compute)
-            values["bytes", "netplane", change].append(sum(r.bytes for r in results))
-            values["restores", "netplane", change].append(sum(r.restores for r in results))
-            values["cpu", "netplane", change].append(cpu)
+            record_syncs(values, change, results, cpu)
             values["restore", "floor", change].append(_timed_restores(floor, texts))
             if peer_texts:
                 values["restore", "kube-proxy-equivalent", change].append(
@@ -135,17 +171,7 @@ def run_inproc(
         def step(state_: ProbeService) -> tuple:
             before = syncer.applied
             old = {c for c in (before or {}).get("nat", {}) if SERVICE_CHAIN.match(c)}
-            objs = w.objects(state_.docs(services))
-            keys = {o.key for o in objs}
-            gone = [
-                k
-                for k in (
-                    ("Service", *probe_key),
-                    ("EndpointSlice", w.NAMESPACE, f"{w.service_name(services)}-1"),
-                )
-                if k not in keys
-            ]
-            state.apply(objs, gone)
+            apply_probe(state, state_, services)
             snap = state.snapshot()
             c0 = _cpu()
             result = syncer.sync(snap, tracker.pop())
@@ -185,11 +211,7 @@ def run_inproc(
             full = _peer_full(texts, syncer.applied) if peer_full else []
             record("flush-resync", [result], _cpu() - c0, texts, full)
 
-    series = [
-        Series(metric, _UNITS[metric], {**base, "change": change, "impl": impl}, tuple(v))
-        for (metric, impl, change), v in values.items()
-    ]
-    return series, skipped
+    return to_series(values, base), skipped
 
 
 _UNITS = {

@@ -14,15 +14,13 @@ import resource
 import time
 from collections import defaultdict
 
-from netplane.bench import _workload as w
+from netplane.bench._inproc import Values, apply_probe, bench_state, record_syncs, to_series
 from netplane.bench._netns import netns
 from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import ProbeService, cycle
 from netplane.proxy.backend import SyncResult
 from netplane.proxy.nft._netlink import Batch, Netlink
 from netplane.proxy.nft.sync import NftSyncer
-from netplane.proxy.render import ProxyConfig
-from netplane.state import ClusterState
 from netplane.testing.netlink import RecordingNetlink
 
 
@@ -43,13 +41,9 @@ def run_inproc_nft(
     services: int, endpoints: int, repeat: int, flush_repeat: int
 ) -> tuple[list[Series], list[Skipped]]:
     base: dict[str, Label] = {"backend": "nftables", "services": services, "endpoints": endpoints}
-    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (metric, impl, change)
-    config = ProxyConfig(node_name="bench-node", cluster_cidr=str(w.POD_NET))
-    state = ClusterState()
-    state.apply(w.objects(w.cluster_docs(services, endpoints)))
-    state.mark_synced()
+    values: Values = defaultdict(list)
+    config, state = bench_state(services, endpoints)
     tracker = state.tracker()
-    probe_key = (w.NAMESPACE, w.service_name(services))
 
     with contextlib.ExitStack() as stack:
         np_ns, floor_ns = (stack.enter_context(netns()) for _ in range(2))
@@ -64,28 +58,11 @@ def run_inproc_nft(
         values["restore", "floor", "start"].append(_replay(floor, rec.take()))
 
         def record(change: str, results: list[SyncResult], cpu: float) -> None:
-            total = sum(r.total_seconds for r in results)
-            compute = sum(r.compute_seconds for r in results)
-            values["sync", "netplane", change].append(total)
-            values["compute", "netplane", change].append(compute)
-            values["kernel", "netplane", change].append(total - compute)
-            values["bytes", "netplane", change].append(sum(r.bytes for r in results))
-            values["restores", "netplane", change].append(sum(r.restores for r in results))
-            values["cpu", "netplane", change].append(cpu)
+            record_syncs(values, change, results, cpu)
             values["restore", "floor", change].append(_replay(floor, rec.take()))
 
         def step(probe: ProbeService) -> tuple[SyncResult, float]:
-            objs = w.objects(probe.docs(services))
-            keys = {o.key for o in objs}
-            gone = [
-                k
-                for k in (
-                    ("Service", *probe_key),
-                    ("EndpointSlice", w.NAMESPACE, f"{w.service_name(services)}-1"),
-                )
-                if k not in keys
-            ]
-            state.apply(objs, gone)
+            apply_probe(state, probe, services)
             c0 = _cpu()
             result = syncer.sync(state.snapshot(), tracker.pop())
             return result, _cpu() - c0
@@ -107,19 +84,4 @@ def run_inproc_nft(
             values["cpu", "netplane", "flush-resync"].append(_cpu() - c0)
             values["restore", "floor", "flush-resync"].append(_replay(floor, rec.take()))
 
-    series = [
-        Series(metric, _UNITS[metric], {**base, "change": change, "impl": impl}, tuple(v))
-        for (metric, impl, change), v in values.items()
-    ]
-    return series, []
-
-
-_UNITS = {
-    "sync": "s",
-    "compute": "s",
-    "kernel": "s",
-    "bytes": "bytes",
-    "restores": "calls",
-    "cpu": "s",
-    "restore": "s",
-}
+    return to_series(values, base), []
