@@ -67,7 +67,25 @@ def service_docs(
             "selector": {"app": name},
         },
     }
-    eps = {
+    eps = [
+        {
+            "addresses": [ip_of(i, j)],
+            "conditions": {
+                "ready": ready and j not in not_ready,
+                "serving": ready and j not in not_ready,
+                "terminating": False,
+            },
+            "nodeName": node,
+        }
+        for j in indexes
+    ]
+    return [svc, slice_doc(i, eps)]
+
+
+def slice_doc(i: int, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+    """The EndpointSlice manifest of service I (its one slice) with ENDPOINTS."""
+    name = service_name(i)
+    return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
@@ -77,20 +95,8 @@ def service_docs(
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}],
-        "endpoints": [
-            {
-                "addresses": [ip_of(i, j)],
-                "conditions": {
-                    "ready": ready and j not in not_ready,
-                    "serving": ready and j not in not_ready,
-                    "terminating": False,
-                },
-                "nodeName": node,
-            }
-            for j in indexes
-        ],
+        "endpoints": endpoints,
     }
-    return [svc, eps]
 
 
 def cluster_docs(services: int, endpoints: int) -> list:

@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns
+from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns, service_manifests
 
 if TYPE_CHECKING:
     from netplane.testing.controlplane import ControlPlane
@@ -83,21 +83,7 @@ def cluster_objects(services: int, endpoints: int = 5) -> list[dict]:
         spec: dict = {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         if i % 20 == 0:
             spec["clusterIP"] = "None"
-        objects.append({"apiVersion": "v1", "kind": "Service",
-                        "metadata": {"name": name, "namespace": ns}, "spec": spec})  # fmt: skip
-        first = i * endpoints
-        eps = [
-            {"addresses": [f"10.{200 + n // 65536}.{n // 256 % 256}.{n % 256}"],
-             "conditions": {"ready": True}}
-            for n in range(first, first + endpoints)
-        ]  # fmt: skip
-        objects.append({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "endpoints": eps,
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        })  # fmt: skip
+        objects += service_manifests(ns, name, spec, i * endpoints, endpoints, ready=True)
     return objects
 
 

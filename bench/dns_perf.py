@@ -52,21 +52,33 @@ def make_objects(
         spec["clusterIP"] = (
             "None" if headless else f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}"
         )
-        objects.append({"apiVersion": "v1", "kind": "Service",
-                        "metadata": {"name": name, "namespace": ns}, "spec": spec})  # fmt: skip
-        first = i * endpoints_per_service
-        eps = [
-            {"addresses": [f"10.{200 + n // 65536}.{n // 256 % 256}.{n % 256}"]}
-            for n in range(first, first + endpoints_per_service)
-        ]
-        objects.append({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "endpoints": eps,
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        })  # fmt: skip
+        objects += service_manifests(
+            ns, name, spec, i * endpoints_per_service, endpoints_per_service
+        )
     return objects
+
+
+def service_manifests(
+    ns: str, name: str, spec: Manifest, first: int, endpoints: int, ready: bool | None = None
+) -> list[Manifest]:
+    """Service NS/NAME with SPEC and its one slice of ENDPOINTS addresses in 10.200/14 from
+    index FIRST, each with `conditions.ready` READY (None: no conditions)."""
+    eps: list[Manifest] = [
+        {"addresses": [f"10.{200 + n // 65536}.{n // 256 % 256}.{n % 256}"]}
+        for n in range(first, first + endpoints)
+    ]
+    if ready is not None:
+        for ep in eps:
+            ep["conditions"] = {"ready": ready}
+    return [
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": name, "namespace": ns}, "spec": spec},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": f"{name}-1", "namespace": ns,
+                      "labels": {"kubernetes.io/service-name": name}},
+         "addressType": "IPv4", "endpoints": eps,
+         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
+    ]  # fmt: skip
 
 
 def make_queries(objects: list[Manifest], count: int, seed: int = 7) -> list[str]:

@@ -186,22 +186,13 @@ def service_objects(i: int, addresses: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def slice_object(i: int, addresses: Sequence[str]) -> dict[str, Any]:
-    name = w.service_name(i)
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{name}-1",
-            "namespace": NAMESPACE,
-            "labels": {"kubernetes.io/service-name": name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": w.TARGET_PORT, "protocol": "TCP"}],
-        "endpoints": [
+    return w.slice_doc(
+        i,
+        [
             {"addresses": [a], "conditions": {"ready": True}, "nodeName": "bench-node"}
             for a in addresses
         ],
-    }
+    )
 
 
 def original_addresses(i: int) -> list[str]:
