@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,8 +169,8 @@ def _follow_raw(response: Any, kind: str, target: _Counting) -> None:
                 target.state.apply(_parse(event["object"], kind))
 
 
-def _run_kubernetes_typed_raw(kubeconfig: str, target: _Counting, stop: threading.Event) -> None:
-    """The typed methods with `_preload_content=False`: raw JSON, but pydantic-validated calls."""
+def _kubernetes_calls(kubeconfig: str) -> tuple[Any, dict[str, Any]]:
+    """The official client's API client and its list calls of the kinds we read."""
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=kubeconfig)
@@ -178,19 +178,41 @@ def _run_kubernetes_typed_raw(kubeconfig: str, target: _Counting, stop: threadin
         "Service": client.CoreV1Api(api).list_service_for_all_namespaces,
         "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
     }
+    return api, calls
+
+
+def _kubernetes_list(
+    calls: dict[str, Any],
+    target: _Counting,
+    fetch: Callable[[Any, str | None], tuple[list[Any], str | None, str]],
+) -> dict[str, str]:
+    """List each kind of CALLS page by page (FETCH(call, continue token) -> (raw items, next
+    token, resource version)) into TARGET's state; the resource versions to watch from."""
     versions = {}
     for kind, call in calls.items():
         token = None
         objects: list[KubeObject] = []
         while True:
-            page = json.loads(call(limit=500, _continue=token, _preload_content=False).data)
-            objects.extend(o for item in page["items"] for o in _parse(item, kind))
-            token = page["metadata"].get("continue")
+            items, token, version = fetch(call, token)
+            objects.extend(o for item in items for o in _parse(item, kind))
             if not token:
                 break
         target.state.apply(objects)
-        versions[kind] = page["metadata"]["resourceVersion"]
+        versions[kind] = version
     target.listed = time.perf_counter(), time.process_time()  # type: ignore[attr-defined]
+    return versions
+
+
+def _run_kubernetes_typed_raw(kubeconfig: str, target: _Counting, stop: threading.Event) -> None:
+    """The typed methods with `_preload_content=False`: raw JSON, but pydantic-validated calls."""
+    _api, calls = _kubernetes_calls(kubeconfig)
+
+    def fetch(call: Any, token: str | None) -> tuple[list[Any], str | None, str]:
+        page = json.loads(call(limit=500, _continue=token, _preload_content=False).data)
+        meta = page["metadata"]
+        return page["items"], meta.get("continue"), meta["resourceVersion"]
+
+    versions = _kubernetes_list(calls, target, fetch)
     for kind, call in calls.items():
         response = call(
             watch=True,
@@ -203,28 +225,16 @@ def _run_kubernetes_typed_raw(kubeconfig: str, target: _Counting, stop: threadin
 
 
 def _run_kubernetes_models(kubeconfig: str, target: _Counting, stop: threading.Event) -> None:
-    from kubernetes import client, config, watch
+    from kubernetes import watch
 
-    api = config.new_client_from_config(config_file=kubeconfig)
-    calls: dict[str, Any] = {
-        "Service": client.CoreV1Api(api).list_service_for_all_namespaces,
-        "EndpointSlice": client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
-    }
-    versions = {}
-    for kind, call in calls.items():
-        token = None
-        objects: list[KubeObject] = []
-        while True:
-            page = call(limit=500, _continue=token)
-            objects.extend(
-                o for item in page.items for o in _parse(api.sanitize_for_serialization(item), kind)
-            )
-            token = page.metadata._continue
-            if not token:
-                break
-        target.state.apply(objects)
-        versions[kind] = page.metadata.resource_version
-    target.listed = time.perf_counter(), time.process_time()  # type: ignore[attr-defined]
+    api, calls = _kubernetes_calls(kubeconfig)
+
+    def fetch(call: Any, token: str | None) -> tuple[list[Any], str | None, str]:
+        page = call(limit=500, _continue=token)
+        items = [api.sanitize_for_serialization(item) for item in page.items]
+        return items, page.metadata._continue, page.metadata.resource_version
+
+    versions = _kubernetes_list(calls, target, fetch)
 
     def follow(kind: str) -> None:
         for event in watch.Watch().stream(
