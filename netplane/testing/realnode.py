@@ -58,6 +58,35 @@ CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 PAUSE_IMAGE = "localhost/netplane/pause:1"
 
 
+def containerd_config(
+    root: str,
+    state: str,
+    socket: str,
+    sandbox_image: str,
+    cni_bin_dir: str = "/opt/cni/bin",
+    cni_conf_dir: str = "/etc/cni/net.d",
+) -> str:
+    """A containerd config (TOML) for a CRI node: runc on overlayfs, CNI from the dirs given."""
+    return f"""version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  # root lacks CAP_SYS_RESOURCE here: a sandbox's oom_score_adj of -998 makes runc fail
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin_dir}"
+    conf_dir = "{cni_conf_dir}"
+"""
+
+
 class NodeError(RuntimeError):
     """The node could not start; the message carries the component's log tail."""
 
@@ -254,24 +283,11 @@ class RealNode:
 
     def _start_containerd(self) -> None:
         config = self.root / "containerd.toml"
-        config.write_text(f"""version = 2
-root = "/var/lib/containerd"
-state = "/run/containerd"
-[grpc]
-  address = "{CONTAINERD_SOCKET}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # root lacks CAP_SYS_RESOURCE here: a sandbox's oom_score_adj of -998 makes runc fail
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-""")
+        config.write_text(
+            containerd_config(
+                "/var/lib/containerd", "/run/containerd", CONTAINERD_SOCKET, PAUSE_IMAGE
+            )
+        )
         self._start("containerd", ["containerd", "--config", str(config)])
         sock = self.root / "fs" / "run_containerd" / "containerd.sock"
         self._wait("containerd", sock.exists, 60, "containerd")

@@ -21,6 +21,7 @@ from cniutil import NETPLANE, Agents, links, store_files
 from crihelp import Cri
 
 from netplane.testing.oci import busybox_layer, oci_archive
+from netplane.testing.realnode import containerd_config
 
 pytestmark = pytest.mark.slow
 IMAGE = "localhost/npcni/busybox:1"
@@ -126,23 +127,7 @@ def test_containerd_cri_add_and_double_del(netns, base, agents):
     agents.start(host, f"{base}/cni.sock")
     sock = f"{base}/state/containerd.sock"
     with open(f"{base}/containerd.toml", "w") as f:
-        f.write(f"""version = 2
-root = "{base}/root"
-state = "{base}/state"
-[grpc]
-  address = "{sock}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin_dir}"
-    conf_dir = "{conf_dir}"
-""")
+        f.write(containerd_config(f"{base}/root", f"{base}/state", sock, IMAGE, bin_dir, conf_dir))
     with open(f"{base}/containerd.log", "w") as out:
         daemon = subprocess.Popen(
             [
