@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from netplane.proxy._trace import TraceError
@@ -61,23 +62,36 @@ def looks_like_nft(text: str) -> bool:
 def parse_ruleset(text: str) -> Parsed:
     out = Parsed()
     lines = [x.strip() for x in text.splitlines()]
+    table = r"table (ip6?|inet|arp|bridge|netdev) (\S+) \{"
+    for i, line, m, body in _level(lines, table):
+        if not m:
+            raise TraceError(f"line {i + 1}: expected a table, got: {line}")
+        family, name = m.groups()
+        if family in ("ip", "ip6") and shard_index(name) is not None:
+            out.tables.append(_table(family, name, body, i + 1))
+        else:
+            out.others.append(f"{family} {name}")
+    return out
+
+
+def _level(
+    lines: list[str], block: str
+) -> Iterator[tuple[int, str, re.Match[str] | None, list[str]]]:
+    """The non-empty lines of one nesting level: (index, line, match, body) where the line
+    matches BLOCK (which opens a block: body is what stands up to its closing brace), else
+    (index, line, None, [])."""
     i = 0
     while i < len(lines):
         line = lines[i]
-        if not line:
+        m = re.fullmatch(block, line) if line else None
+        if m is None:
+            if line:
+                yield i, line, None, []
             i += 1
             continue
-        m = re.fullmatch(r"table (ip6?|inet|arp|bridge|netdev) (\S+) \{", line)
-        if not m:
-            raise TraceError(f"line {i + 1}: expected a table, got: {line}")
         end = _block_end(lines, i)
-        family, name = m.groups()
-        if family in ("ip", "ip6") and shard_index(name) is not None:
-            out.tables.append(_table(family, name, lines[i + 1 : end], i + 1))
-        else:
-            out.others.append(f"{family} {name}")
+        yield i, line, m, lines[i + 1 : end]
         i = end + 1
-    return out
 
 
 def _block_end(lines: list[str], start: int) -> int:
@@ -94,27 +108,17 @@ def _table(family: str, name: str, lines: list[str], offset: int) -> Ruleset:
     chains: dict[str, Chain] = {}
     sets: dict[str, SetDef] = {}
     elements: dict[str, dict[tuple[str, ...], Element]] = {}
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line:
-            i += 1
-            continue
-        if line.startswith("comment "):
+    for i, line, m, body in _level(lines, r"(chain|set|map) (\S+) \{"):
+        if m is None and line.startswith("comment "):
             comment = _unquote(line[len("comment ") :])
-            i += 1
             continue
-        m = re.fullmatch(r"(chain|set|map) (\S+) \{", line)
         if not m:
             raise TraceError(f"line {offset + i + 1}: not understood: {line}")
-        end = _block_end(lines, i)
         kind, obj = m.groups()
-        body = lines[i + 1 : end]
         if kind == "chain":
             chains[obj] = _chain(obj, body)
         else:
             sets[obj], elements[obj] = _set(obj, kind == "map", body)
-        i = end + 1
     return Ruleset(family, name, comment, chains, sets, elements)
 
 
