@@ -191,6 +191,30 @@ def in_ranges(ip: str, ranges: Iterable[str]) -> bool:
     return any(addr in ipaddress.ip_network(r, strict=False) for r in ranges)
 
 
+# What both backends' renderers read from a Service, for one family: (load-balancer IPs of
+# this family, loadBalancerSourceRanges of this family, firewalled: ranges given (none of
+# this family: the family is closed; kube-proxy leaves it open), allow_from_node: a node IP
+# is inside the ranges, node_port_type: NodePort or LoadBalancer, ext_policy_local:
+# externalTrafficPolicy Local on an externally reachable service, int_policy_local). A plain
+# tuple: a NamedTuple costs 0.35 us more per cold render.
+Policy = tuple[list[str], list[str], bool, bool, bool, bool, bool]
+
+
+def service_policy(svc: Service, v6: bool, node_ips: tuple[str, ...]) -> Policy:
+    source_ranges = [r for r in svc.load_balancer_source_ranges if (":" in r) == v6]
+    node_port_type = svc.type in ("NodePort", "LoadBalancer")
+    return (
+        [ip for ip in svc.load_balancer_ips if (":" in ip) == v6],
+        source_ranges,
+        bool(svc.load_balancer_source_ranges),
+        bool(source_ranges)
+        and any((":" in ip) == v6 and in_ranges(ip, source_ranges) for ip in node_ips),
+        node_port_type,
+        svc.external_traffic_policy == "Local" and (node_port_type or bool(svc.external_ips)),
+        svc.internal_traffic_policy == "Local",
+    )
+
+
 # ---- render_service ----------------------------------------------------------------------
 
 _R = TypeVar("_R")  # a backend's result for one service
@@ -256,18 +280,15 @@ def _render(
     ns, name = svc.namespace, svc.name
     cip = cluster_ip + plen
     external_ips = [ip + plen for ip in svc.external_ips if (":" in ip) == v6]
-    lb_ips = [ip for ip in svc.load_balancer_ips if (":" in ip) == v6]
-    source_ranges = [r for r in svc.load_balancer_source_ranges if (":" in r) == v6]
-    # Ranges given, none of this family: block this family (kube-proxy would leave it open).
-    firewalled = bool(svc.load_balancer_source_ranges)
-    allow_from_node = bool(source_ranges) and any(
-        (":" in ip) == v6 and in_ranges(ip, source_ranges) for ip in node_ips
-    )
-    node_port_type = svc.type in ("NodePort", "LoadBalancer")
-    ext_policy_local = svc.external_traffic_policy == "Local" and (
-        node_port_type or bool(svc.external_ips)
-    )
-    int_policy_local = svc.internal_traffic_policy == "Local"
+    (
+        lb_ips,
+        source_ranges,
+        firewalled,
+        allow_from_node,
+        node_port_type,
+        ext_policy_local,
+        int_policy_local,
+    ) = service_policy(svc, v6, node_ips)
     health_check = (
         svc.health_check_node_port
         if svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local"

@@ -60,9 +60,9 @@ from netplane.proxy.nft._tables import (
 from netplane.proxy.render import (
     ProxyConfig,
     cluster_pod_cidr,
-    in_ranges,
     memoized_render,
     paused_gc,
+    service_policy,
 )
 from netplane.state import ServiceKey, Snapshot
 
@@ -125,18 +125,15 @@ def _render(
     pod_cidr = cluster_pod_cidr(config.cluster_cidr, config.family)
     ns, name = svc.namespace, svc.name
     external_ips = [ip for ip in svc.external_ips if (":" in ip) == v6]
-    lb_ips = [ip for ip in svc.load_balancer_ips if (":" in ip) == v6]
-    source_ranges = [r for r in svc.load_balancer_source_ranges if (":" in r) == v6]
-    # Ranges given, none of this family: this family is closed (as our iptables backend).
-    firewalled = bool(svc.load_balancer_source_ranges)
-    allow_from_node = bool(source_ranges) and any(
-        (":" in ip) == v6 and in_ranges(ip, source_ranges) for ip in node_ips
-    )
-    node_port_type = svc.type in ("NodePort", "LoadBalancer")
-    ext_policy_local = svc.external_traffic_policy == "Local" and (
-        node_port_type or bool(svc.external_ips)
-    )
-    int_policy_local = svc.internal_traffic_policy == "Local"
+    (
+        lb_ips,
+        source_ranges,
+        firewalled,
+        allow_from_node,
+        node_port_type,
+        ext_policy_local,
+        int_policy_local,
+    ) = service_policy(svc, v6, node_ips)
     affinity = svc.session_affinity == "ClientIP"
 
     chains: dict[str, tuple[Rule, ...]] = {}
