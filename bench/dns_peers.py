@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns, service_manifests
+from netplane.testing.procs import stop_process
 
 if TYPE_CHECKING:
     from netplane.testing.controlplane import ControlPlane
@@ -185,12 +186,7 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
         out["load_average"] = load + Path("/proc/loadavg").read_text().split()[:3]
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
 
 
 def run(

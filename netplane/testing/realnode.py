@@ -37,6 +37,7 @@ from netplane.image import host_arch
 from netplane.testing import anchors
 from netplane.testing.controlplane import ControlPlane, Node
 from netplane.testing.oci import oci_archive
+from netplane.testing.procs import stop_process
 
 # path inside the node -> its directory under the node's root (a file when it ends in "!")
 _PRIVATE = (
@@ -416,13 +417,7 @@ class Scheduler:
         self.close()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def _pids_with_arg(text: str) -> list[int]:

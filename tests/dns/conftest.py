@@ -18,6 +18,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from netplane.testing.procs import stop_process
+
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 
 
@@ -193,13 +195,7 @@ class Server:
         return dns.query.udp(q, self.host, port=self.port, timeout=3, ignore_trailing=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def launch(servers: list[Server], manifests: Path | None, *args: str, **kw) -> Server:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from netplane.testing.procs import stop_process
+
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 DNS_IP = "10.96.0.10"
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -66,12 +68,7 @@ def netns(tmp_path_factory, k8s):
         yield name
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         _run("ip", "netns", "del", name, check=False)
         shutil.rmtree(etc, ignore_errors=True)
         if made_etc_netns:
