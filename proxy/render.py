@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +72,7 @@ from typing import TypeVar
 from netplane.model import EndpointSlice, Service
 from netplane.proxy._chains import endpoint_chain_name, port_hash, service_port_name
 from netplane.proxy._endpoints import categorize, port_endpoints
+from netplane.proxy.backend import SyncInterrupted
 from netplane.state import ServiceKey, Snapshot
 
 Tables = dict[str, dict[str, tuple[str, ...]]]  # table -> chain -> rule lines
@@ -509,6 +512,37 @@ def _render(
 
 
 render_service = memoized_render(_render, EMPTY_RULES, _memo)
+
+
+def rerender(
+    snapshot: Snapshot,
+    keys: Iterable[ServiceKey],
+    config: ProxyConfig,
+    render: Callable[[Snapshot, ServiceKey, ProxyConfig], _R],
+    stored: Mapping[ServiceKey, _R],
+    empty: _R,
+    log: logging.Logger,
+    stop: threading.Event | None = None,
+) -> list[tuple[ServiceKey, _R, _R]]:
+    """(key, old, new) of the services among KEYS whose RENDER changed from what is STORED
+    (EMPTY: none; the memo returns the very same object when unchanged). A service that
+    cannot be rendered is logged to LOG and left as it is; STOP is looked at every 512
+    services (raises SyncInterrupted)."""
+    rendered: list[tuple[ServiceKey, _R, _R]] = []
+    for n, key in enumerate(keys, 1):
+        if stop is not None and n % 512 == 0 and stop.is_set():
+            raise SyncInterrupted(f"stopped while rendering ({n} services)")
+        old = stored.get(key, empty)
+        new = empty
+        if key in snapshot.services:
+            try:
+                new = render(snapshot, key, config)
+            except (ValueError, KeyError) as e:  # one bad service must not stop the rest
+                log.error("service %s/%s: cannot program it: %s", *key, e)
+                continue
+        if new is not old:
+            rendered.append((key, old, new))
+    return rendered
 
 
 # ---- assemble / format -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from netplane.proxy.render import (
     assemble,
     paused_gc,
     render_service,
+    rerender,
 )
 from netplane.state import Changes, ServiceKey, Snapshot
 
@@ -279,19 +280,7 @@ class Syncer:
 
     def _render(self, snapshot: Snapshot, keys: Iterable[ServiceKey]) -> Rendered:
         """(key, old rules, new rules) of the services among KEYS whose rules changed."""
-        rendered: Rendered = []
-        for key in keys:
-            old = self._rules.get(key, EMPTY_RULES)
-            new = EMPTY_RULES
-            if key in snapshot.services:
-                try:
-                    new = render_service(snapshot, key, self.config)
-                except (ValueError, KeyError) as e:  # one bad service must not stop the rest
-                    log.error("service %s/%s: cannot program it: %s", *key, e)
-                    continue
-            if new is not old:  # the renderer returns the very same object when unchanged
-                rendered.append((key, old, new))
-        return rendered
+        return rerender(snapshot, keys, self.config, render_service, self._rules, EMPTY_RULES, log)
 
     def _store(self, rendered: Rendered) -> None:
         for key, _, new in rendered:

@@ -45,7 +45,7 @@ from netplane.proxy.nft._tables import (
     table_name,
 )
 from netplane.proxy.nft.render import EMPTY, ServiceObjects, render_service
-from netplane.proxy.render import ProxyConfig, paused_gc
+from netplane.proxy.render import ProxyConfig, paused_gc, rerender
 from netplane.state import Changes, ServiceKey, Snapshot
 
 log = logging.getLogger(__name__)
@@ -323,21 +323,9 @@ class NftSyncer:
     ) -> Rendered:
         """(key, old objects, new objects) of the services among KEYS that changed (STOP:
         looked at every 512 services; nothing is stored before the end)."""
-        rendered: Rendered = []
-        for n, key in enumerate(keys, 1):
-            if stop is not None and n % 512 == 0 and stop.is_set():
-                raise SyncInterrupted(f"stopped while rendering ({n} services)")
-            old = self._objects.get(key, EMPTY)
-            new = EMPTY
-            if key in snapshot.services:
-                try:
-                    new = render_service(snapshot, key, self.config)
-                except (ValueError, KeyError) as e:  # one bad service must not stop the rest
-                    log.error("service %s/%s: cannot program it: %s", *key, e)
-                    continue
-            if new is not old:
-                rendered.append((key, old, new))
-        return rendered
+        return rerender(
+            snapshot, keys, self.config, render_service, self._objects, EMPTY, log, stop
+        )
 
     def _store(self, rendered: Rendered) -> set[tuple[str, bytes]]:
         """Record the new objects and their element claims; returns the elements touched."""
