@@ -382,7 +382,11 @@ def profile(pid: int, host: str, port: int, queries: Path, seconds: int) -> list
                             "250", "-f", "raw", "-o", str(out), "--nonblocking", "--idle"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     dnsperf(host, port, queries, seconds)
-    spy.wait(seconds + 30)
+    try:
+        spy.wait(seconds + 30)
+    except subprocess.TimeoutExpired:  # py-spy is slow to attach under emulation: no profile
+        spy.kill()
+        spy.wait()
     self_time: Counter = Counter()
     for line in out.read_text().splitlines() if out.exists() else []:
         stack, _, n = line.rpartition(" ")
