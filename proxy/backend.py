@@ -19,6 +19,10 @@ Every backend keeps these rules; the loop relies on them:
   in the kernel then is consistent, and the next process's first (full) sync picks up.
 - `kernel_changed()` is O(1) (it runs every second): did anybody write to the tables we
   own since we last wrote or verified them?
+- `intact()` is cheap (milliseconds whatever the rule count): are the few things whose
+  loss takes every service down (the jumps from the built-in chains, our tables and base
+  chains) still there? The loop asks it instead of a read-back while foreign writes are
+  frequent and harmless.
 - `verify()` reads back what we own, compares it with what we last wrote, repairs what
   drifted (only that) and says what it found.
 """
@@ -112,6 +116,11 @@ class Backend(Protocol):
 
     def kernel_changed(self) -> bool:
         """O(1): somebody may have written to our tables since we last wrote or verified."""
+        ...
+
+    def intact(self) -> bool:
+        """Cheap: the entry points into our rules are all there (False: a read-back is due
+        now). Checked once per kernel generation; True when nothing is written yet."""
         ...
 
     def verify(self, stop: threading.Event | None = None) -> VerifyResult:

@@ -13,7 +13,8 @@ The loop owns the schedule, the backend (proxy/backend.py) the kernel:
   (1% of a core; 30 s to 10 min: 3.5 s of CPU at 10k services on the nft variant). A
   periodic read-back yields to changes; when foreign writes turn out harmless (a CNI
   plugin adding its own rules), the next read-back they trigger waits ten times its CPU
-  time.
+  time; meanwhile each foreign write gets only the backend's cheap `intact()` check (are
+  the jumps into our chains, or our tables, still there?), so a flush is repaired at once.
 SIGTERM/SIGINT stop it between two transactions and leave the rules in place: the next
 daemon's first sync writes the same rules, so a restart never interrupts traffic.
 """
@@ -118,7 +119,13 @@ class SyncLoop:
                     continue
                 if now >= next_probe:
                     next_probe = now + self.probe_period
-                    changed = now >= quiet_until and self.backend.kernel_changed()
+                    changed = self.backend.kernel_changed()
+                    if changed and now < quiet_until and self.backend.intact():
+                        # Quiet: the last foreign writes were harmless and a read-back costs
+                        # seconds at 10k services. But a flush of our rules must not wait
+                        # out the window (it was 30-130 s): the sentinel (ms, once per
+                        # foreign write) sees a flushed table or deleted ruleset at once.
+                        changed = False
                     if changed or now >= max(next_verify, retry_verify):
                         # a periodic read-back (seconds at 10k services) yields to changes
                         # until it is a period late; one a foreign write asked for does not

@@ -392,6 +392,15 @@ class Netlink:
         """Every chain of FAMILY, all tables (the kernel dumps them all anyway)."""
         return [parse_attrs(m) for m in self.request(GETCHAIN, family)]
 
+    def has_chain(self, family: str, table: str, chain: str) -> bool:
+        """One chain looked up by name (not a dump: the table's other chains stay put)."""
+        try:
+            return bool(self.request(GETCHAIN, family, string(1, table) + string(3, chain), False))
+        except NftError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+
     def rules(self, family: str, table: str) -> list[dict]:
         return self._dump(GETRULE, family, table)
 

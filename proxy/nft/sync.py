@@ -88,6 +88,7 @@ class NftSyncer:
         self._claims: Claims = {}  # (set, key) -> the services that want that element
         self._kernels: Kernels = {}
         self._genid = 0  # the ruleset generation our picture of the kernel is from
+        self._intact_at = -1  # the generation intact() last found everything at
         self._pending_full = True
         self._rules = 0
 
@@ -372,6 +373,31 @@ class NftSyncer:
             return self.netlink.genid() != self._genid
         except (NftError, OSError):
             return True
+
+    def intact(self) -> bool:
+        """Our tables and their base chains exist: one GETTABLE dump (a handful of tables)
+        and one GETCHAIN per base chain, ms whatever the rule count. `nft flush ruleset`
+        or a deleted table fails it; a flushed chain does not, and waits for the periodic
+        read-back."""
+        if self._pending_full or not self._kernels:
+            return True
+        try:
+            genid = self.netlink.genid()  # before looking: a later commit shows
+            if genid == self._intact_at:
+                return True
+            tables = self.netlink.tables(self.family)
+            for table, kernel in self._kernels.items():
+                if table not in tables:
+                    return False
+                for name, chain in kernel.chains.items():
+                    if chain.hook is not None and not self.netlink.has_chain(
+                        self.family, table, name
+                    ):
+                        return False
+        except (NftError, OSError):
+            return False
+        self._intact_at = genid
+        return True
 
     def verify(self, stop: threading.Event | None = None) -> VerifyResult:
         """Read our tables back if anybody committed since we last looked; repair what

@@ -22,7 +22,7 @@ from netplane.state import ClusterState
 from netplane.testing.lab import wait_for
 from netplane.testing.netlink import RecordingNetlink
 
-from .test_sync_faults_netns import CONFIG, NETPLANE, manifest, objects
+from .test_sync_faults_netns import CONFIG, NETPLANE, QuietWindow, manifest, objects
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -101,3 +101,20 @@ def test_sigterm_during_a_full_sync_exits_at_once(ns: str, tmp_path: Path) -> No
         netns.stop(proc)
     assert "Traceback" not in log.read_text()
     assert service_chains(ns) in (0, 3000)  # one transaction: nothing or everything
+
+
+def test_flush_inside_the_quiet_window_is_repaired_at_once(
+    ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Foreign tables (a CNI plugin's, harmless) open the quiet window; `nft flush ruleset`
+    and then deleting our table inside it are each repaired within the bound here, not
+    when the window ends: the sentinel sees our table or base chains gone."""
+    syncer = NftSyncer(CONFIG, Netlink(ns))
+    with QuietWindow(syncer, monkeypatch) as quiet:
+        quiet.open(lambda i: netns.run(ns, ["nft", "add", "table", "ip", f"cni-{i}"]))
+        [table] = syncer.tables()
+        for damage in (["flush", "ruleset"], ["delete", "table", "ip", table]):
+            netns.run(ns, ["nft", *damage])
+            wait_for(lambda: service_chains(ns) >= 50, 30, interval=0.1,
+                     what=f"the repair after nft {' '.join(damage)}")  # fmt: skip
+    assert syncer.verify().drift == ()
