@@ -126,6 +126,9 @@ class Syncer:
             keys = frozenset(snapshot.services) | frozenset(self._rules)
         else:
             keys = changes.services | changes.endpoints
+        # the generation from which on every commit must be ours for the one after this
+        # sync to count as ours (a fresh sync rewrites everything: from now)
+        since = self.iptables.fingerprint() if fresh else self._fingerprint
         if fresh:
             self._pending = _FULL  # until the last transaction is in
             saved = self._read_names(stop)
@@ -145,9 +148,8 @@ class Syncer:
             txs = self._plan(write, deleted)
         kind = "full" if fresh else "resume" if resumed else "partial"
         spent = [time.monotonic() - start]
-        restores, sent, written, gone = self._apply(txs, kind, stop, spent)
+        restores, sent, written, gone = self._apply(txs, kind, stop, spent, since)
         self._pending = None
-        self._fingerprint = self.iptables.fingerprint()
         self._udp.update(snapshot, keys)
         return SyncResult(
             full=fresh or resumed,
@@ -197,12 +199,14 @@ class Syncer:
         kind: str,
         stop: threading.Event | None,
         spent: list[float],
+        since: object = None,
     ) -> tuple[int, int, int, int]:
         """Run TXS in order, recording each committed one in `_known`; returns (restores,
         bytes, chains written, chains deleted). A failure leaves the failed transaction's
         chains unknown and what comes next pending (`_RESUME` when this sync got somewhere
-        in a full or resumed sync, `_FULL` otherwise)."""
-        restores = sent = written = gone = 0
+        in a full or resumed sync, `_FULL` otherwise). Then `_fingerprint` moves on from
+        SINCE (see `_adopt`)."""
+        restores = sent = written = gone = commits = 0
         for tx in txs:
             if stop is not None and stop.is_set():
                 self._pending = self._pending or _RESUME
@@ -211,8 +215,10 @@ class Syncer:
                 if isinstance(tx.text, str):
                     self.iptables.restore(tx.text, stop=stop)
                     sent += len(tx.text.encode())
+                    commits += tx.text.count("COMMIT\n")
                 else:
                     sent += self.iptables.restore_stream(_timed(tx.text, spent), stop=stop)
+                    commits += 3  # at most one per table: nat, filter, mangle (canary)
             except (RestoreError, SyncInterrupted) as e:
                 self._forget(tx)
                 if isinstance(e, SyncInterrupted):
@@ -233,7 +239,23 @@ class Syncer:
                 gone += len(names)
             if tx.jumps:
                 self._jumps = {}
+        self._adopt(since, commits)
         return restores, sent, written, gone
+
+    def _adopt(self, since: object, commits: int) -> None:
+        """Take the kernel's fingerprint as ours after our COMMITS since SINCE, unless more
+        happened meanwhile. On the nft variant the generation counts commits (one per
+        table COMMIT, none for an empty one): a gap larger than ours is a foreign write
+        that landed between our last look and now, e.g. a flush right after our commit
+        (the bench's flush-resync at 10k: it went unseen until the periodic read-back,
+        139 s). Then `_fingerprint` stays at SINCE, so `kernel_changed()` reports it.
+        Legacy's fingerprint (sizes) counts nothing: taken as is, as before."""
+        now = self.iptables.fingerprint()
+        if isinstance(since, int) and isinstance(now, int) and now - since > commits:
+            log.info("another program wrote to the tables during our sync; checking them")
+            self._fingerprint = since
+        else:
+            self._fingerprint = now
 
     def _forget(self, tx: Transaction) -> None:
         """After TX failed (or was cut short): its chains' contents are unknown."""
@@ -375,9 +397,10 @@ class Syncer:
                 self._known[d.table][d.chain] = None
             self._jumps = _plan.missing_jumps(_plan.saved_of(kernel))
             write, deleted = _plan.diff(self._desired, self._known, candidates)
-            _, _, repaired, _ = self._apply(self._plan(write, deleted), "partial", stop, [0.0])
-            fingerprint = self.iptables.fingerprint()
-        self._fingerprint = fingerprint
+            txs = self._plan(write, deleted)
+            _, _, repaired, _ = self._apply(txs, "partial", stop, [0.0], fingerprint)
+        else:
+            self._fingerprint = fingerprint
         return VerifyResult(tuple(drift), repaired, len(text), time.monotonic() - start)
 
     # ---- the rest ----------------------------------------------------------------------
