@@ -149,6 +149,8 @@ def test_events_are_capped_oldest_first(c):
     )
     first = events()
     assert first
+    for _, key in first:  # stored, as the API server's store does
+        c.objects[key]["metadata"]["resourceVersion"] = "1"
     for n in range(MAX_EVENTS):
         key = ("Event", "default", f"filler.{n}")
         c.objects[key] = {**c.objects[first[0][1]], "metadata": {
@@ -157,6 +159,9 @@ def test_events_are_capped_oldest_first(c):
     left = events()
     assert len(left) == MAX_EVENTS
     assert not {k for _, k in first} & {k for _, k in left}
+    c.apply(deployment_manifest("late", "nginx"))  # its events, made in this pass, stay
+    c.settle()
+    assert any(k[2].startswith("late") for _, k in events())
 
 
 def test_scaling_down_and_up(c):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 
 MAX_EVENTS = 1000  # the API server keeps events for an hour; the emulator keeps the newest
 
@@ -49,5 +50,8 @@ def oldest_beyond_cap(events: list[tuple[tuple[str, str, str], dict]]) -> list:
     """Keys of the events to drop so that at most MAX_EVENTS remain (oldest first)."""
     if len(events) <= MAX_EVENTS:
         return []
-    ordered = sorted(events, key=lambda kv: int(kv[1]["metadata"].get("resourceVersion", "0")))
+    # an event made in this pass has no resourceVersion yet: it is the newest, not the oldest
+    ordered = sorted(
+        events, key=lambda kv: int(kv[1]["metadata"].get("resourceVersion") or sys.maxsize)
+    )
     return [k for k, _ in ordered[: len(events) - MAX_EVENTS]]
