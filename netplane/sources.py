@@ -13,16 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from netplane.model import KubeObject, ManifestError, ObjectKey, load_file
 from netplane.model._load import MANIFEST_SUFFIXES, manifest_files
 from netplane.state import ClusterState
-
-try:  # inotify through a well-kept Rust library; polling where it is missing
-    from watchfiles._rust_notify import RustNotify
-except ImportError:  # pragma: no cover
-    RustNotify = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
@@ -288,14 +283,15 @@ class ManifestSource:
                 self._on_errors(new_errors)
 
     def run(self, state: ClusterState, stop: threading.Event) -> None:
+        rust_notify = _inotify()
         while not stop.is_set():
             watched = self.path if self.path.is_dir() else self.path.parent
-            if RustNotify is None or not watched.is_dir():
+            if rust_notify is None or not watched.is_dir():
                 self._guarded(state)  # nothing to watch (yet): poll until it exists
                 stop.wait(self.poll_interval)
                 continue
             # Register the watch before scanning, so no edit falls between the two.
-            with RustNotify([str(watched)], False, False, 0, True, True) as watcher:
+            with rust_notify([str(watched)], False, False, 0, True, True) as watcher:
                 self._guarded(state)
                 while not stop.is_set() and watched.is_dir():
                     settle = self.next_settle()  # wake up to remove what stayed gone
@@ -344,3 +340,13 @@ def _signature(f: Path) -> _Signature | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _inotify() -> Any:
+    """watchfiles' inotify watcher (a well-kept Rust library), or None: then polling.
+    Imported here, not at start-up: the API sources never use it (~45 ms)."""
+    try:
+        from watchfiles._rust_notify import RustNotify
+    except ImportError:  # pragma: no cover
+        return None
+    return RustNotify
