@@ -13,13 +13,26 @@ from typing import Any
 
 import click
 
-from netplane.dns.forward import parse_hostport
 from netplane.dns.records import ZoneConfig
 from netplane.kube.options import source_options
 from netplane.resolvconf import POLICIES, ResolvConf, parse_resolv_conf, pod_resolv_conf
 
 HostPort = tuple[str, int]
 ClickCallback = Callable[[click.Context, click.Parameter, Any], Any]
+
+
+def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
+    """ADDR[:PORT] with [v6]:PORT; raises ValueError naming the bad part."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return host, int(port)
 
 
 def _addr(default_port: int | None = None, allow_off: bool = False) -> ClickCallback:
@@ -103,9 +116,8 @@ def serve(
     pod_cidr: tuple[str, ...],
 ) -> None:
     """Answer for the cluster zone over UDP and TCP, following the objects' changes."""
+    from netplane.dns import load
     from netplane.dns.options import ServeOptions
-    from netplane.dns.supervisor import serve as run
-    from netplane.dns.supervisor import source
 
     if autopath and pods != "verified":
         raise click.UsageError("--autopath finds the client's pod by its IP: needs --pods verified")
@@ -128,7 +140,11 @@ def serve(
         cache_bytes=cache_size << 20,
         log_level=logging.getLogger().getEffectiveLevel(),
     )
-    sys.exit(run(opts, source(opts)))  # a wrong source choice fails here, before serving
+
+    loading = load.start(opts)  # a wrong source choice fails here, before serving
+    from netplane.dns.supervisor import serve as run  # imported while the API server answers
+
+    sys.exit(run(opts, loading))
 
 
 def _host(path: str) -> ResolvConf:

@@ -17,6 +17,7 @@ from netplane.dns.answer import AXFR, IXFR, REFUSED, SERVFAIL, Answer, resolve
 from netplane.dns.autopath import Autopath
 from netplane.dns.catalog import Catalog
 from netplane.dns.metrics import Stats
+from netplane.dns.options import DEFAULT_CACHE_BYTES
 from netplane.dns.records import ZoneConfig
 from netplane.dns.upstream import CHASE, FORWARD, SEARCH, Upstream
 from netplane.dns.wire import (
@@ -30,7 +31,6 @@ from netplane.dns.wire import (
     parse_slow,
 )
 
-DEFAULT_CACHE_BYTES = 16 << 20
 _ENTRY_OVERHEAD = 260  # dict slot, key and Compiled objects, tuple headers (measured ~250)
 Result = tuple["bytes | Upstream | None", int, int]  # (response, qtype, rcode)
 

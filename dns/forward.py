@@ -34,20 +34,6 @@ class _Entry:
     reply: DNSRecord
 
 
-def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
-    """ADDR[:PORT] with [v6]:PORT; raises ValueError naming the bad part."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":") or str(default_port)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(default_port)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: port must be 1-65535")
-    return host, int(port)
-
-
 class Forwarder:
     def __init__(self, upstreams: list[tuple[str, int]], timeout: float = 2.0) -> None:
         self.upstreams = upstreams

@@ -5,8 +5,10 @@ answers from; so does this module. msgspec decodes a list response into typed st
 just those fields (everything else in the JSON, managedFields included, is skipped in C),
 and each becomes one compact, immutable object: a Service's name, type, cluster IPs, ports
 and ExternalName; an EndpointSlice's addresses, readiness, hostnames and ports; a Pod's
-IPs. At 10,000 Services and 50,000 endpoints that is 0.38 s of CPU for both lists instead
-of 2.2 s for `json` + the full object model (measured on a real API server, load ~11).
+IPs. Endpoints are decoded as they are (no Python code runs per endpoint; an IPv4
+slice's addresses are checked in one loop). At 10,000 Services and 50,000 endpoints both
+lists cost ~0.25 s of CPU instead of 2.2 s for `json` + the full object model, and
+`ApiCodec.stream` decodes a list while the API server is still sending it.
 
 The objects have the attribute names of `netplane.model`'s, so the records code reads
 either (manifests still give model objects). `ApiCodec` is the `netplane.kube.source`
@@ -19,7 +21,7 @@ import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -29,6 +31,7 @@ from netplane.model import InvalidField, RawObject
 from netplane.model._objects import NamespacedName, ObjectKey
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_pton, AF_INET = socket.inet_pton, socket.AF_INET
 _intern = sys.intern
 
 
@@ -38,10 +41,21 @@ class Port(msgspec.Struct, frozen=True, gc=False):
     port: int | None
 
 
+class Conditions(msgspec.Struct, frozen=True, gc=False):
+    ready: bool | None = None
+
+
 class Endpoint(msgspec.Struct, frozen=True, gc=False):
-    addresses: tuple[str, ...]
-    ready: bool
-    hostname: str
+    """Decoded as it is in the API's JSON: 50,000 of them cost no Python code each."""
+
+    addresses: tuple[str, ...] = ()
+    conditions: Conditions | None = None
+    hostname: str = ""
+
+    @property
+    def ready(self) -> bool:
+        conditions = self.conditions
+        return conditions is None or conditions.ready is not False  # unset means ready
 
 
 class Service(msgspec.Struct, frozen=True, gc=False):
@@ -127,20 +141,10 @@ class _Service(msgspec.Struct, gc=False):
     spec: _ServiceSpec = msgspec.field(default_factory=_ServiceSpec)
 
 
-class _Conditions(msgspec.Struct, gc=False):
-    ready: bool | None = None
-
-
-class _Endpoint(msgspec.Struct, gc=False):
-    addresses: list[str] = []
-    conditions: _Conditions | None = None
-    hostname: str = ""
-
-
 class _Slice(msgspec.Struct, gc=False):
     metadata: _Meta = msgspec.field(default_factory=_Meta)
     addressType: str = ""
-    endpoints: list[_Endpoint] = []
+    endpoints: tuple[Endpoint, ...] = ()
     ports: list[_Port] = []
 
 
@@ -180,8 +184,8 @@ def _ip(text: str, family: int | None = None) -> str:
     """The address as DNS answers it (IPv6 compressed); InvalidField when it is none."""
     if ":" not in text:
         try:
-            socket.inet_pton(socket.AF_INET, text)
-        except OSError:
+            _pton(AF_INET, text)
+        except (OSError, ValueError):  # ValueError: a NUL in it
             raise InvalidField("address", f"{text!r} is not an IP address") from None
         if family == 6:
             raise InvalidField("address", f"{text} is not an IPv6 address")
@@ -222,15 +226,21 @@ def service(raw: _Service) -> Service:
 
 def endpoint_slice(raw: _Slice) -> EndpointSlice:
     meta = raw.metadata
-    family = {"IPv4": 4, "IPv6": 6}.get(raw.addressType)
-    endpoints = tuple(
-        Endpoint(
-            tuple(_ip(a, family) for a in ep.addresses) if family else tuple(ep.addresses),
-            ep.conditions is None or ep.conditions.ready is not False,  # unset means ready
-            ep.hostname,
+    endpoints = raw.endpoints
+    if raw.addressType == "IPv4":  # the common case: checked without a call per address
+        try:
+            for ep in endpoints:
+                for a in ep.addresses:
+                    _pton(AF_INET, a)
+        except (OSError, ValueError):
+            for ep in endpoints:
+                for a in ep.addresses:
+                    _ip(a, 4)  # raises for the first bad one, saying why
+    elif raw.addressType == "IPv6":  # written as DNS answers them (compressed)
+        endpoints = tuple(
+            msgspec.structs.replace(ep, addresses=tuple(_ip(a, 6) for a in ep.addresses))
+            for ep in endpoints
         )
-        for ep in raw.endpoints
-    )
     return EndpointSlice(
         _intern(meta.namespace),
         meta.name,
@@ -265,6 +275,15 @@ _KINDS: dict[str, tuple[type, Any]] = {
 }
 
 
+class _ListHead(msgspec.Struct, gc=False):
+    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
+
+
+_ITEMS = b',"items":['
+_NEXT_ITEM = b'},{"metadata":{'  # where one list item ends and the next begins
+_STREAM_BLOCK = 1 << 16
+
+
 class ApiCodec:
     """`netplane.kube.source` codec: the API's JSON -> the lean objects above."""
 
@@ -277,6 +296,74 @@ class ApiCodec:
              ("items", list[self.wire], [])],  # type: ignore[name-defined]
         )  # fmt: skip
         self._list = msgspec.json.Decoder(list_type)
+        self._items = msgspec.json.Decoder(list[self.wire])  # type: ignore[name-defined]
+        self._head = msgspec.json.Decoder(_ListHead)
+
+    def stream(self, response: Any) -> Iterator[tuple[Sequence[Item], str, str]]:
+        """A list response decoded while it arrives: (items, resourceVersion, continue)
+        for each run of complete items, so the caller converts them meanwhile.
+
+        The API server encodes a list as it sends it (~0.2 s for 10,000 EndpointSlices):
+        the list's metadata first, then the items, each `{"metadata":{...`. Inside a JSON
+        string a quote is escaped, so `},{"metadata":{` only ever appears between items or
+        between objects nested in one; a cut at a nested one leaves unbalanced brackets,
+        which fail to decode, and the run then waits for more data. Anything unexpected
+        decodes the whole body as `page` does."""
+        buf = bytearray()
+        chunks = response.stream(_STREAM_BLOCK)
+        start = 0  # where the next undecoded item begins; 0: the head is not parsed yet
+        rv = token = ""
+        for chunk in chunks:
+            scan = max(len(buf) - len(_NEXT_ITEM), start)
+            buf += chunk
+            if not start:
+                at = buf.find(_ITEMS)
+                if at < 0:
+                    continue
+                try:
+                    head = self._head.decode(buf[:at] + b"}")
+                except msgspec.DecodeError:
+                    break  # not the layout expected: the whole body below
+                meta, start = head.metadata, at + len(_ITEMS)
+                rv, token = meta.resourceVersion, meta.continue_
+                scan = start
+            cut = buf.rfind(_NEXT_ITEM, scan)
+            if cut < 0:
+                continue
+            items = self._run(buf, start, cut + 1)
+            if items is not None:
+                start = cut + 2
+                yield items, rv, token
+        else:  # the whole body is here
+            if start:
+                tail = bytes(buf[start:]).rstrip()
+                if tail.endswith(b"]}"):
+                    items = self._run(tail, 0, len(tail) - 2) if tail[:-2].strip() else []
+                    if items is not None:
+                        yield items, rv, token
+                        return
+            # Decoded whole (raises for a malformed body); items yielded already come again,
+            # the same objects: harmless.
+            yield self.page(bytes(buf))
+            return
+        for chunk in chunks:  # the layout was not the expected one: read the rest
+            buf += chunk
+        yield self.page(bytes(buf))
+
+    def _run(self, buf: bytes | bytearray, start: int, end: int) -> list[Item] | None:
+        """Items in buf[start:end] (a comma-separated run), or None when it does not parse
+        (a cut inside an item)."""
+        text = b"[" + buf[start:end] + b"]"
+        try:
+            return [self._item(raw) for raw in self._items.decode(text)]
+        except msgspec.ValidationError:  # one odd item: decode the rest, reject only it
+            try:
+                loose = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                return None
+            return [self._item(self._loose(item)) for item in loose]
+        except msgspec.DecodeError:
+            return None
 
     def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
         try:

@@ -1,12 +1,15 @@
-"""What `netplane dns serve` was asked to do (shared by the supervisor and its workers)."""
+"""What `netplane dns serve` was asked to do (shared by the supervisor and its workers).
+
+Light on purpose: the command reads it before the rest of the server is imported."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from netplane.dns.engine import DEFAULT_CACHE_BYTES
 from netplane.dns.records import ZoneConfig
+
+DEFAULT_CACHE_BYTES = 16 << 20  # answer cache per worker
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,22 +24,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from typing import cast
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from typing import TYPE_CHECKING, cast
 
 from netplane.dns.catalog import Catalog, Delta, build_catalog, delta
+from netplane.dns.load import Loading
 from netplane.dns.metrics import StatsCollector
-from netplane.dns.options import ServeOptions, kinds_needed
+from netplane.dns.options import ServeOptions
 from netplane.dns.server import run_worker
-from netplane.kube.options import source_from_options
-from netplane.sources import ManifestSource, Source, start_source
 from netplane.state import ClusterState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 CRASH_LIMIT = 5  # worker deaths ...
@@ -48,21 +48,6 @@ GIVE_UP_LINGER = 3.0  # /health answers 503 this long before the process exits
 RETIRE_DEADLINE = 5.0  # a retired worker gets SIGKILL after this
 PR_SET_PDEATHSIG = 1
 FIRST_LOAD_GC_PAUSE = 30.0  # seconds the collector may stay off while the first load runs
-
-
-def source(opts: ServeOptions) -> Source:
-    """Manifests, or the API server read into DNS's own lean objects (`objects.py`), one
-    unpaged list per kind from the API server's watch cache, as CoreDNS's informers do.
-    Raises SourceChoiceError (a usage error) for a wrong choice or an unusable kubeconfig."""
-    from netplane.dns.objects import ApiCodec
-    from netplane.kube.source import Tuning
-
-    kinds = kinds_needed(opts.zone.pods)
-    chosen = source_from_options(opts.manifests, opts.kubeconfig, opts.in_cluster, kinds,
-                                 ApiCodec, Tuning(page_size=0))  # fmt: skip
-    if opts.manifests:  # polled faster than the default: answers follow within ~100 ms
-        return ManifestSource(opts.manifests, poll_interval=opts.poll_interval)
-    return chosen
 
 
 @dataclass(eq=False)
@@ -94,6 +79,8 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}  # pid -> worker (current and retiring)
         self.crashes: list[float] = []
         self.failed: str = ""  # a fatal error reported by a worker
+        # a new catalog wakes the main loop at once (it would sleep up to 0.1 s otherwise)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ---- forking ---------------------------------------------------------------------
 
@@ -129,6 +116,8 @@ class Supervisor:
             self.catalog = catalog
             if d is None:
                 self.generation += 1
+                with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                    os.write(self._wake_w, b"!")
                 return
             for w in self.current():
                 if w.generation == self.generation:
@@ -161,7 +150,11 @@ class Supervisor:
 
     def _messages(self) -> None:
         conns = {w.conn: w for w in self.workers.values()}
-        for ready in wait(list(conns), timeout=0.1):
+        for ready in wait([*conns, self._wake_r], timeout=0.1):
+            if ready == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 64)
+                continue
             conn = cast(Connection, ready)
             w = conns[conn]
             try:
@@ -282,8 +275,10 @@ def follow(state: ClusterState, sup: Supervisor, stop: threading.Event) -> None:
     tracker.pop()
     serial = int(time.time())
     snap = state.snapshot()
+
     catalog = build_catalog(snap, config, serial)
-    gc.enable()  # see serve()
+    gc.freeze()  # the load's objects are long-lived: the first collection skips them
+    gc.enable()  # off since load.start()
     sup.publish(catalog)
     log.info("catalog built: %d services, %d reverse names", len(snap.services),
              len(catalog.reverse))  # fmt: skip
@@ -298,8 +293,26 @@ def follow(state: ClusterState, sup: Supervisor, stop: threading.Event) -> None:
         sup.publish(catalog, d)
 
 
+def _metrics(collector: StatsCollector) -> Callable[[], tuple[bytes, str]]:
+    """The /metrics page; prometheus_client is imported at the first scrape, not at start."""
+    lock = threading.Lock()
+    registry: list[CollectorRegistry] = []  # made at the first scrape
+
+    def page() -> tuple[bytes, str]:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        with lock:
+            if not registry:
+                registry.append(CollectorRegistry(auto_describe=False))
+                registry[0].register(collector)
+        return generate_latest(registry[0]), CONTENT_TYPE_LATEST
+
+    return page
+
+
 def _http(
-    addr: tuple[str, int], health: _Health, path: str, registry: CollectorRegistry
+    addr: tuple[str, int], health: _Health, path: str, metrics: Callable[[], tuple[bytes, str]]
 ) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -312,7 +325,7 @@ def _http(
             elif path == "/ready" and not health.ready:
                 status, body = 503, b"not ready: objects not loaded yet"
             elif path == "/metrics":
-                body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+                body, ctype = metrics()
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -330,41 +343,34 @@ def _http(
     return server
 
 
-def serve(opts: ServeOptions, objects: Source | None = None) -> int:
-    """Run until SIGTERM/SIGINT or a crash loop; returns the exit status. OBJECTS: the
-    source, when the caller made it already (default: `source(opts)`)."""
+def serve(opts: ServeOptions, loading: Loading) -> int:
+    """Run until SIGTERM/SIGINT or a crash loop; returns the exit status. LOADING: the
+    source, started already (`load.start`)."""
     health = _Health(collector=StatsCollector(f"dns://{opts.listen[0]}:{opts.listen[1]}"))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(health.collector)
+    metrics = _metrics(health.collector)
     servers = []
     endpoints = ((opts.health, "/health"), (opts.ready, "/ready"), (opts.metrics, "/metrics"))
     for addr, path in endpoints:
         if addr is None:
             continue
         try:
-            servers.append(_http(addr, health, path, registry))
+            servers.append(_http(addr, health, path, metrics))
         except OSError as e:
             log.error("cannot serve %s on %s:%d: %s", path, addr[0], addr[1], e)
             for server in servers:
                 server.shutdown()
+            loading.stop.set()
             return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     sup = Supervisor(opts, health)
-    state = ClusterState()
-    sup.catalog = build_catalog(state.snapshot(), opts.zone, 0)  # unsynced: SERVFAIL
-    # The first load allocates ~10^5 objects and makes no cycles: the collector would walk
-    # them again and again for nothing (~0.1 s of CPU at 10k services, a tenth of the
-    # start). follow() enables it once the first catalog is built (or after
-    # FIRST_LOAD_GC_PAUSE); forked workers enable it at once.
-    gc.disable()
-    _, source_stop = start_source(objects or source(opts), state)
-    threading.Thread(target=follow, args=(state, sup, stop), daemon=True).start()
+    sup.catalog = build_catalog(ClusterState().snapshot(), opts.zone, 0)  # unsynced: SERVFAIL
+    threading.Thread(target=follow, args=(loading.state, sup, stop), daemon=True).start()
     try:
         return sup.run(stop)
     finally:
-        source_stop.set()
+        loading.stop.set()
         stop.set()
         for s in servers:
             s.shutdown()

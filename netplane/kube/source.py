@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,6 +111,9 @@ class Codec(Protocol):
 
     def objects(self, raw: Any) -> Sequence[Stored]:
         """The state objects of one decoded item; raises InvalidField to reject it."""
+
+    # Optional: `stream(response)` -> runs of (items, resourceVersion, continue) decoded
+    # while the list arrives (see dns/objects.py); used instead of `page` when present.
 
 
 class JsonCodec:
@@ -256,23 +259,11 @@ class _Reflector:
                 query["continue"] = token
             response = self._request(query, (t.connect_timeout, t.list_timeout))
             try:
-                items, rv, token = self.codec.page(response.data)
+                for items, page_rv, page_token in self._runs(response):
+                    self._items(items, seen, upserts, produced)
+                    rv, token = page_rv, page_token
             finally:
                 response.release_conn()
-            for key, version, raw in items:
-                seen[key] = version
-                if self._versions.get(key) == version:
-                    continue  # unchanged since we last held it: no parse, no apply
-                objects = self._parse(raw, key)
-                if objects is None:  # keep serving the last good version, if any
-                    if key in self._versions:
-                        seen[key] = self._versions[key]
-                    else:
-                        del seen[key]
-                    continue
-                upserts.extend(objects)
-                produced[key] = tuple(o.key for o in objects)
-            del items
             if not token or stop.is_set():
                 break
         if stop.is_set():
@@ -290,6 +281,30 @@ class _Reflector:
                  self.resource.kind, len(seen), rv, changed)  # fmt: skip
         self.rv = rv
         self.listed = True
+
+    def _runs(self, response: Any) -> Iterable[tuple[Sequence[Item], str, str]]:
+        """A list page's items, in runs as they arrive when the codec streams."""
+        stream = getattr(self.codec, "stream", None)
+        if stream is not None:
+            return stream(response)
+        return [self.codec.page(response.data)]
+
+    def _items(self, items: Sequence[Item], seen: dict[ObjectKey, str], upserts: list[Stored],
+               produced: dict[ObjectKey, tuple[ObjectKey, ...]]) -> None:  # fmt: skip
+        """One run of listed items into what the list collects."""
+        for key, version, raw in items:
+            seen[key] = version
+            if self._versions.get(key) == version:
+                continue  # unchanged since we last held it: no parse, no apply
+            objects = self._parse(raw, key)
+            if objects is None:  # keep serving the last good version, if any
+                if key in self._versions:
+                    seen[key] = self._versions[key]
+                else:
+                    del seen[key]
+                continue
+            upserts.extend(objects)
+            produced[key] = tuple(o.key for o in objects)
 
     # ---- watch ------------------------------------------------------------------------
 

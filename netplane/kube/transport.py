@@ -265,9 +265,11 @@ class Response:
         return self._raw.read()
 
     def stream(self, amt: int | None = None, decode_content: bool = True) -> Iterator[bytes]:
-        """Chunks as they arrive (urllib3's signature; the body is never compressed here)."""
+        """The body in blocks of AMT bytes, or without AMT each chunk as soon as it arrives
+        (urllib3's signature; the body is never compressed here)."""
+        read = self._raw.read1 if amt is None else self._raw.read
         while True:
-            chunk = self._raw.read1(1 << 16)
+            chunk = read(amt or 1 << 16)
             if not chunk:
                 return
             yield chunk

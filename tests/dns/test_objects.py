@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 
 import dns.message
+import msgspec
 import pytest
 
 from netplane.dns.catalog import build_catalog
@@ -204,3 +205,67 @@ def test_watch_events():
     )
     bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "1234"}}}
     assert codec.event(json.dumps(bookmark).encode()).item[1] == "1234"
+
+
+class _Body:
+    """A response whose body arrives in pieces of the given sizes (cycled)."""
+
+    def __init__(self, body: bytes, sizes: Iterable[int]) -> None:
+        self.body, self.sizes = body, list(sizes)
+
+    def stream(self, amt: int | None = None) -> Iterable[bytes]:
+        at, n = 0, 0
+        while at < len(self.body):
+            size = self.sizes[n % len(self.sizes)]
+            yield self.body[at : at + size]
+            at, n = at + size, n + 1
+
+
+def compact(body: bytes) -> bytes:
+    """As the API server writes it: no spaces."""
+    return json.dumps(json.loads(body), separators=(",", ":")).encode()
+
+
+def decoded(codec: ApiCodec, runs: Iterable) -> tuple[list, set]:
+    items = [item for run, _, _ in runs for item in run]
+    lean = [(key, version, tuple(_objects(codec, raw))) for key, version, raw in items]
+    return lean, {(rv, token) for _, rv, token in runs}
+
+
+def _objects(codec: ApiCodec, raw: object) -> tuple:
+    try:
+        return tuple(codec.objects(raw))
+    except InvalidField as e:
+        return ("rejected", str(e))
+
+
+@pytest.mark.parametrize("sizes", [(1,), (7, 100, 3), (4096,), (1 << 30,)])
+def test_a_list_decoded_while_it_arrives_equals_the_whole(sizes):
+    objects = lab_objects() + edge_objects()
+    for kind in ("Service", "EndpointSlice", "Pod"):
+        codec = ApiCodec(RESOURCES[kind])
+        body = compact(as_list(kind, (o for o in objects if o["kind"] == kind)))
+        runs = list(codec.stream(_Body(body, sizes)))
+        assert decoded(codec, runs) == decoded(codec, [codec.page(body)])
+        if sizes == (1,):
+            assert len(runs) > 2  # items were handed over before the body ended
+
+
+def test_streaming_survives_cuts_inside_items_odd_items_and_other_layouts():
+    first, nested, bad = service("a", ips=("10.96.0.1",)), service("b"), service("c")
+    nested["spec"]["extra"] = [{"x": 1}, {"metadata": {"name": "inner"}}]  # a false boundary
+    bad["spec"]["ports"] = "eighty"
+    codec = ApiCodec(RESOURCES["Service"])
+    body = as_list("Service", [first, nested, bad, service("d")])
+    whole = decoded(codec, [codec.page(body)])
+    assert [key[2] for key, _, _ in whole[0]] == ["a", "b", "c", "d"]
+    assert whole[0][2][2][0] == "rejected"
+    pretty = json.dumps(json.loads(body), indent=1).encode()
+    items_first = json.dumps(dict(reversed(json.loads(body).items()))).encode()
+    for layout in (compact(body), pretty, items_first, body):
+        for sizes in ((1,), (5, 50), (1 << 30,)):
+            assert decoded(codec, list(codec.stream(_Body(layout, sizes)))) == whole
+    empty = compact(as_list("Service", []))
+    assert decoded(codec, list(codec.stream(_Body(empty, (3,))))) == ([], {("999", "")})
+    with pytest.raises(msgspec.DecodeError):
+        list(codec.stream(_Body(compact(body)[:-40], (64,))))
