@@ -26,7 +26,6 @@ from netplane.dns.records import (
     Record,
     ZoneConfig,
     pod_ips,
-    reverse_name,
     service_base,
     service_ips,
     service_name_records,
@@ -81,7 +80,7 @@ class Delta:
 
     services: dict = field(default_factory=dict)  # (ns, name) -> Service | None
     slices: dict = field(default_factory=dict)  # (ns, name) -> tuple[EndpointSlice] | None
-    reverse: dict = field(default_factory=dict)  # reverse name -> tuple[Owner] | None
+    reverse: dict = field(default_factory=dict)  # address -> tuple[Owner] | None
     pods: dict = field(default_factory=dict)  # pod IP -> tuple[(ns, name)] | None
     namespaces: frozenset[str] | None = None  # the new set, when it changed
     changed: frozenset[str] = frozenset()  # names whose answers may differ now
@@ -94,7 +93,9 @@ class Catalog:
     config: ZoneConfig
     services: Mapping[tuple[str, str], Service]
     slices: Mapping[tuple[str, str], tuple[EndpointSlice, ...]]
-    reverse: Mapping[str, tuple[Owner, ...]]  # reverse name -> services publishing a PTR
+    # address -> services publishing a PTR for it; by address, not by reverse name: 60,000
+    # names at 10k services would cost ~35 ms to spell before the first answer
+    reverse: Mapping[str, tuple[Owner, ...]]
     pods: Mapping[str, tuple[tuple[str, str], ...]]  # pod IP -> pods (ns, name) holding it
     namespaces: frozenset[str]  # Namespace objects, and namespaces that have services
     static: Mapping[str, tuple[Record, ...]]
@@ -125,11 +126,12 @@ class Catalog:
             return self._service_contribution(key).get(name)
         if name.endswith(".pod." + zone):
             return self._pod(name[: -len(zone) - 5].split("."))
-        owners = self.reverse.get(name)
-        if owners is not None:
+        ip = _address(name)
+        owners = self.reverse.get(ip) if ip is not None else None
+        if ip is not None and owners is not None:
             if len(owners) == 1:
                 svc = self.services.get(key := cast(ServiceKey, owners[0][1:]))
-                if svc is not None and name in _cluster_ptrs(svc):  # a VIP: no endpoints needed
+                if svc is not None and not svc.headless and ip in map(_key, svc.cluster_ips):
                     return (Record(PTR, service_base(svc.namespace, svc.name, zone)),)
                 return self._service_contribution(key).get(name)
             merged: list[Record] = []
@@ -201,8 +203,26 @@ class Catalog:
         )
 
 
-def _cluster_ptrs(svc: Service) -> tuple[str, ...]:
-    return () if svc.headless else tuple(reverse_name(ip) for ip in svc.cluster_ips)
+_HEX = frozenset("0123456789abcdef")
+
+
+def _key(ip: str) -> str:
+    """An address as the reverse map holds it (IPv6 compressed, as `_address` spells it)."""
+    return ip if ":" not in ip else str(ipaddress.ip_address(ip))
+
+
+def _address(name: str) -> str | None:
+    """The address a whole reverse name stands for, spelled as `reverse_name` reads it
+    (so a name in any other spelling finds nothing, as it would not be a reverse name)."""
+    if name.endswith(".in-addr.arpa"):
+        labels = name[:-13].split(".")
+        return ".".join(reversed(labels)) if len(labels) == 4 else None
+    if name.endswith(".ip6.arpa"):
+        labels = name[:-9].split(".")
+        if len(labels) != 32 or not all(len(x) == 1 and x in _HEX for x in labels):
+            return None
+        return str(ipaddress.IPv6Address(int("".join(reversed(labels)), 16)))
+    return None
 
 
 def _layer(mapping: Mapping) -> Layered:
@@ -270,12 +290,13 @@ def _namespaces(snap: Snapshot) -> frozenset[str]:
 def build_catalog(snap: Snapshot, config: ZoneConfig, serial: int) -> Catalog:
     """The first catalog: one pass over services, slices and (verified) pods."""
     reverse: dict[str, tuple[Owner, ...]] = {}
+    slices = snap.slices
     for key, svc in snap.services.items():
-        owner = ("svc", *key)
-        for ip in service_ips(svc, snap.slices.get(key, ())):
-            name = reverse_name(ip)
-            held = reverse.get(name)  # an address two services cover is rare
-            reverse[name] = (owner,) if held is None else tuple(sorted((*held, owner)))
+        alone = (("svc", *key),)  # shared by all of the service's addresses
+        for ip in service_ips(svc, slices.get(key, ())):
+            held = reverse.setdefault(ip := _key(ip), alone)
+            if held is not alone:  # an address two services cover is rare
+                reverse[ip] = tuple(sorted((*held, *alone)))
     pods: dict[str, tuple[tuple[str, str], ...]] = {}
     if config.pods == "verified":
         for key, pod in snap.pods.items():
@@ -313,12 +334,12 @@ def delta(old: Catalog, old_snap: Snapshot, snap: Snapshot, changes: Changes, se
         owner = ("svc", *key)
         old_ips = service_ips(old.services.get(key), old.slices.get(key, ()))
         for ip in old_ips ^ service_ips(svc, sl):
-            name = reverse_name(ip)
-            owners = reverse_changes.get(name, old.reverse.get(name)) or ()
+            address = _key(ip)
+            owners = reverse_changes.get(address, old.reverse.get(address)) or ()
             owners = tuple(o for o in owners if o != owner)
             if ip not in old_ips:
                 owners = tuple(sorted((*owners, owner)))
-            reverse_changes[name] = owners or None
+            reverse_changes[address] = owners or None
     if old.config.pods == "verified":
         for key in changes.pods:
             old_pod_ips = set(pod_ips(old_snap.pods.get(key)))

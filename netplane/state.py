@@ -201,7 +201,11 @@ class ClusterState:
             if old is not None and old.service_key != obj.service_key:  # moved to another
                 self._unlink_slice(old)
                 result.append((obj.key, old.service_key))
-            others = tuple(s for s in self._slices.get(obj.service_key, ()) if s.name != obj.name)
+            held = self._slices.get(obj.service_key)
+            if not held:  # a service's first slice (every one in a first load): nothing to sort
+                self._slices[obj.service_key] = (obj,)
+                return [*result, (obj.key, obj.service_key)]
+            others = tuple(s for s in held if s.name != obj.name)
             self._slices[obj.service_key] = tuple(sorted((*others, obj), key=lambda s: s.name))
             return [*result, (obj.key, obj.service_key)]
         return [(obj.key, obj.service_key if kind.by_service else None)]

@@ -304,7 +304,10 @@ class _Reflector:
                     del seen[key]
                 continue
             upserts.extend(objects)
-            produced[key] = tuple(o.key for o in objects)
+            # one object per item is the rule: no generator for it (20,000 at 10k services)
+            produced[key] = (
+                (objects[0].key,) if len(objects) == 1 else tuple(o.key for o in objects)
+            )
 
     # ---- watch ------------------------------------------------------------------------
 
