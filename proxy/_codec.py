@@ -20,11 +20,12 @@ Same objects, same errors, by construction:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
 
+from netplane.kube.liststream import stream_list
 from netplane.kube.source import Event, Item, JsonCodec, Resource
 from netplane.model import (
     Endpoint,
@@ -155,6 +156,10 @@ class _Slice(_Wire):
 class _ListMeta(msgspec.Struct, gc=False):
     resourceVersion: str = ""
     continue_: str = msgspec.field(name="continue", default="")
+
+
+class _ListHead(msgspec.Struct, gc=False):
+    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
 
 
 class _Unusual(Exception):
@@ -393,19 +398,44 @@ class ModelCodec:
              ("items", list[self.wire], [])],  # type: ignore[name-defined]
         )  # fmt: skip
         self._list = msgspec.json.Decoder(list_type)
+        self._items = msgspec.json.Decoder(list[self.wire])  # type: ignore[name-defined]
+        self._head = msgspec.json.Decoder(_ListHead)
 
     def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
         try:
             doc: Any = self._list.decode(body)  # a struct made at run time (defstruct)
         except msgspec.ValidationError:  # types the structs do not expect: the JSON path
             return self.json.page(body)
+        return self._keyed(doc.items), doc.metadata.resourceVersion, doc.metadata.continue_
+
+    def stream(self, response: Any) -> Iterator[tuple[Sequence[Item], str, str]]:
+        """The list decoded in runs of whole items while it arrives (`stream_list`), so
+        that they are converted while the API server still encodes the rest."""
+        return stream_list(response, self._list_head, self._run, self.page)
+
+    def _list_head(self, data: bytes) -> tuple[str, str]:
+        meta = self._head.decode(data).metadata
+        return meta.resourceVersion, meta.continue_
+
+    def _run(self, data: bytes) -> Sequence[Item] | None:
+        try:
+            return self._keyed(self._items.decode(data))
+        except msgspec.ValidationError:  # types the structs do not expect: the JSON path
+            try:
+                return [self.json._item(item) for item in msgspec.json.decode(data)]
+            except msgspec.DecodeError:
+                return None
+        except msgspec.DecodeError:  # a cut inside an item: more data first
+            return None
+
+    def _keyed(self, wire: list[Any]) -> list[Item]:
         kind = self.kind
         items = []
-        for raw in doc.items:
+        for raw in wire:
             meta = raw.metadata or _EMPTY_META
             key = (kind, meta.namespace or "", meta.name or "")
             items.append((key, meta.resourceVersion or "", raw))
-        return items, doc.metadata.resourceVersion, doc.metadata.continue_
+        return items
 
     def event(self, line: bytes) -> Event:
         return self.json.event(line)

@@ -348,3 +348,53 @@ def test_same_rulesets_from_both_backends() -> None:
         config = ProxyConfig(node_name="n1", family=family, cluster_cidr="10.0.0.0/8")
         for render in (render_full, lambda s, c: format_tables(render_nft(s, c))):
             assert render(fast.snapshot(), config) == render(slow.snapshot(), config)
+
+
+class _Response:
+    """What the transport gives a list: the body in pieces of SIZE bytes."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body, self.size = body, size
+
+    def stream(self, _amt: int) -> Any:
+        for at in range(0, len(self.body), self.size):
+            yield self.body[at : at + self.size]
+
+
+def _streamed(codec_: ModelCodec, body: bytes, size: int) -> tuple[list[Any], str, str, int]:
+    """Every item's (key, version, objects or error) as `stream` delivers them, the last
+    run's resourceVersion and continue token, and how many runs there were."""
+    out: list[Any] = []
+    runs, head = 0, ("", "")
+    for items, *last in codec_.stream(_Response(body, size)):
+        runs, head = runs + 1, tuple(last)
+        for key, version, raw in items:
+            try:
+                out.append((key, version, list(codec_.objects(raw))))
+            except InvalidField as e:
+                out.append((key, version, str(e)))
+    return out, *head, runs
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1000, 1 << 20])
+def test_a_list_decoded_while_it_arrives_is_the_whole_list(size) -> None:
+    for resource, items in (
+        (SERVICE, VALID_SERVICES + INVALID_SERVICES),
+        (SLICE, VALID_SLICES + INVALID_SLICES + [w.cluster_docs(3, 2)[1]]),
+        (SERVICE, VALID_SERVICES[:3] + MISTYPED),  # a run of the JSON path
+        (SERVICE, []),
+    ):
+        doc = {"kind": "List", "metadata": {"resourceVersion": "42", "continue": "next"}}
+        compact = json.dumps({**doc, "items": items}, separators=(",", ":")).encode()
+        spaced = json.dumps({**doc, "items": items}).encode()  # not the layout: whole
+        want = (_results(JsonCodec(resource), items), "42", "next")
+        for body in (compact, spaced):
+            assert _streamed(ModelCodec(resource), body, size)[:3] == want
+        if size < 100 and len(items) > 2:
+            assert _streamed(ModelCodec(resource), compact, size)[3] > 1  # really in runs
+
+
+def test_a_truncated_list_is_an_error() -> None:
+    body = json.dumps({"metadata": {}, "items": VALID_SERVICES}, separators=(",", ":"))
+    with pytest.raises(ValueError):
+        _streamed(ModelCodec(SERVICE), body.encode()[:-40], 64)
