@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from netplane.proxy._conntrack import Conntrack, UdpFlows
@@ -197,13 +198,10 @@ class NftSyncer:
                     kernel.stale.update((n, t) for n, t in old.stale.items() if n in kernel.chains)
             self._kernels = kernels
             try:
-                return self._commit(
-                    self._want_everything(kernels),
-                    full=True,
-                    start=start,
-                    drop=self._extra(),
-                    stop=stop,
-                )
+                wants = self._want_everything(kernels)
+                if not kernels and len(wants) > 1:
+                    return self._commit_each(wants, start, stop)
+                return self._commit(wants, full=True, start=start, drop=self._extra(), stop=stop)
             except _Stale:
                 log.info("the ruleset changed while we read it (attempt %d): again", attempt + 1)
         raise SyncError("the ruleset keeps changing under us", partial=False)
@@ -254,6 +252,67 @@ class NftSyncer:
     ) -> _Written:
         """Plan WANTS (per table) and DROP (tables to delete) into one transaction."""
         now = time.monotonic()
+        dropped = list(drop)
+        batch, plans = self._encode(wants, dropped, now, stop)
+        compute = time.monotonic() - start
+        made = self._send(batch, self._genid, full)
+        if made is not None:
+            self._genid = made  # the kernel checked the generation we planned against
+        written, deleted = self._record(plans, dropped, now)
+        if full or dropped:
+            self._rules = sum(_plan.rule_count(k) for k in self._kernels.values())
+        self._pending_full = False
+        restores = 1 if len(batch) else 0
+        return _Written(full, restores, batch.bytes, written, deleted, compute)
+
+    def _commit_each(
+        self, wants: dict[str, _plan.Want], start: float, stop: threading.Event | None
+    ) -> _Written:
+        """A full sync into a kernel that holds none of our tables (a node's first start,
+        or after `nft flush ruleset`): one transaction per table, each sent while the next
+        is encoded. The kernel's work on a transaction (~1.1 s of CPU for 10k services'
+        60k chains and 160k rules, in the sending thread with the GIL released) then runs
+        beside the encoding of the rest (~1 s), on another core. Nothing of ours is in
+        place to keep serving until an atomic switch; each table holds complete services,
+        so a service works once its table is in. STOP is looked at before the first
+        transaction only: a stop leaves nothing, or every table."""
+        now = time.monotonic()
+        compute, restores, size, written, deleted = 0.0, 0, 0, 0, 0
+        with ThreadPoolExecutor(1, "nft-commit") as sender:
+            sending: tuple[Future[int | None], Batch, list] | None = None
+            for table, want in wants.items():
+                began = time.monotonic()
+                batch, plans = self._encode({table: want}, [], now, stop if not sending else None)
+                compute += time.monotonic() - (start if not sending else began)
+                if sending is not None:
+                    w, d = self._landed(*sending)
+                    written, deleted = written + w, deleted + d
+                if len(batch):
+                    restores, size = restores + 1, size + batch.bytes
+                sending = (sender.submit(self._send, batch, self._genid, True, restores > 1),
+                           batch, plans)  # fmt: skip
+            if sending is not None:
+                w, d = self._landed(*sending)
+                written, deleted = written + w, deleted + d
+        self._rules = sum(_plan.rule_count(k) for k in self._kernels.values())
+        self._pending_full = False
+        return _Written(True, restores, size, written, deleted, compute)
+
+    def _landed(self, sent: Future[int | None], batch: Batch, plans: list) -> tuple[int, int]:
+        """Wait for a transaction of `_commit_each`; record what it wrote."""
+        made = sent.result()
+        if made is not None:
+            self._genid = made
+        return self._record(plans, [], time.monotonic())
+
+    def _encode(
+        self,
+        wants: dict[str, _plan.Want],
+        dropped: list[str],
+        now: float,
+        stop: threading.Event | None,
+    ) -> tuple[Batch, list]:
+        """The transaction for WANTS and DROPPED, and per table what it does to it."""
         batch = Batch(self.family, TABLE)
         plans = []
         for table, want in wants.items():
@@ -264,23 +323,28 @@ class NftSyncer:
             ops = _plan.plan(kernel, want, digest, _kernel.element_digest, now)
             batch.use(table)
             plans.append((table, kernel, ops, _kernel.build(batch, ops)))
-        dropped = list(drop)
         for table in dropped:
             batch.use(table)
             batch.delete_table()
-        compute = time.monotonic() - start
+        return batch, plans
+
+    def _send(self, batch: Batch, genid: int, full: bool, progress: bool = False) -> int | None:
+        """Commit BATCH against generation GENID; the generation it made (None: nothing
+        to commit). PROGRESS: earlier transactions of this sync are in."""
         try:
-            made = self.netlink.commit(batch, self._genid) if len(batch) else None
+            return self.netlink.commit(batch, genid) if len(batch) else None
         except NftError as e:
             if e.errno == errno.ERESTART:
                 raise _Stale() from e
             self._pending_full = True
-            raise SyncError(str(e), partial=not full) from e
+            raise SyncError(str(e), partial=not full, progress=progress) from e
         except OSError as e:
             self._pending_full = True
-            raise SyncError(f"netlink: {e}", partial=not full) from e
-        if made is not None:
-            self._genid = made  # the kernel checked the generation we planned against
+            raise SyncError(f"netlink: {e}", partial=not full, progress=progress) from e
+
+    def _record(self, plans: list, dropped: list[str], now: float) -> tuple[int, int]:
+        """Our picture of the kernel after a transaction of PLANS and DROPPED committed;
+        (objects written, objects deleted)."""
         written = deleted = 0
         for table, kernel, ops, digests in plans:
             touched = {
@@ -297,11 +361,7 @@ class NftSyncer:
             deleted += sum(1 for op in ops if op.verb in ("delete_chain", "delete_set"))
         for table in dropped:
             self._kernels.pop(table, None)
-        if full or dropped:
-            self._rules = sum(_plan.rule_count(k) for k in self._kernels.values())
-        self._pending_full = False
-        restores = 1 if len(batch) else 0
-        return _Written(full, restores, batch.bytes, written, deleted + len(dropped), compute)
+        return written, deleted + len(dropped)
 
     def _chain_digest(self, chain: Chain) -> int:
         """Only chains read back (contents known by digest) need this: at the first sync

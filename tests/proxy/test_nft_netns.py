@@ -202,7 +202,8 @@ def world(netns, request):
 
 def test_partial_sync_writes_only_the_changed_service(world: World) -> None:
     first = world.sync()
-    assert first.full and len(world.netlink.batches) == 1
+    # into an empty kernel: a transaction per table (each sent while the next is encoded)
+    assert first.full and len(world.netlink.batches) == first.restores == (world.shards or 1)
     world.netlink.batches.clear()
     world.state.apply([service(3, shift=1)[1]])  # one endpoint of s3 replaced
     result = world.sync()
@@ -217,6 +218,16 @@ def test_partial_sync_writes_only_the_changed_service(world: World) -> None:
     assert sum(line.startswith("delete chain") for line in batch) == 1
     world.netlink.batches.clear()
     assert world.sync().restores == 0 and world.netlink.batches == []  # nothing changed
+
+
+def test_a_full_sync_over_our_tables_is_one_transaction(world: World) -> None:
+    world.sync()
+    world.netlink.batches.clear()
+    for i in range(20):  # every service changes
+        world.state.apply(service(i, shift=1)[1:])
+    result = world.sync(full=True)
+    assert result.full and result.restores == 1 and len(world.netlink.batches) == 1
+    assert world.kernel() == world.fresh_kernel()
 
 
 def test_restart_writes_nothing_and_keeps_affinity(world: World) -> None:
