@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, cast
@@ -35,6 +34,7 @@ from netplane.dns.catalog import Catalog, Delta, build_catalog, delta
 from netplane.dns.load import Loading
 from netplane.dns.metrics import StatsCollector
 from netplane.dns.options import ServeOptions
+from netplane.dns.probes import ProbeServer, Respond
 from netplane.dns.server import run_worker
 from netplane.state import ClusterState
 
@@ -311,36 +311,21 @@ def _metrics(collector: StatsCollector) -> Callable[[], tuple[bytes, str]]:
     return page
 
 
-def _http(
-    addr: tuple[str, int], health: _Health, path: str, metrics: Callable[[], tuple[bytes, str]]
-) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != path:
-                self.send_error(404)
-                return
-            status, body, ctype = 200, b"OK", "text/plain"
-            if path == "/health" and not health.healthy:
-                status, body = 503, health.reason.encode()
-            elif path == "/ready" and not health.ready:
-                status, body = 503, b"not ready: objects not loaded yet"
-            elif path == "/metrics":
-                body, ctype = metrics()
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def _probe(health: _Health, path: str, metrics: Callable[[], tuple[bytes, str]]) -> Respond:
+    """The answer of the endpoint at PATH (404 for any other path)."""
 
-        def log_message(self, *args: object) -> None:
-            pass
+    def respond(asked: str) -> tuple[int, bytes, str]:
+        if asked != path:
+            return 404, b"not found", "text/plain"
+        if path == "/health" and not health.healthy:
+            return 503, health.reason.encode(), "text/plain"
+        if path == "/ready" and not health.ready:
+            return 503, b"not ready: objects not loaded yet", "text/plain"
+        if path == "/metrics":
+            return 200, *metrics()
+        return 200, b"OK", "text/plain"
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True  # on this class only, not the stdlib's
-
-    server = Server(addr, Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return respond
 
 
 def serve(opts: ServeOptions, loading: Loading) -> int:
@@ -354,7 +339,7 @@ def serve(opts: ServeOptions, loading: Loading) -> int:
         if addr is None:
             continue
         try:
-            servers.append(_http(addr, health, path, metrics))
+            servers.append(ProbeServer(addr, _probe(health, path, metrics)))
         except OSError as e:
             log.error("cannot serve %s on %s:%d: %s", path, addr[0], addr[1], e)
             for server in servers:
