@@ -5,9 +5,9 @@ list's metadata first, then the items, each `{"metadata":{...`. Inside a JSON st
 is escaped, so `},{"metadata":{` only ever appears between items or between objects nested
 in one; a cut at a nested one leaves unbalanced brackets, which fail to decode, and the run
 then waits for more data. Anything unexpected decodes the whole body, as a codec's `page`
-does. A codec's optional `stream(response)` (netplane.kube.source) can be this function
-with its own decoders; the proxy's is (proxy/_codec.py). The DNS server's `ApiCodec.stream`
-(dns/objects.py) is the same algorithm, written first.
+does. A codec's optional `stream(response)` (netplane.kube.source) is this function with
+the codec's own decoders: the DNS server's (dns/objects.py, where it was written first) and
+the proxy's (proxy/_codec.py).
 """
 
 from __future__ import annotations
