@@ -29,18 +29,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from netplane.kube import source_from_options
 from netplane.kube.source import Tuning
 from netplane.proxy._codec import codec
 from netplane.proxy._conntrack import Conntrack
-from netplane.proxy._iptables import Iptables, detect_variant
 from netplane.proxy.backend import Backend, SyncError, SyncInterrupted, VerifyResult
-from netplane.proxy.metrics import Metrics, healthz, serve
 from netplane.proxy.render import ProxyConfig
-from netplane.proxy.sync import Syncer
 from netplane.sources import start_source
 from netplane.state import ChangeTracker, ClusterState
+
+if TYPE_CHECKING:  # imported once the API source is started (run_daemon)
+    from netplane.proxy.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,9 @@ def make_backend(
         return NftSyncer(config, conntrack=Conntrack(config.family)), "netlink"
     if name != "iptables":
         raise ValueError(f"unsupported backend {name!r}")
+    from netplane.proxy._iptables import Iptables, detect_variant
+    from netplane.proxy.sync import Syncer
+
     variant = detect_variant(iptables_variant, config.family)
     runner = Iptables(variant, config.family)
     return Syncer(config, runner, Conntrack(config.family)), f"{variant} variant"
@@ -374,6 +378,9 @@ def run_daemon(
     _, stop_source = start_source(source, state)
     servers: list = []
     try:
+        # what only the sync loop needs is imported while the API server answers
+        from netplane.proxy.metrics import Metrics, healthz, serve
+
         kernel, detail = make_backend(backend, config, iptables_variant)
         metrics = Metrics()
         metrics.watch_source(source)

@@ -21,7 +21,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -198,9 +198,9 @@ class NftSyncer:
                     kernel.stale.update((n, t) for n, t in old.stale.items() if n in kernel.chains)
             self._kernels = kernels
             try:
+                if not kernels and self.shards > 1:
+                    return self._commit_each(self._wants(kernels), start, stop)
                 wants = self._want_everything(kernels)
-                if not kernels and len(wants) > 1:
-                    return self._commit_each(wants, start, stop)
                 return self._commit(wants, full=True, start=start, drop=self._extra(), stop=stop)
             except _Stale:
                 log.info("the ruleset changed while we read it (attempt %d): again", attempt + 1)
@@ -229,17 +229,21 @@ class NftSyncer:
         return kernels, size
 
     def _want_everything(self, kernels: Kernels) -> dict[str, _plan.Want]:
-        wants: dict[str, _plan.Want] = {}
+        return dict(self._wants(kernels))
+
+    def _wants(self, kernels: Kernels) -> Iterator[tuple[str, _plan.Want]]:
+        """Each table's full-sync Want, made when asked for (`_commit_each` asks for the
+        next one while the kernel works on the one before)."""
         for ruleset in assemble(self.config, self._objects.values(), self.shards):
             elements = {
                 name: {key_bytes(k): e for k, e in els.items()}
                 for name, els in ruleset.elements.items()
             }
             kernel = kernels.get(ruleset.table, _plan.Kernel())
-            wants[ruleset.table] = _plan.everything(
-                ruleset.chains, ruleset.sets, elements, kernel, ruleset.comment
+            yield (
+                ruleset.table,
+                _plan.everything(ruleset.chains, ruleset.sets, elements, kernel, ruleset.comment),
             )
-        return wants
 
     def _commit(
         self,
@@ -266,7 +270,7 @@ class NftSyncer:
         return _Written(full, restores, batch.bytes, written, deleted, compute)
 
     def _commit_each(
-        self, wants: dict[str, _plan.Want], start: float, stop: threading.Event | None
+        self, wants: Iterable[tuple[str, _plan.Want]], start: float, stop: threading.Event | None
     ) -> _Written:
         """A full sync into a kernel that holds none of our tables (a node's first start,
         or after `nft flush ruleset`): one transaction per table, each sent while the next
@@ -280,10 +284,10 @@ class NftSyncer:
         compute, restores, size, written, deleted = 0.0, 0, 0, 0, 0
         with ThreadPoolExecutor(1, "nft-commit") as sender:
             sending: tuple[Future[int | None], Batch, list] | None = None
-            for table, want in wants.items():
-                began = time.monotonic()
+            began = start
+            for table, want in wants:  # the next table's Want is made here
                 batch, plans = self._encode({table: want}, [], now, stop if not sending else None)
-                compute += time.monotonic() - (start if not sending else began)
+                compute += time.monotonic() - began
                 if sending is not None:
                     w, d = self._landed(*sending)
                     written, deleted = written + w, deleted + d
@@ -291,6 +295,7 @@ class NftSyncer:
                     restores, size = restores + 1, size + batch.bytes
                 sending = (sender.submit(self._send, batch, self._genid, True, restores > 1),
                            batch, plans)  # fmt: skip
+                began = time.monotonic()
             if sending is not None:
                 w, d = self._landed(*sending)
                 written, deleted = written + w, deleted + d
