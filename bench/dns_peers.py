@@ -12,7 +12,8 @@ time on a loopback address of its own:
   peer of our answer cache;
 - `netplane dns serve --kubeconfig` under the shipped netplane-dns ServiceAccount (RBAC from
   deploy/rbac.yaml), with 1 and 2 workers, TTL 30 and `--pods insecure` as that Corefile.
-Measured per server: start -> /ready (wall) and the CPU all its processes used until then;
+Measured per server: start -> /ready (wall) and the CPU all its processes used until then,
+in the measured run and in START_ROUNDS more starts of every server in rotating order;
 RSS and PSS summed over all its processes when idle after ready and again after the load;
 dnsperf's peak QPS, the server's CPU during that peak and so queries per CPU second (on a
 shared machine the peak says how much CPU a server got, this says what it did with it),
@@ -26,6 +27,7 @@ import contextlib
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 NAMESPACES = 50
 PREFIX = "dnsb"  # the benchmark's namespaces: dnsb0 ... dnsb49
+START_ROUNDS = 4  # starts of each server besides the measured run (`quick`: 1)
 REPO = Path(__file__).resolve().parent.parent
 
 COREFILE = """\
@@ -160,6 +163,26 @@ def _ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300) -> floa
     raise TimeoutError("not ready")
 
 
+def start_once(argv: list[str], ready_port: int, log: Path) -> tuple[float, float]:
+    """Start, wait for /ready, stop: (seconds to ready, CPU seconds until then). CoreDNS
+    is killed (one process; SIGTERM would sit out the 5 s lameduck of kubeadm's Corefile),
+    netplane stopped as usual (its workers must be gone before the next server binds)."""
+    t0 = time.monotonic()
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        try:
+            ready_at = _ready(ready_port, proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
+        return round(ready_at - t0, 2), cpu_seconds(proc.pid)
+    finally:
+        if Path(argv[0]).name == "coredns":
+            proc.kill()
+            proc.wait()
+        stop_process(proc, 15)
+
+
 def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Path,
             seconds: int, log: Path) -> dict:  # fmt: skip
     load = Path("/proc/loadavg").read_text().split()[:3]
@@ -171,7 +194,8 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
             ready_at = _ready(ready_port, proc)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
-        out: dict = {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu_seconds(proc.pid)}
+        out: dict = {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu_seconds(proc.pid),
+                     "starts": []}  # fmt: skip
         time.sleep(1)
         out["idle"] = memory_mb(proc.pid)
         dnsperf(host, port, queries, 2)  # warm-up (fills whatever caches the server has)
@@ -212,7 +236,7 @@ def run(
         coredns = Path(found) if found else None
         print(f"CoreDNS anchor: {e}; using {coredns}", file=sys.stderr)
     results: dict[str, Any] = {"services": services, "endpoints": services * 5,
-                               "seconds": seconds,
+                               "seconds": seconds, "start_rounds": 1 if quick else START_ROUNDS,
                                "mix": "50% hits, 30% search-path misses, 20% PTR"}  # fmt: skip
     if cp is None:
         with ControlPlane() as own:
@@ -268,8 +292,27 @@ def _compare(
             log = work / f"{name}.log"
             results[name] = measure(argv, ready, host, port, queries, seconds, log)
             print(name, _line(results[name]), flush=True)
+        _starts(servers, ready, work, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _starts(servers: dict[str, list[str]], ready_port: int, work: Path,
+            results: dict[str, Any]) -> None:  # fmt: skip
+    """START_ROUNDS more starts of every server, the order rotated each round: one start
+    is noisy on a shared machine, and a fixed order lets the API server's state after the
+    previous server's lists (its garbage, its caches) weigh on the next one."""
+    names = list(servers)
+    for r in range(results["start_rounds"]):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            ready_s, cpu = start_once(servers[name], ready_port, work / f"{name}.log")
+            results[name]["starts"].append({"ready_s": ready_s, "cpu_to_ready_s": cpu})
+    for name in names:
+        every = [results[name]] + results[name]["starts"]
+        for key in ("ready_s", "cpu_to_ready_s"):
+            results[name][f"median_{key}"] = statistics.median(x[key] for x in every)
+        print(name, "starts: ready", [x["ready_s"] for x in every], "s, CPU",
+              [x["cpu_to_ready_s"] for x in every], "s", flush=True)  # fmt: skip
 
 
 def _line(r: dict) -> str:
@@ -294,8 +337,17 @@ def series(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"metric": metric, "unit": unit, "labels": labels | extra,
                         "values": [value]})  # fmt: skip
 
-        add("dns_ready", "s", r["ready_s"])
-        add("dns_cpu_to_ready", "s", r["cpu_to_ready_s"])
+        starts = [r, *r.get("starts", ())]  # every start of this server: samples
+        out.append(
+            {
+                "metric": "dns_ready",
+                "unit": "s",
+                "labels": labels,
+                "values": [x["ready_s"] for x in starts],
+            }
+        )
+        out.append({"metric": "dns_cpu_to_ready", "unit": "s", "labels": labels,
+                    "values": [x["cpu_to_ready_s"] for x in starts]})  # fmt: skip
         add("dns_peak_qps", "queries/s", r["peak"]["qps"])
         add("dns_peak_cpu_share", "cores", r["peak"]["server_cpu_share"])
         add("dns_queries_per_cpu_second", "queries/CPU s", r["peak"]["queries_per_cpu_s"])
