@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import yaml
 
 from netplane.bench import _workload as w
+from netplane.bench._bytecode import compile_netplane
 from netplane.bench._e2e import process_cpu, process_peak_rss
 from netplane.bench._netns import Netns
 from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
@@ -415,6 +416,7 @@ def run(
     (tests share theirs)."""
     from netplane.testing.controlplane import ControlPlane
 
+    compile_netplane()  # timed starts run on bytecode, as from an install
     params: dict[str, Any] = {
         "scales": list(plan.scales),
         "contenders": list(plan.contenders),
