@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from netplane.kube.liststream import stream_list
+from netplane.kube.liststream import Decoders, ListMeta, stream_list
 from netplane.kube.source import Event, Item, Resource
 from netplane.model import InvalidField, RawObject
 from netplane.model._objects import NamespacedName, ObjectKey
@@ -172,12 +172,6 @@ class _Namespace(msgspec.Struct, gc=False):
     metadata: _Meta = msgspec.field(default_factory=_Meta)
 
 
-class _ListMeta(msgspec.Struct, gc=False):
-    resourceVersion: str = ""
-    # `continue` is a Python keyword
-    continue_: str = msgspec.field(name="continue", default="")
-
-
 # ---- wire struct -> lean object ----------------------------------------------------------
 
 
@@ -276,40 +270,25 @@ _KINDS: dict[str, tuple[type, Any]] = {
 }
 
 
-class _ListHead(msgspec.Struct, gc=False):
-    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
-
-
 class ApiCodec:
     """`netplane.kube.source` codec: the API's JSON -> the lean objects above."""
 
     def __init__(self, resource: Resource) -> None:
         self.kind = resource.kind
         self.wire, self.convert = _KINDS[resource.kind]
-        list_type = msgspec.defstruct(
-            f"{self.kind}List",
-            [("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
-             ("items", list[self.wire], [])],  # type: ignore[name-defined]
-        )  # fmt: skip
-        self._list = msgspec.json.Decoder(list_type)
-        self._items = msgspec.json.Decoder(list[self.wire])  # type: ignore[name-defined]
-        self._head = msgspec.json.Decoder(_ListHead)
+        self.decoders = Decoders(self.kind, self.wire)
 
     def stream(self, response: Any) -> Iterator[tuple[Sequence[Item], str, str]]:
         """A list response decoded while it arrives: (items, resourceVersion, continue)
         for each run of complete items, so the caller converts them meanwhile
         (`netplane.kube.liststream`)."""
-        return stream_list(response, self._list_head, self._run, self.page)
-
-    def _list_head(self, data: bytes) -> tuple[str, str]:
-        meta = self._head.decode(data).metadata
-        return meta.resourceVersion, meta.continue_
+        return stream_list(response, self.decoders.head, self._run, self.page)
 
     def _run(self, text: bytes) -> list[Item] | None:
         """The items of TEXT (`[item,...]`), or None when it does not parse (a cut inside
         an item)."""
         try:
-            return [self._item(raw) for raw in self._items.decode(text)]
+            return [self._item(raw) for raw in self.decoders.items.decode(text)]
         except msgspec.ValidationError:  # one odd item: decode the rest, reject only it
             try:
                 loose = msgspec.json.decode(text)
@@ -321,11 +300,11 @@ class ApiCodec:
 
     def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
         try:
-            doc: Any = self._list.decode(body)  # a struct made at run time (defstruct)
+            doc: Any = self.decoders.list.decode(body)  # a struct made at run time (defstruct)
             meta, items = doc.metadata, doc.items
         except msgspec.ValidationError:  # one odd item: decode the rest, reject only it
             loose = msgspec.json.decode(body)
-            meta = msgspec.convert(loose.get("metadata") or {}, _ListMeta)
+            meta = msgspec.convert(loose.get("metadata") or {}, ListMeta)
             items = [self._loose(item) for item in loose.get("items") or ()]
         return [self._item(raw) for raw in items], meta.resourceVersion, meta.continue_
 

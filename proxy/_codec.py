@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from netplane.kube.liststream import stream_list
+from netplane.kube.liststream import Decoders, stream_list
 from netplane.kube.source import Event, Item, JsonCodec, Resource
 from netplane.model import (
     Endpoint,
@@ -151,15 +151,6 @@ class _Slice(_Wire):
     addressType: str | None = None
     endpoints: list[_Endpoint] | None = None
     ports: list[_SlicePort] | None = None
-
-
-class _ListMeta(msgspec.Struct, gc=False):
-    resourceVersion: str = ""
-    continue_: str = msgspec.field(name="continue", default="")
-
-
-class _ListHead(msgspec.Struct, gc=False):
-    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
 
 
 class _Unusual(Exception):
@@ -392,18 +383,11 @@ class ModelCodec:
         self.kind = resource.kind
         self.wire, self.convert = _KINDS[resource.kind]
         self.json = JsonCodec(resource)  # odd pages and watch events
-        list_type = msgspec.defstruct(
-            f"{self.kind}List",
-            [("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
-             ("items", list[self.wire], [])],  # type: ignore[name-defined]
-        )  # fmt: skip
-        self._list = msgspec.json.Decoder(list_type)
-        self._items = msgspec.json.Decoder(list[self.wire])  # type: ignore[name-defined]
-        self._head = msgspec.json.Decoder(_ListHead)
+        self.decoders = Decoders(self.kind, self.wire)
 
     def page(self, body: bytes) -> tuple[Sequence[Item], str, str]:
         try:
-            doc: Any = self._list.decode(body)  # a struct made at run time (defstruct)
+            doc: Any = self.decoders.list.decode(body)  # a struct made at run time (defstruct)
         except msgspec.ValidationError:  # types the structs do not expect: the JSON path
             return self.json.page(body)
         return self._keyed(doc.items), doc.metadata.resourceVersion, doc.metadata.continue_
@@ -411,15 +395,11 @@ class ModelCodec:
     def stream(self, response: Any) -> Iterator[tuple[Sequence[Item], str, str]]:
         """The list decoded in runs of whole items while it arrives (`stream_list`), so
         that they are converted while the API server still encodes the rest."""
-        return stream_list(response, self._list_head, self._run, self.page)
-
-    def _list_head(self, data: bytes) -> tuple[str, str]:
-        meta = self._head.decode(data).metadata
-        return meta.resourceVersion, meta.continue_
+        return stream_list(response, self.decoders.head, self._run, self.page)
 
     def _run(self, data: bytes) -> Sequence[Item] | None:
         try:
-            return self._keyed(self._items.decode(data))
+            return self._keyed(self.decoders.items.decode(data))
         except msgspec.ValidationError:  # types the structs do not expect: the JSON path
             try:
                 return [self.json._item(item) for item in msgspec.json.decode(data)]

@@ -6,8 +6,8 @@ is escaped, so `},{"metadata":{` only ever appears between items or between obje
 in one; a cut at a nested one leaves unbalanced brackets, which fail to decode, and the run
 then waits for more data. Anything unexpected decodes the whole body, as a codec's `page`
 does. A codec's optional `stream(response)` (netplane.kube.source) is this function with
-the codec's own decoders: the DNS server's (dns/objects.py, where it was written first) and
-the proxy's (proxy/_codec.py).
+the codec's own conversion of runs and `Decoders` of its typed view of a kind: the DNS
+server's (dns/objects.py, where it was written first) and the proxy's (proxy/_codec.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,41 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import msgspec
+
 ITEMS = b',"items":['
 NEXT_ITEM = b'},{"metadata":{'  # where one list item ends and the next begins
 BLOCK = 1 << 16
 
 Page = tuple[Sequence[Any], str, str]  # (items, resourceVersion, continue token)
+
+
+class ListMeta(msgspec.Struct, gc=False):
+    resourceVersion: str = ""
+    continue_: str = msgspec.field(name="continue", default="")  # `continue`: a keyword
+
+
+class _ListHead(msgspec.Struct, gc=False):
+    metadata: ListMeta = msgspec.field(default_factory=ListMeta)
+
+
+class Decoders:
+    """msgspec decoders for a list of WIRE structs (a codec's typed view of one kind):
+    `list` for a whole body, `items` for a run `[item,...]`, `head` for `stream_list`."""
+
+    def __init__(self, kind: str, wire: type) -> None:
+        list_type = msgspec.defstruct(
+            f"{kind}List",
+            [("metadata", ListMeta, msgspec.field(default_factory=ListMeta)),
+             ("items", list[wire], [])],  # type: ignore[valid-type]
+        )  # fmt: skip
+        self.list = msgspec.json.Decoder(list_type)
+        self.items = msgspec.json.Decoder(list[wire])  # type: ignore[valid-type]
+        self._head = msgspec.json.Decoder(_ListHead)
+
+    def head(self, data: bytes) -> tuple[str, str]:
+        meta = self._head.decode(data).metadata
+        return meta.resourceVersion, meta.continue_
 
 
 def stream_list(
