@@ -4,6 +4,7 @@ model kernel to exactly that state."""
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 
@@ -82,6 +83,29 @@ def test_endpoint_change_sends_only_that_service() -> None:
     nat = ipt.texts[0].split("*nat\n")[1]
     assert ":KUBE-SERVICES" not in nat
     assert result.chains_deleted == 1
+
+
+def test_collector_comes_back_while_the_first_lists_never_arrive(monkeypatch) -> None:
+    """The daemon starts with the collector off (run_daemon) until its first sync; an API
+    server that never answers must not keep it off, or each retry's garbage stays."""
+    monkeypatch.setattr(daemon, "FIRST_SYNC_GC_PAUSE", 0.0)
+    state = ClusterState()  # never synced: no list arrives
+    loop = SyncLoop(state, state.tracker(), Syncer(CONFIG, FakeIptables()), Metrics(), "node-a")
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,))
+    gc.disable()
+    try:
+        runner.start()
+        for _ in range(100):
+            if gc.isenabled():
+                break
+            stop.wait(0.05)
+        assert gc.isenabled()
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+        gc.enable()
+    assert not runner.is_alive()
 
 
 def test_loop_counts_failures_and_recovers_with_a_full_sync() -> None:
