@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,19 +165,22 @@ def _ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300) -> floa
     raise TimeoutError("not ready")
 
 
-def start_once(argv: list[str], ready_port: int, log: Path) -> tuple[float, float]:
-    """Start, wait for /ready, stop: (seconds to ready, CPU seconds until then). CoreDNS
-    is killed (one process; SIGTERM would sit out the 5 s lameduck of kubeadm's Corefile),
-    netplane stopped as usual (its workers must be gone before the next server binds)."""
+@contextlib.contextmanager
+def _serving(argv: list[str], ready_port: int, log: Path,
+             append: bool = False) -> Iterator[tuple[subprocess.Popen[Any], float]]:  # fmt: skip
+    """ARGV started with its output in LOG (read only on failure), until its /ready says
+    200: (the process, seconds to ready); stopped afterwards. CoreDNS is killed (one
+    process; SIGTERM would sit out the 5 s lameduck of kubeadm's Corefile), netplane
+    stopped as usual (its workers must be gone before the next server binds)."""
     t0 = time.monotonic()
-    with log.open("ab") as sink:
+    with log.open("ab" if append else "wb") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
         try:
             ready_at = _ready(ready_port, proc)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
-        return round(ready_at - t0, 2), cpu_seconds(proc.pid)
+        yield proc, round(ready_at - t0, 2)
     finally:
         if Path(argv[0]).name == "coredns":
             proc.kill()
@@ -184,19 +188,17 @@ def start_once(argv: list[str], ready_port: int, log: Path) -> tuple[float, floa
         stop_process(proc, 15)
 
 
+def start_once(argv: list[str], ready_port: int, log: Path) -> tuple[float, float]:
+    """Start, wait for /ready, stop: (seconds to ready, CPU seconds until then)."""
+    with _serving(argv, ready_port, log, append=True) as (proc, ready_s):
+        return ready_s, cpu_seconds(proc.pid)
+
+
 def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Path,
             seconds: int, log: Path) -> dict:  # fmt: skip
     load = Path("/proc/loadavg").read_text().split()[:3]
-    t0 = time.monotonic()
-    with log.open("wb") as sink:  # the server's output: read only on failure
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        try:
-            ready_at = _ready(ready_port, proc)
-        except (RuntimeError, TimeoutError) as e:
-            raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
-        out: dict = {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu_seconds(proc.pid),
-                     "starts": []}  # fmt: skip
+    with _serving(argv, ready_port, log) as (proc, ready_s):
+        out: dict = {"ready_s": ready_s, "cpu_to_ready_s": cpu_seconds(proc.pid), "starts": []}
         time.sleep(1)
         out["idle"] = memory_mb(proc.pid)
         dnsperf(host, port, queries, 2)  # warm-up (fills whatever caches the server has)
@@ -210,8 +212,6 @@ def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Pat
         out["after_load"] = memory_mb(proc.pid)
         out["load_average"] = load + Path("/proc/loadavg").read_text().split()[:3]
         return out
-    finally:
-        stop_process(proc, 15)
 
 
 def run(
