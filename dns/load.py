@@ -1,7 +1,7 @@
 """The first load, started before the rest of the server is imported.
 
 At 10,000 Services the API server needs ~0.2 s to encode each list (JSON from its watch
-cache); the server's own imports (dnslib, the engine, prometheus_client, http.server) and
+cache); the server's own imports (dnslib, the engine, the supervisor and its probes) and
 the start of its workers run meanwhile instead of before the requests go out. Nothing
 here imports the DNS engine.
 """
