@@ -24,6 +24,7 @@ a server that logs: CoreDNS logs every /ready poll while it starts).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import random
 import re
 import shutil
@@ -31,7 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,6 +292,10 @@ def _compare(
             "--ready-addr", f"127.0.0.1:{ready}", "--health-addr", f"127.0.0.1:{health}",
             "--metrics-addr", f"127.0.0.1:{metrics}",
         ]  # fmt: skip
+    results["api_lists"] = api_lists(ours, results["start_rounds"] + 1)
+    print("API server alone, both lists at once (request -> last byte):",
+          ", ".join(f"{k} {v['median_s']} s ({v['bytes'] >> 20} MB)"
+                    for k, v in results["api_lists"].items()), flush=True)  # fmt: skip
     try:
         for name, argv in servers.items():
             log = work / f"{name}.log"
@@ -317,6 +324,53 @@ def _starts(servers: dict[str, list[str]], ready_port: int, work: Path,
               [x["cpu_to_ready_s"] for x in every], "s", flush=True)  # fmt: skip
 
 
+LISTS = ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices")
+FORMATS = {  # what netplane asks for, what CoreDNS (client-go) asks for
+    "json": "application/json",
+    "protobuf": "application/vnd.kubernetes.protobuf",
+}
+
+
+def api_lists(kubeconfig: Path, rounds: int) -> dict[str, Any]:
+    """The API server's own part of a start: request -> last byte of the Service and
+    EndpointSlice lists read at once (resourceVersion=0, from the watch cache, as both
+    servers list) by a reader that does nothing else, in each server's format; median of
+    ROUNDS, formats alternated. No server can be ready sooner after its requests go out."""
+    from netplane.kube.transport import load_config
+
+    config = load_config(str(kubeconfig))
+    parts = urllib.parse.urlsplit(config.server)
+
+    def read(path: str, accept: str, out: list[int]) -> None:
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
+                                           context=config.ssl_context(), timeout=60)  # fmt: skip
+        try:
+            conn.request("GET", f"{path}?resourceVersion=0", headers={
+                "Accept": accept, "User-Agent": "netplane-bench",
+                "Authorization": config.authorization() or ""})  # fmt: skip
+            response = conn.getresponse()
+            while chunk := response.read(1 << 16):
+                out.append(len(chunk))
+        finally:
+            conn.close()
+
+    seconds: dict[str, list[float]] = {name: [] for name in FORMATS}
+    sizes: dict[str, int] = {}
+    for r in range(rounds):
+        for name in list(FORMATS) if r % 2 == 0 else list(FORMATS)[::-1]:
+            got: list[int] = []
+            threads = [threading.Thread(target=read, args=(p, FORMATS[name], got)) for p in LISTS]
+            start = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            seconds[name].append(round(time.monotonic() - start, 3))
+            sizes[name] = sum(got)
+    return {name: {"median_s": statistics.median(v), "seconds": v, "bytes": sizes[name]}
+            for name, v in seconds.items()}  # fmt: skip
+
+
 def _line(r: dict) -> str:
     lat = r["half_load"].get("latency_ms", {})
     return (f"ready {r['ready_s']} s, cpu {r['cpu_to_ready_s']} s, idle RSS/PSS "
@@ -327,7 +381,11 @@ def _line(r: dict) -> str:
 
 
 def series(results: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = [
+        {"metric": "dns_api_lists", "unit": "s", "values": r["seconds"],
+         "labels": {"format": name, "services": results["services"], "api": "kube-apiserver"}}
+        for name, r in results.get("api_lists", {}).items()
+    ]  # fmt: skip
     for server, r in results.items():
         if not isinstance(r, dict) or "peak" not in r:
             continue

@@ -214,6 +214,10 @@ def test_peer_benchmark_measures_every_server(shipped_rbac: ControlPlane) -> Non
         assert r["peak"]["server_cpu_share"] >= 0 and r["peak"]["queries_per_cpu_s"] >= 0
         assert r["idle"]["pss_mb"] > 0 and r["after_load"]["processes"] >= 1
     assert results["netplane-2w"]["idle"]["processes"] == 3  # supervisor + 2 workers
-    metrics = {(s["metric"], s["labels"]["server"]) for s in results["series"]}
+    metrics = {(s["metric"], s["labels"].get("server", "")) for s in results["series"]}
     assert ("dns_pss", "coredns") in metrics and ("dns_ready", "netplane-2w") in metrics
     assert ("dns_queries_per_cpu_second", "coredns-cache") in metrics
+    for fmt in ("json", "protobuf"):  # the API server's own part of ready, each server's format
+        lists = results["api_lists"][fmt]
+        assert lists["median_s"] > 0 and lists["bytes"] > 0
+        assert ("dns_api_lists", "") in metrics
