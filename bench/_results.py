@@ -408,19 +408,26 @@ def _iptables_variant() -> str | None:
 
 
 def git_commit(repo: Path = _REPO) -> str | None:
-    """The checkout's commit, read from .git directly so it works where git is not installed."""
+    """The checkout's commit, read from .git directly so it works where git is not installed.
+    In a worktree `.git` is a file naming the worktree's own directory (its HEAD), whose
+    `commondir` holds the branches."""
     git = repo / ".git"
     try:
+        if git.is_file():
+            git = repo / git.read_text().split(":", 1)[1].strip()
+        common = (
+            git / (git / "commondir").read_text().strip() if (git / "commondir").exists() else git
+        )
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head[5:]
-        loose = git / ref
+        loose = common / ref
         if loose.exists():
             return loose.read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
-    except OSError:
+    except (OSError, IndexError):
         return None
     return None

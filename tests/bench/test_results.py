@@ -85,3 +85,32 @@ def test_validate_rejects_other_documents():
     assert validate([]) == ["top level is not an object"]
     problems = validate({"schema": "x"})
     assert any("schema" in p for p in problems) and any("series" in p for p in problems)
+
+
+def test_commit_is_read_in_a_clone_and_in_a_worktree(tmp_path):
+    """Read from .git without git; in a worktree .git is a file and the branch lives in the
+    main repository's refs (loose, then packed)."""
+    import shutil
+    import subprocess
+
+    from netplane.bench._results import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is needed to make the repositories")
+
+    def git(*args: str, cwd=tmp_path / "main") -> str:
+        env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}  # fmt: skip
+        return subprocess.run(["git", *args], cwd=cwd, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+    (tmp_path / "main").mkdir()
+    git("init", "-q", "-b", "main")
+    git("commit", "-q", "--allow-empty", "-m", "one")
+    git("worktree", "add", "-q", "-b", "side", str(tmp_path / "side"))
+    git("commit", "-q", "--allow-empty", "-m", "two", cwd=tmp_path / "side")
+    assert git_commit(tmp_path / "main") == git("rev-parse", "HEAD")
+    assert git_commit(tmp_path / "side") == git("rev-parse", "side")
+    git("pack-refs", "--all")
+    assert git_commit(tmp_path / "side") == git("rev-parse", "side")
+    assert git_commit(tmp_path) is None  # not a checkout
