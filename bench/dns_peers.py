@@ -4,8 +4,9 @@ One control plane (netplane.testing.controlplane), 10,000 selectorless Services 
 EndpointSlice of 5 endpoints (`quick`: 1,000) created through the API, one query file
 (50% service hits, 30% search-path misses, 20% PTR of cluster IPs). Then one server at a
 time on a loopback address of its own:
-- CoreDNS (the anchor) with kubeadm's default Corefile, minus what would leave the machine
-  or needs it (`forward`, `loop`, `reload`) and so minus `fallthrough` (nothing after it);
+- CoreDNS (the anchor) under its own ServiceAccount with kubeadm's RBAC, with kubeadm's
+  default Corefile, minus what would leave the machine or needs it (`forward`, `loop`,
+  `reload`) and so minus `fallthrough` (nothing after it);
   kubeadm disables the cache for cluster.local, so every service query runs the
   `kubernetes` plugin;
 - CoreDNS with the plain `cache 30` (its README's, caching cluster.local too), the fair
@@ -72,6 +73,32 @@ COREFILE = """\
 }}
 """
 
+
+# CoreDNS's ServiceAccount with the rules kubeadm gives it (ClusterRole system:coredns), so
+# both servers list as a workload does: through API priority and fairness, token auth
+COREDNS_RBAC = """\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+- {kind: ServiceAccount, name: coredns, namespace: kube-system}
+"""
 
 KUBEADM_CACHE = """cache 30 {
         disable success cluster.local
@@ -270,7 +297,10 @@ def _compare(
            for s in listed if s["metadata"]["namespace"].startswith(PREFIX)}  # fmt: skip
     queries = work / "queries.txt"
     queries.write_text("\n".join(query_lines(ips, 20_000)) + "\n")
-    admin = cp.kubeconfig(host=True)
+    rbac = work / "coredns-rbac.yaml"
+    rbac.write_text(COREDNS_RBAC)
+    cp.apply_manifest(rbac)
+    theirs = cp.token_kubeconfig("kube-system", "coredns", host=True)
     ours = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
     host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
     servers: dict[str, list[str]] = {}
@@ -281,7 +311,7 @@ def _compare(
             corefile = work / f"Corefile-{name}"
             corefile.write_text(COREFILE.format(port=port, host=host, health_port=health,
                                                 ready_port=ready, metrics_port=metrics,
-                                                kubeconfig=admin, cache=cache))  # fmt: skip
+                                                kubeconfig=theirs, cache=cache))  # fmt: skip
             servers[name] = [str(coredns), "-conf", str(corefile)]
     else:
         results["coredns"] = {"skipped": "not built (netplane anchors build coredns)"}
