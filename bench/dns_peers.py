@@ -371,16 +371,21 @@ def api_lists(kubeconfig: Path, rounds: int) -> dict[str, Any]:
     config = load_config(str(kubeconfig))
     parts = urllib.parse.urlsplit(config.server)
 
-    def read(path: str, accept: str, out: list[int]) -> None:
+    def read(path: str, accept: str, out: list[int], failed: list[str]) -> None:
         conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
                                            context=config.ssl_context(), timeout=60)  # fmt: skip
+        headers = {"Accept": accept, "User-Agent": "netplane-bench"}
+        if auth := config.authorization():
+            headers["Authorization"] = auth
         try:
-            conn.request("GET", f"{path}?resourceVersion=0", headers={
-                "Accept": accept, "User-Agent": "netplane-bench",
-                "Authorization": config.authorization() or ""})  # fmt: skip
+            conn.request("GET", f"{path}?resourceVersion=0", headers=headers)
             response = conn.getresponse()
+            if response.status != 200:
+                failed.append(f"{path}: HTTP {response.status} {response.reason}")
             while chunk := response.read(1 << 16):
                 out.append(len(chunk))
+        except OSError as e:
+            failed.append(f"{path}: {e}")
         finally:
             conn.close()
 
@@ -389,13 +394,17 @@ def api_lists(kubeconfig: Path, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         for name in list(FORMATS) if r % 2 == 0 else list(FORMATS)[::-1]:
             got: list[int] = []
-            threads = [threading.Thread(target=read, args=(p, FORMATS[name], got)) for p in LISTS]
+            failed: list[str] = []
+            threads = [threading.Thread(target=read, args=(p, FORMATS[name], got, failed))
+                       for p in LISTS]  # fmt: skip
             start = time.monotonic()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             seconds[name].append(round(time.monotonic() - start, 3))
+            if failed:
+                raise RuntimeError(f"listing as {name} failed: {'; '.join(failed)}")
             sizes[name] = sum(got)
     return {name: {"median_s": statistics.median(v), "seconds": v, "bytes": sizes[name]}
             for name, v in seconds.items()}  # fmt: skip
