@@ -79,6 +79,7 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}  # pid -> worker (current and retiring)
         self.crashes: list[float] = []
         self.failed: str = ""  # a fatal error reported by a worker
+        self.stopping = threading.Event()  # set by `run`'s stop: no worker is replaced then
         # a new catalog wakes the main loop at once (it would sleep up to 0.1 s otherwise)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -127,6 +128,7 @@ class Supervisor:
     # ---- the main loop ---------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> int:
+        self.stopping = stop
         with self.lock:
             for slot in range(self.opts.workers):
                 self.fork(slot)
@@ -183,7 +185,8 @@ class Supervisor:
                 continue
             w.conn.close()
             self.health.collector.retire(pid)
-            if w.retired_at is not None or self.failed:
+            # a worker signalled with the supervisor (systemd's stop, pkill) is not replaced
+            if w.retired_at is not None or self.failed or self.stopping.is_set():
                 continue
             self._crashed(w, status)
 

@@ -172,3 +172,16 @@ def test_pipelined_tcp_queries_are_all_answered(start_server):
     assert sorted(r.id for r in replies) == [1, 2, 3]
     by_id = {r.id: r for r in replies}
     assert by_id[1].answer and by_id[2].answer and by_id[3].rcode() == dns.rcode.NXDOMAIN
+
+
+def test_sigterm_to_every_process_at_once_is_a_stop_not_a_crash(start_server):
+    """systemd's default stop (KillMode=control-group) and `pkill` signal the supervisor
+    and its workers at the same instant: a worker that exits then is not replaced."""
+    srv = start_server(None, workers=2)
+    assert _wait(lambda: len(_workers(srv)) == 2)
+    for pid in [srv.proc.pid, *_workers(srv)]:
+        os.kill(pid, signal.SIGTERM)
+    assert srv.proc.wait(20) == 0
+    log = srv.proc.stderr.read()
+    srv.proc.stderr.close()
+    assert "restarted as pid" not in log and "crash" not in log, log
