@@ -8,16 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from netplane.model._fields import InvalidField
 from netplane.model._objects import KubeObject
 from netplane.model._parse import parse_object
-
-# libyaml's loader is ~10x faster; fall back where it was not compiled in
-_YamlLoader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
-    yaml, "CSafeLoader", yaml.SafeLoader
-)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -49,12 +42,25 @@ class LoadResult:
     rejected_keys: frozenset[tuple[str, str, str]] = frozenset()
 
 
+class _Unreadable(ValueError):
+    """A text that is neither YAML nor JSON (YAML's own error, said the same way)."""
+
+
 def _documents(text: str, source: str) -> list:
     stripped = text.lstrip()
     if source.endswith(".json") or stripped.startswith(("{", "[")):
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
-    return [d for d in yaml.load_all(text, Loader=_YamlLoader) if d is not None]
+    # PyYAML costs ~20 ms to import: only when a text is YAML (the servers' in-cluster
+    # starts and JSON manifests read none). libyaml's loader is ~10x faster; fall back
+    # where it was not compiled in.
+    import yaml
+
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+    except yaml.YAMLError as e:
+        raise _Unreadable(str(e)) from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ def documents(text: str, source: str = "<stdin>") -> tuple[list[Document], list[
     as written); an unreadable text gives one error and no documents."""
     try:
         docs = _documents(text, source)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
+    except (_Unreadable, json.JSONDecodeError) as e:
         return [], [ManifestError(source, 0, f"not valid YAML/JSON: {e}")]
     out = []
     for number, doc in enumerate(docs, start=1):
