@@ -47,7 +47,7 @@ def start(opts: ServeOptions, objects: Source | None = None) -> Loading:
     # The first load allocates ~10^5 objects and makes no cycles: the collector would walk
     # them again and again for nothing (~0.1 s of CPU at 10k services, a tenth of the
     # start). The supervisor enables it once the first catalog is built (or after
-    # FIRST_LOAD_GC_PAUSE); forked workers enable it at once.
+    # sources.FIRST_LOAD_GC_PAUSE of waiting); forked workers enable it at once.
     gc.disable()
     state = ClusterState()
     _, stop = start_source(objects, state)

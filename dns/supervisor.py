@@ -36,6 +36,7 @@ from netplane.dns.metrics import StatsCollector
 from netplane.dns.options import ServeOptions
 from netplane.dns.probes import ProbeServer, Respond
 from netplane.dns.server import run_worker
+from netplane.sources import wait_first_load
 from netplane.state import ClusterState
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ CRASH_WINDOW = 60.0  # ... within this many seconds stop the server
 GIVE_UP_LINGER = 3.0  # /health answers 503 this long before the process exits
 RETIRE_DEADLINE = 5.0  # a retired worker gets SIGKILL after this
 PR_SET_PDEATHSIG = 1
-FIRST_LOAD_GC_PAUSE = 30.0  # seconds the collector may stay off while the first load runs
 
 
 @dataclass(eq=False)
@@ -269,12 +269,8 @@ def follow(state: ClusterState, sup: Supervisor, stop: threading.Event) -> None:
     """Build the catalog once the objects are loaded, then send each change as a delta."""
     config = sup.opts.zone
     tracker = state.tracker()
-    waiting = time.monotonic()
-    while not state.wait_synced(0.2):
-        if stop.is_set():
-            return
-        if time.monotonic() - waiting > FIRST_LOAD_GC_PAUSE:
-            gc.enable()  # the API server keeps us waiting: collect as usual meanwhile
+    if not wait_first_load(state, stop, 0.2):  # the collector back if that takes long
+        return
     tracker.pop()
     serial = int(time.time())
     snap = state.snapshot()

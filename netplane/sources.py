@@ -7,6 +7,7 @@ changes) here, the Kubernetes API in `netplane.kube`, both behind the `Source` p
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -35,6 +36,26 @@ def start_source(source: Source, state: ClusterState) -> tuple[threading.Thread,
     )
     thread.start()
     return thread, stop
+
+
+FIRST_LOAD_GC_PAUSE = 30.0  # seconds the collector may stay off while the first load runs
+
+
+def wait_first_load(state: ClusterState, stop: threading.Event, tick: float) -> bool:
+    """Wait until STATE has a complete view (True) or STOP is set (False).
+
+    The servers turn the collector off for their first load (~10^5 new objects and no
+    cycles: it would walk them again and again for nothing) and on once it is applied. An
+    API server that keeps them waiting (down, or refusing them) must not keep it off, or
+    every failed attempt's cyclic garbage would stay: after FIRST_LOAD_GC_PAUSE seconds of
+    waiting it collects as usual."""
+    waiting = time.monotonic()
+    while not stop.is_set():
+        if state.wait_synced(tick):
+            return True
+        if time.monotonic() - waiting > FIRST_LOAD_GC_PAUSE:
+            gc.enable()
+    return False
 
 
 _Signature = tuple[int, int, int]  # (inode, size, mtime_ns)

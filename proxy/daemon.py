@@ -37,7 +37,7 @@ from netplane.proxy._codec import codec
 from netplane.proxy._conntrack import Conntrack
 from netplane.proxy.backend import Backend, SyncError, SyncInterrupted, VerifyResult
 from netplane.proxy.render import ProxyConfig
-from netplane.sources import start_source
+from netplane.sources import start_source, wait_first_load
 from netplane.state import ChangeTracker, ClusterState
 
 if TYPE_CHECKING:  # imported once the API source is started (run_daemon)
@@ -53,7 +53,6 @@ _WATCH = 0.05  # seconds between looks for a stop (or a change) during a read-ba
 _YIELDED = VerifyResult((), 0, 0, 0.0)  # verify_once: cut short by a change
 MAX_BACKOFF = 30.0  # seconds, between failed syncs that got nowhere
 SYNC_BURST = 2  # syncs that may run back to back before --min-sync-period applies
-FIRST_SYNC_GC_PAUSE = 30.0  # seconds the collector may stay off while the first lists run
 # The API source's first lists: unpaged from the API server's watch cache (resourceVersion=0),
 # as kube-proxy's informers list. At 10k services this is 1.3 s of wall time instead of
 # 1.5-1.7 s in pages of 500 (one TLS connection per page; load ~1.5) for ~15 MB more peak RSS.
@@ -93,12 +92,7 @@ class SyncLoop:
         return min(high, max(low, VERIFY_BUDGET * cpu))
 
     def run(self, stop: threading.Event) -> None:
-        waiting = time.monotonic()
-        while not stop.is_set() and not self.state.wait_synced(TICK):
-            if time.monotonic() - waiting > FIRST_SYNC_GC_PAUSE:
-                # the API server keeps us waiting (down, or refusing us): collect as usual
-                # meanwhile, or every failed attempt's cyclic garbage would stay
-                gc.enable()
+        wait_first_load(self.state, stop, TICK)  # the collector back if that takes long
         now = time.monotonic()
         budget = _Bucket(self.min_sync_period, SYNC_BURST)
         last_sync = last_full = now

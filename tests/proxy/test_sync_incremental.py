@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from netplane import sources
 from netplane.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from netplane.proxy import _plan, daemon
 from netplane.proxy.backend import SyncInterrupted
@@ -88,7 +89,7 @@ def test_endpoint_change_sends_only_that_service() -> None:
 def test_collector_comes_back_while_the_first_lists_never_arrive(monkeypatch) -> None:
     """The daemon starts with the collector off (run_daemon) until its first sync; an API
     server that never answers must not keep it off, or each retry's garbage stays."""
-    monkeypatch.setattr(daemon, "FIRST_SYNC_GC_PAUSE", 0.0)
+    monkeypatch.setattr(sources, "FIRST_LOAD_GC_PAUSE", 0.0)
     state = ClusterState()  # never synced: no list arrives
     loop = SyncLoop(state, state.tracker(), Syncer(CONFIG, FakeIptables()), Metrics(), "node-a")
     stop = threading.Event()
