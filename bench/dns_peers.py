@@ -25,7 +25,6 @@ a server that logs: CoreDNS logs every /ready poll while it starts).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import random
 import re
 import shutil
@@ -35,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,28 +364,20 @@ def api_lists(kubeconfig: Path, rounds: int) -> dict[str, Any]:
     EndpointSlice lists read at once (resourceVersion=0, from the watch cache, as both
     servers list) by a reader that does nothing else, in each server's format; median of
     ROUNDS, formats alternated. No server can be ready sooner after its requests go out."""
-    from netplane.kube.transport import load_config
+    from netplane.kube.transport import ApiError, HttpTransport, load_config
 
-    config = load_config(str(kubeconfig))
-    parts = urllib.parse.urlsplit(config.server)
+    transport = HttpTransport(load_config(str(kubeconfig)))
 
     def read(path: str, accept: str, out: list[int], failed: list[str]) -> None:
-        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
-                                           context=config.ssl_context(), timeout=60)  # fmt: skip
-        headers = {"Accept": accept, "User-Agent": "netplane-bench"}
-        if auth := config.authorization():
-            headers["Authorization"] = auth
         try:
-            conn.request("GET", f"{path}?resourceVersion=0", headers=headers)
-            response = conn.getresponse()
-            if response.status != 200:
-                failed.append(f"{path}: HTTP {response.status} {response.reason}")
-            while chunk := response.read(1 << 16):
-                out.append(len(chunk))
-        except OSError as e:
+            response = transport.get(path, {"resourceVersion": "0"}, (5.0, 60.0), accept)
+            try:
+                for chunk in response.stream(1 << 16):
+                    out.append(len(chunk))
+            finally:
+                response.release_conn()
+        except (ApiError, OSError) as e:
             failed.append(f"{path}: {e}")
-        finally:
-            conn.close()
 
     seconds: dict[str, list[float]] = {name: [] for name in FORMATS}
     sizes: dict[str, int] = {}
@@ -437,16 +427,9 @@ def series(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "values": [value]})  # fmt: skip
 
         starts = [r, *r.get("starts", ())]  # every start of this server: samples
-        out.append(
-            {
-                "metric": "dns_ready",
-                "unit": "s",
-                "labels": labels,
-                "values": [x["ready_s"] for x in starts],
-            }
-        )
-        out.append({"metric": "dns_cpu_to_ready", "unit": "s", "labels": labels,
-                    "values": [x["cpu_to_ready_s"] for x in starts]})  # fmt: skip
+        for metric, key in (("dns_ready", "ready_s"), ("dns_cpu_to_ready", "cpu_to_ready_s")):
+            out.append({"metric": metric, "unit": "s", "labels": labels,
+                        "values": [x[key] for x in starts]})  # fmt: skip
         add("dns_peak_qps", "queries/s", r["peak"]["qps"])
         add("dns_peak_cpu_share", "cores", r["peak"]["server_cpu_share"])
         add("dns_queries_per_cpu_second", "queries/CPU s", r["peak"]["queries_per_cpu_s"])

@@ -297,8 +297,11 @@ class HttpTransport:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
 
-    def get(self, path: str, query: dict[str, Any], timeout: tuple[float, float]) -> Response:
-        """GET path?query; timeout = (connect, read) seconds. Raises ApiError on non-2xx."""
+    def get(self, path: str, query: dict[str, Any], timeout: tuple[float, float],
+            accept: str = "application/json") -> Response:  # fmt: skip
+        """GET path?query; timeout = (connect, read) seconds; ACCEPT: the media type asked
+        for (the benchmark times the API server's protobuf too). Raises ApiError on
+        non-2xx."""
         conn: http.client.HTTPConnection
         if self._https:
             conn = _Connection(self._host, self._port, timeout=timeout[0],
@@ -306,7 +309,7 @@ class HttpTransport:
             conn.server_name = self.config.tls_server_name
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout[0])
-        headers = {"Accept": "application/json", "User-Agent": "netplane"}
+        headers = {"Accept": accept, "User-Agent": "netplane"}
         auth = self.config.authorization()
         if auth:
             headers["Authorization"] = auth
