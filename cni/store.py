@@ -1,6 +1,6 @@
 """host-local's on-disk allocation store, byte-compatible so the two plugins can share it.
 
-Layout: <dataDir>/<network>/<ip> (created O_EXCL, holds "<containerID>\\r\\n<ifname>"),
+Layout: <dataDir>/<network>/<ip> (holds "<containerID>\\r\\n<ifname>"),
 last_reserved_ip.<rangeset index>, and a `lock` file that is flock'ed around every change.
 """
 
@@ -14,6 +14,7 @@ from contextlib import contextmanager, suppress
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 _LAST = "last_reserved_ip."
+_CLAIM = ".claim"
 
 
 class Store:
@@ -31,19 +32,32 @@ class Store:
             os.close(fd)
 
     def reserve(self, container_id: str, ifname: str, ip: str, rangeset: int) -> bool:
-        """Claim `ip`; False when someone holds it. O_EXCL makes the claim atomic on disk."""
+        """Claim `ip`; False when someone holds it.
+
+        The owner is written to a claim file first and linked to the IP's name: link() is as
+        atomic as O_EXCL and the name never exists without its owner. host-local creates the
+        name, then writes: killed in between, it leaves an empty file that no DEL matches,
+        an address held until a GC. Callers hold the lock, so
+        one claim file serves all and a stale one is from a killed process.
+        """
         path = os.path.join(self.dir, ip)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+        if os.path.lexists(path):
             return False
+        claim = os.path.join(self.dir, _CLAIM)
+        # A stale claim may be linked to the reservation it made: unlink, never rewrite it.
+        with suppress(FileNotFoundError):
+            os.unlink(claim)
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, f"{container_id}\r\n{ifname}".encode())
-        except OSError:
+        finally:
             os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
+        try:
+            os.link(claim, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(claim)
         self._write(f"{_LAST}{rangeset}", ip)
         return True
 

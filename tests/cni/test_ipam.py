@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cniutil import OURS_IPAM, REF_DIR, invoke, store_files
+
+from netplane.cni.store import Store
 
 HOST_LOCAL = os.path.join(REF_DIR, "host-local")
 PLUGINS = {"ours": OURS_IPAM, "host-local": HOST_LOCAL}
@@ -120,3 +124,39 @@ def test_resolv_conf_gives_dns(tmp_path):
         == ref["dns"]
         == {"nameservers": ["10.0.0.10"], "search": ["a.local", "b.local"], "options": ["ndots:5"]}
     )
+
+
+_CHURN = """
+import sys
+from netplane.cni.store import Store
+store = Store("nptest", sys.argv[1])
+churn_ip = lambda n: f"10.99.{n % 200}.{n % 250 + 1}"
+print("go", flush=True)
+for n in range(1_000_000):
+    with store.locked():
+        ip = churn_ip(n)
+        store.reserve(f"c{n}", "eth0", ip, 0)
+        store.release(ip)
+"""
+
+
+def _churn_ip(n: int) -> str:
+    return f"10.99.{n % 200}.{n % 250 + 1}"
+
+
+def test_a_reservation_killed_mid_write_leaves_no_file_without_its_owner(tmp_path):
+    """kill -9 while reserving: a file without its owner can never be released by DEL (it
+    matches no container), so a claim appears on disk with its owner or not at all; and a
+    claim left over from the kill never changes the owner of another address."""
+    python = os.path.join(os.path.dirname(OURS_IPAM), "python")
+    for n in range(80):
+        churn = subprocess.Popen(
+            [python, "-c", _CHURN, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        assert churn.stdout.readline() == "go\n"
+        time.sleep(0.002 + n % 7 * 0.001)
+        churn.kill()
+        churn.wait()
+        churn.stdout.close()
+        left = list(Store("nptest", str(tmp_path)).allocations())
+        assert all(cid and ip == _churn_ip(int(cid[1:])) for ip, cid, _ in left), (n, left)
