@@ -14,7 +14,8 @@ from contextlib import contextmanager, suppress
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 _LAST = "last_reserved_ip."
-_CLAIM = ".claim"
+_CLAIM = ".claim"  # the owner, written before it is linked to the address's name
+_TMP = ".tmp"  # last_reserved_ip.N, written before it replaces the old one
 
 
 class Store:
@@ -27,6 +28,7 @@ class Store:
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._drop_leftovers()
             yield self
         finally:
             os.close(fd)
@@ -37,22 +39,18 @@ class Store:
         The owner is written to a claim file first and linked to the IP's name: link() is as
         atomic as O_EXCL and the name never exists without its owner. host-local creates the
         name, then writes: killed in between, it leaves an empty file that no DEL matches,
-        an address held until a GC. Callers hold the lock, so
-        one claim file serves all and a stale one is from a killed process.
+        an address held until a GC. Callers hold the lock, so one claim file serves all.
         """
         path = os.path.join(self.dir, ip)
         if os.path.lexists(path):
             return False
         claim = os.path.join(self.dir, _CLAIM)
-        # A stale claim may be linked to the reservation it made: unlink, never rewrite it.
-        with suppress(FileNotFoundError):
-            os.unlink(claim)
         fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, f"{container_id}\r\n{ifname}".encode())
-        finally:
-            os.close(fd)
-        try:
+            try:
+                os.write(fd, f"{container_id}\r\n{ifname}".encode())
+            finally:
+                os.close(fd)
             os.link(claim, path)
         except FileExistsError:
             return False
@@ -98,8 +96,16 @@ class Store:
             self.release(ip)
         return released
 
+    def _drop_leftovers(self) -> None:
+        """The claim and temporary files of a process killed while it held the lock.
+
+        A claim may be a second name of the reservation it made: unlinked, never rewritten."""
+        for name in (_CLAIM, _TMP):
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.dir, name))
+
     def _write(self, name: str, content: str) -> None:
-        tmp = os.path.join(self.dir, f".{name}.tmp")
+        tmp = os.path.join(self.dir, _TMP)
         with open(tmp, "w") as f:
             f.write(content)
         try:

@@ -160,3 +160,18 @@ def test_a_reservation_killed_mid_write_leaves_no_file_without_its_owner(tmp_pat
         churn.stdout.close()
         left = list(Store("nptest", str(tmp_path)).allocations())
         assert all(cid and ip == _churn_ip(int(cid[1:])) for ip, cid, _ in left), (n, left)
+
+
+def test_leftovers_of_a_kill_are_dropped_by_the_next_call(tmp_path):
+    """Killed between link and unlink, a claim is a second name of its reservation: the next
+    call (here DEL, which reserves nothing) removes it without touching what it names."""
+    c = conf(str(tmp_path), ranges=[[{"subnet": "10.98.0.0/24"}]])
+    kept, gone = addrs(add(OURS_IPAM, c, "kept"))[0], addrs(add(OURS_IPAM, c, "gone"))[0]
+    net = tmp_path / "nptest"
+    os.link(net / kept.split("/")[0], net / ".claim")
+    (net / ".tmp").write_text(gone.split("/")[0])
+    reply = invoke("DEL", c, binary=OURS_IPAM, container_id="gone", ifname="eth0", sandbox="unused")
+    assert reply.rc == 0, reply
+    assert store_files(str(tmp_path)) == {kept.split("/")[0], "last_reserved_ip.0"}
+    assert (net / kept.split("/")[0]).read_bytes() == b"kept\r\neth0"
+    assert addrs(add(OURS_IPAM, c, "next"))[0] != kept
