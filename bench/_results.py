@@ -17,6 +17,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,9 @@ def platform_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "distribution": _os_release(),
         "python": platform.python_version(),
+        # Which build: a pyenv build of the same minor version (no PGO/LTO) ran netplane's
+        # code 10-27% slower than Debian's python3 here (bench/README.md).
+        "python_executable": os.path.realpath(sys.executable),
         "netplane": _netplane_version(),
         "git_commit": git_commit(),
         "iptables": _tool_version(["iptables", "--version"]),

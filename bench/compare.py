@@ -158,12 +158,24 @@ def format_table(
         )
     else:
         lines.append(f"Medians; ratio = other / base. No significance marks: {SCIPY_MISSING}.")
+    pythons = {_interpreter(r) for _, r in (base, *others)} - {""}
+    if len(pythons) > 1:
+        lines.append(
+            f"The runs used different Python interpreters ({', '.join(sorted(pythons))}): "
+            "the same version built differently runs netplane's code at different speeds."
+        )
     if any(r.emulated for _, r in (base, *others)):
         lines.append(
             "EMULATED runs ran under qemu-user or on a whole emulated machine (qemu-system): "
             "their figures are not hardware figures (bench/README.md)."
         )
     return "\n".join(lines)
+
+
+def _interpreter(result: Result) -> str:
+    """`version executable`, or "" for results written before the executable was recorded."""
+    exe = result.platform.get("python_executable")
+    return f"{result.platform.get('python', '?')} {exe}" if exe else ""
 
 
 def median_by(result: Result, metric: str) -> Mapping[tuple[tuple[str, str], ...], float]:

@@ -8,14 +8,12 @@ from netplane.bench._results import Result, Series
 from netplane.bench.compare import compare, format_table, mann_whitney
 
 
-def _run(values, emulated=False, **labels):
+def _run(values, emulated=False, python="", **labels):
     labels = labels or {"backend": "legacy", "services": 1000}
-    return Result(
-        "sync",
-        {},
-        (Series("latency", "s", labels, tuple(values)),),
-        platform={"arch": "x86_64", "cores": 2, "emulated": "qemu-user" if emulated else None},
-    )
+    platform = {"arch": "x86_64", "cores": 2, "emulated": "qemu-user" if emulated else None}
+    if python:
+        platform |= {"python": "3.11.2", "python_executable": python}
+    return Result("sync", {}, (Series("latency", "s", labels, tuple(values)),), platform=platform)
 
 
 def _normal(seed, mu, n=30):
@@ -60,3 +58,16 @@ def test_table_marks_significance_and_emulation():
     same = format_table(("a", _run([0.1] * 5)), [("b", _run([0.1] * 5))])
     row = next(line for line in same.splitlines() if "sync.latency" in line)
     assert not row.rstrip().endswith("*") and "EMULATED" not in same
+
+
+def test_runs_on_different_interpreters_are_flagged():
+    debian, pyenv = "/usr/bin/python3.11", "/root/.pyenv/versions/3.11.2/bin/python3.11"
+    text = format_table(
+        ("a", _run([0.1] * 5, python=debian)), [("b", _run([0.2] * 5, python=pyenv))]
+    )
+    assert "different Python interpreters" in text and pyenv in text
+    for other in (debian, ""):  # the same one, or a result from before it was recorded
+        text = format_table(
+            ("a", _run([0.1] * 5, python=debian)), [("b", _run([0.2] * 5, python=other))]
+        )
+        assert "different Python" not in text

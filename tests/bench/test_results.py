@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -32,6 +33,7 @@ def test_platform_names_the_machine_and_tools():
     p = platform_info()
     for key in ("arch", "cpu_model", "cores", "kernel", "distribution", "python", "netplane"):
         assert p[key], key
+    assert os.path.isabs(p["python_executable"]) and not os.path.islink(p["python_executable"])
     assert p["cores"] >= 1
     assert "git_commit" in p and "iptables_variant" in p and "nft" in p
     assert p["emulated"] is None  # this host is real hardware (or a VM), not qemu-user
