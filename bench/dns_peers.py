@@ -14,6 +14,7 @@ time on a loopback address of its own:
 - `netplane dns serve --kubeconfig` under the shipped netplane-dns ServiceAccount (RBAC from
   deploy/rbac.yaml), with 1 and 2 workers, TTL 30 and `--pods insecure` as that Corefile.
 Measured per server: start -> /ready (wall) and the CPU all its processes used until then,
+start -> a service's A answered right over UDP and TCP (CoreDNS's /ready precedes that),
 in the measured run and in START_ROUNDS more starts of every server in rotating order;
 RSS and PSS summed over all its processes when idle after ready and again after the load;
 dnsperf's peak QPS, the server's CPU during that peak and so queries per CPU second (on a
@@ -28,6 +29,7 @@ import contextlib
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,22 +196,82 @@ def _ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300) -> floa
     raise TimeoutError("not ready")
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A service's A question and its cluster IP: answered right over UDP and TCP means
+    serving. CoreDNS's /ready says 200 once its informers have synced, but it binds its
+    DNS sockets only after every plugin's start-up hook returns, and the kubernetes
+    plugin's notices the sync on a 100 ms tick; until then queries are refused."""
+
+    host: str
+    port: int
+    name: str
+    address: str
+
+    def answered(self) -> bool:
+        from dnslib import QTYPE, DNSRecord
+
+        query = DNSRecord.question(self.name, "A")
+        packet = query.pack()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.2)
+                s.connect((self.host, self.port))
+                s.send(packet)
+                udp = DNSRecord.parse(s.recv(4096))
+            with socket.create_connection((self.host, self.port), timeout=0.2) as s:
+                s.sendall(len(packet).to_bytes(2, "big") + packet)
+                tcp = DNSRecord.parse(_read_tcp_message(s))
+        except (OSError, ValueError):
+            return False
+        return all(
+            reply.header.id == query.header.id
+            and [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A] == [self.address]
+            for reply in (udp, tcp)
+        )
+
+    def wait(self, proc: subprocess.Popen[Any], timeout: float = 60) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited during start-up")
+            if self.answered():
+                return time.monotonic()
+            time.sleep(0.01)
+        raise TimeoutError(f"ready, but {self.name} not answered with {self.address}")
+
+
+def _read_tcp_message(s: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ValueError("connection closed mid-message")
+        data += chunk
+    return data[2 : 2 + int.from_bytes(data[:2], "big")]
+
+
 @contextlib.contextmanager
-def _serving(argv: list[str], ready_port: int, log: Path,
-             append: bool = False) -> Iterator[tuple[subprocess.Popen[Any], float]]:  # fmt: skip
-    """ARGV started with its output in LOG (read only on failure), until its /ready says
-    200: (the process, seconds to ready); stopped afterwards. CoreDNS is killed (one
-    process; SIGTERM would sit out the 5 s lameduck of kubeadm's Corefile), netplane
-    stopped as usual (its workers must be gone before the next server binds)."""
+def _serving(
+    argv: list[str], ready_port: int, probe: Probe, log: Path, append: bool = False
+) -> Iterator[tuple[subprocess.Popen[Any], dict[str, float]]]:
+    """ARGV started with its output in LOG (read only on failure) until its /ready says 200
+    and PROBE is answered: (the process, {ready_s, cpu_to_ready_s, answers_s} from the
+    start); stopped afterwards. CoreDNS is killed (one process; SIGTERM would sit out the
+    5 s lameduck of kubeadm's Corefile), netplane stopped as usual (its workers must be
+    gone before the next server binds)."""
     t0 = time.monotonic()
     with log.open("ab" if append else "wb") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
         try:
             ready_at = _ready(ready_port, proc)
+            cpu = cpu_seconds(proc.pid)
+            answers_at = probe.wait(proc)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from e
-        yield proc, round(ready_at - t0, 2)
+        yield proc, {"ready_s": round(ready_at - t0, 2), "cpu_to_ready_s": cpu,
+                     "answers_s": round(answers_at - t0, 2)}  # fmt: skip
     finally:
         if Path(argv[0]).name == "coredns":
             proc.kill()
@@ -216,17 +279,18 @@ def _serving(argv: list[str], ready_port: int, log: Path,
         stop_process(proc, 15)
 
 
-def start_once(argv: list[str], ready_port: int, log: Path) -> tuple[float, float]:
-    """Start, wait for /ready, stop: (seconds to ready, CPU seconds until then)."""
-    with _serving(argv, ready_port, log, append=True) as (proc, ready_s):
-        return ready_s, cpu_seconds(proc.pid)
+def start_once(argv: list[str], ready_port: int, probe: Probe, log: Path) -> dict[str, float]:
+    """Start, wait for /ready and an answer, stop: {ready_s, cpu_to_ready_s, answers_s}."""
+    with _serving(argv, ready_port, probe, log, append=True) as (_, start):
+        return start
 
 
-def measure(argv: list[str], ready_port: int, host: str, port: int, queries: Path,
+def measure(argv: list[str], ready_port: int, probe: Probe, queries: Path,
             seconds: int, log: Path) -> dict:  # fmt: skip
+    host, port = probe.host, probe.port
     load = Path("/proc/loadavg").read_text().split()[:3]
-    with _serving(argv, ready_port, log) as (proc, ready_s):
-        out: dict = {"ready_s": ready_s, "cpu_to_ready_s": cpu_seconds(proc.pid), "starts": []}
+    with _serving(argv, ready_port, probe, log) as (proc, start):
+        out: dict = {**start, "starts": []}
         time.sleep(1)
         out["idle"] = memory_mb(proc.pid)
         dnsperf(host, port, queries, 2)  # warm-up (fills whatever caches the server has)
@@ -320,6 +384,8 @@ def _compare(
             "--ready-addr", f"127.0.0.1:{ready}", "--health-addr", f"127.0.0.1:{health}",
             "--metrics-addr", f"127.0.0.1:{metrics}",
         ]  # fmt: skip
+    ns, name = next(key for key, ip in sorted(ips.items()) if ip)
+    probe = Probe(host, port, f"{name}.{ns}.svc.cluster.local.", ips[ns, name])
     results["api_lists"] = api_lists(ours, results["start_rounds"] + 1)
     print("API server alone, both lists at once (request -> last byte):",
           ", ".join(f"{k} {v['median_s']} s ({v['bytes'] >> 20} MB)"
@@ -327,14 +393,14 @@ def _compare(
     try:
         for name, argv in servers.items():
             log = work / f"{name}.log"
-            results[name] = measure(argv, ready, host, port, queries, seconds, log)
+            results[name] = measure(argv, ready, probe, queries, seconds, log)
             print(name, _line(results[name]), flush=True)
-        _starts(servers, ready, work, results)
+        _starts(servers, ready, probe, work, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _starts(servers: dict[str, list[str]], ready_port: int, work: Path,
+def _starts(servers: dict[str, list[str]], ready_port: int, probe: Probe, work: Path,
             results: dict[str, Any]) -> None:  # fmt: skip
     """START_ROUNDS more starts of every server, the order rotated each round: one start
     is noisy on a shared machine, and a fixed order lets the API server's state after the
@@ -342,13 +408,15 @@ def _starts(servers: dict[str, list[str]], ready_port: int, work: Path,
     names = list(servers)
     for r in range(results["start_rounds"]):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            ready_s, cpu = start_once(servers[name], ready_port, work / f"{name}.log")
-            results[name]["starts"].append({"ready_s": ready_s, "cpu_to_ready_s": cpu})
+            results[name]["starts"].append(
+                start_once(servers[name], ready_port, probe, work / f"{name}.log")
+            )
     for name in names:
         every = [results[name]] + results[name]["starts"]
-        for key in ("ready_s", "cpu_to_ready_s"):
+        for key in ("ready_s", "cpu_to_ready_s", "answers_s"):
             results[name][f"median_{key}"] = statistics.median(x[key] for x in every)
-        print(name, "starts: ready", [x["ready_s"] for x in every], "s, CPU",
+        print(name, "starts: ready", [x["ready_s"] for x in every], "s, answers",
+              [x["answers_s"] for x in every], "s, CPU to ready",
               [x["cpu_to_ready_s"] for x in every], "s", flush=True)  # fmt: skip
 
 
@@ -402,7 +470,8 @@ def api_lists(kubeconfig: Path, rounds: int) -> dict[str, Any]:
 
 def _line(r: dict) -> str:
     lat = r["half_load"].get("latency_ms", {})
-    return (f"ready {r['ready_s']} s, cpu {r['cpu_to_ready_s']} s, idle RSS/PSS "
+    return (f"ready {r['ready_s']} s, answers {r['answers_s']} s, cpu to ready "
+            f"{r['cpu_to_ready_s']} s, idle RSS/PSS "
             f"{r['idle']['rss_mb']}/{r['idle']['pss_mb']} MB, QPS {r['peak']['qps']:.0f} "
             f"({r['peak']['server_cpu_share']} CPU, {r['peak']['queries_per_cpu_s']} per CPU s), "
             f"p50/p99 {lat.get(50)}/{lat.get(99)} ms, after load RSS/PSS "
@@ -427,7 +496,11 @@ def series(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "values": [value]})  # fmt: skip
 
         starts = [r, *r.get("starts", ())]  # every start of this server: samples
-        for metric, key in (("dns_ready", "ready_s"), ("dns_cpu_to_ready", "cpu_to_ready_s")):
+        for metric, key in (
+            ("dns_ready", "ready_s"),
+            ("dns_answers", "answers_s"),
+            ("dns_cpu_to_ready", "cpu_to_ready_s"),
+        ):
             out.append({"metric": metric, "unit": "s", "labels": labels,
                         "values": [x[key] for x in starts]})  # fmt: skip
         add("dns_peak_qps", "queries/s", r["peak"]["qps"])
