@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netplane.bench._bytecode import compile_netplane
-from netplane.bench.dns_perf import _free_port, dnsperf, find_coredns, service_manifests
+from netplane.bench.dns_perf import dnsperf, find_coredns, service_manifests
+from netplane.testing.ports import free_port
 from netplane.testing.procs import stop_process
 
 if TYPE_CHECKING:
@@ -281,16 +282,16 @@ def _serving(
 
 def start_once(argv: list[str], ready_port: int, probe: Probe, log: Path) -> dict[str, float]:
     """Start, wait for /ready and an answer, stop: {ready_s, cpu_to_ready_s, answers_s}."""
-    with _serving(argv, ready_port, probe, log, append=True) as (_, start):
-        return start
+    with _serving(argv, ready_port, probe, log, append=True) as (_, started):
+        return started
 
 
 def measure(argv: list[str], ready_port: int, probe: Probe, queries: Path,
             seconds: int, log: Path) -> dict:  # fmt: skip
     host, port = probe.host, probe.port
     load = Path("/proc/loadavg").read_text().split()[:3]
-    with _serving(argv, ready_port, probe, log) as (proc, start):
-        out: dict = {**start, "starts": []}
+    with _serving(argv, ready_port, probe, log) as (proc, started):
+        out: dict = {**started, "starts": []}
         time.sleep(1)
         out["idle"] = memory_mb(proc.pid)
         dnsperf(host, port, queries, 2)  # warm-up (fills whatever caches the server has)
@@ -366,7 +367,7 @@ def _compare(
     ours = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
     host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
     servers: dict[str, list[str]] = {}
-    port, ready, health, metrics = (_free_port(host if i == 0 else "127.0.0.1")
+    port, ready, health, metrics = (free_port(host if i == 0 else "127.0.0.1")
                                     for i in range(4))  # fmt: skip
     if coredns is not None:
         for name, cache in (("coredns", KUBEADM_CACHE), ("coredns-cache", PLAIN_CACHE)):

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from netplane.testing.ports import free_port
+
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 PY_SPY = Path(sys.executable).with_name("py-spy")
 ZONE = "cluster.local"
@@ -157,12 +159,6 @@ def _field(pattern: str, text: str) -> str:
     if m is None:
         raise RuntimeError(f"dnsperf printed no {pattern!r}: {text[-500:]}")
     return m.group(1)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -417,7 +413,7 @@ def run(quick: bool = False, output_dir: str | Path | None = None, workers: int 
         results["mix"] = dict(Counter(line.split()[1] for line in lines))
         results["engine"] = engine_cost(manifests, lines)
 
-        port, ready_port = _free_port(host), _free_port("127.0.0.1")
+        port, ready_port = free_port(host), free_port("127.0.0.1")
         t0 = time.monotonic()
         proc = subprocess.Popen([NETPLANE, "dns", "serve", "--manifests", str(manifests),
                                  "--listen", f"{host}:{port}", "--workers", str(workers),
@@ -441,7 +437,7 @@ def run(quick: bool = False, output_dir: str | Path | None = None, workers: int 
             proc.wait(15)
         results["netplane"] = ours
 
-        fport = _free_port(host)
+        fport = free_port(host)
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         floor = ctx.Process(target=_floor_server, args=(str(manifests), host, fport, ready))
@@ -479,7 +475,7 @@ def run_coredns(binary: str, quick: bool, host: str, seconds: int) -> dict:
         write_cluster(objects, manifests)
         queries = work / "queries.txt"
         queries.write_text("\n".join(make_queries(objects, 20_000)) + "\n")
-        port = _free_port(host)
+        port = free_port(host)
         corefile = coredns_zone_files(manifests, work, host, port)
         proc = subprocess.Popen([binary, "-conf", str(corefile), "-quiet"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

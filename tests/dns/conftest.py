@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from netplane.testing.ports import free_port
 from netplane.testing.procs import stop_process
 
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
@@ -123,19 +123,6 @@ def write_manifests(path: Path, objects) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
     os.replace(tmp, path)
-
-
-def free_port(host: str) -> int:
-    for _ in range(50):
-        port = random.randint(20000, 60000)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-            try:
-                u.bind((host, port))
-                t.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 class Server:

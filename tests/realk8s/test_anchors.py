@@ -3,12 +3,12 @@ cache's reuse, and the message when the Go module proxy is unreachable."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 
 import pytest
 
 from netplane.testing import anchors
+from netplane.testing.ports import free_port
 
 KUBE_GOMOD = """module k8s.io/kubernetes
 
@@ -108,20 +108,14 @@ def test_a_changed_pin_means_not_built(cache, monkeypatch) -> None:
 
 @pytest.mark.skipif(not anchors.go(), reason="needs the Go toolchain")
 def test_build_reuses_the_cache_without_the_network(cache, monkeypatch) -> None:
-    monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{free_port()}")
     _fake_built("kubectl", anchors.ANCHORS["kubectl"].pin)
     assert anchors.build(["kubectl"]) == {"kubectl": None}
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: connections refused
-
-
 @pytest.mark.skipif(not anchors.go(), reason="needs the Go toolchain")
 def test_unreachable_module_proxy_says_so(cache, monkeypatch, capsys) -> None:
-    port = _closed_port()
+    port = free_port()
     monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{port}")
     with pytest.raises(anchors.AnchorError) as e:
         anchors.build(["etcd"])
@@ -143,7 +137,7 @@ def test_for_tests_builds_what_the_suite_runs(cache, monkeypatch) -> None:
 
     for name in anchors.FOR_TESTS:
         _fake_built(name, anchors.ANCHORS[name].pin)
-    monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("GOPROXY", f"http://127.0.0.1:{free_port()}")
     result = CliRunner().invoke(anchors_group, ["build", "--for-tests"])
     assert result.exit_code == 0, result.output
     assert {line.split()[0] for line in result.output.splitlines()} == set(anchors.FOR_TESTS)

@@ -10,7 +10,6 @@ leave the machine); netplane under the shipped netplane-dns ServiceAccount.
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from netplane.bench.dns_peers import Probe
 from netplane.bench.dns_perf import find_coredns
 from netplane.testing import anchors
 from netplane.testing.controlplane import ControlPlane
+from netplane.testing.ports import free_port
 
 NETPLANE = str(Path(sys.executable).with_name("netplane"))
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -51,12 +51,6 @@ def _coredns() -> str:
     if found is None:
         pytest.fail("CoreDNS not built: run `netplane anchors build coredns`", pytrace=False)
     return found
-
-
-def _port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -147,14 +141,14 @@ def servers(shipped_rbac: ControlPlane, k8s_namespace: str) -> Iterator[tuple]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ports = []
-        core_port, core_ready = _port(host), _port("127.0.0.1")
+        core_port, core_ready = free_port(host), free_port("127.0.0.1")
         corefile = cp.directory / f"Corefile-{k8s_namespace}"
         corefile.write_text(COREFILE.format(port=core_port, host=host, ready=core_ready,
                                             kubeconfig=cp.kubeconfig(host=True)))  # fmt: skip
         procs.append(subprocess.Popen([_coredns(), "-conf", str(corefile)],
                                       stdout=subprocess.DEVNULL))  # fmt: skip
         ports.append((core_port, core_ready))
-        ours, ready = _port(host), _port("127.0.0.1")
+        ours, ready = free_port(host), free_port("127.0.0.1")
         kubeconfig = cp.token_kubeconfig("kube-system", "netplane-dns", host=True)
         procs.append(subprocess.Popen(
             [NETPLANE, "dns", "serve", "--kubeconfig", str(kubeconfig), "--listen",
