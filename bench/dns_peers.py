@@ -202,7 +202,7 @@ class Probe:
     """A service's A question and its cluster IP: answered right over UDP and TCP means
     serving. CoreDNS's /ready says 200 once its informers have synced, but it binds its
     DNS sockets only after every plugin's start-up hook returns, and the kubernetes
-    plugin's notices the sync on a 100 ms tick; until then queries are refused."""
+    plugin's hook notices the sync on a 100 ms tick; until then queries are refused."""
 
     host: str
     port: int
