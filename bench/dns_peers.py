@@ -210,7 +210,7 @@ class Probe:
     address: str
 
     def answered(self) -> bool:
-        from dnslib import QTYPE, DNSRecord
+        from dnslib import QTYPE, DNSError, DNSRecord
 
         query = DNSRecord.question(self.name, "A")
         packet = query.pack()
@@ -223,7 +223,7 @@ class Probe:
             with socket.create_connection((self.host, self.port), timeout=0.2) as s:
                 s.sendall(len(packet).to_bytes(2, "big") + packet)
                 tcp = DNSRecord.parse(_read_tcp_message(s))
-        except (OSError, ValueError):
+        except (OSError, ValueError, DNSError):  # not listening yet, or not a DNS reply
             return False
         return all(
             reply.header.id == query.header.id
