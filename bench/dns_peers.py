@@ -29,7 +29,6 @@ import contextlib
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -212,23 +211,19 @@ class Probe:
     def answered(self) -> bool:
         from dnslib import QTYPE, DNSError, DNSRecord
 
+        from netplane.dns.forward import exchange
+
         query = DNSRecord.question(self.name, "A")
         packet = query.pack()
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(0.2)
-                s.connect((self.host, self.port))
-                s.send(packet)
-                udp = DNSRecord.parse(s.recv(4096))
-            with socket.create_connection((self.host, self.port), timeout=0.2) as s:
-                s.sendall(len(packet).to_bytes(2, "big") + packet)
-                tcp = DNSRecord.parse(_read_tcp_message(s))
-        except (OSError, ValueError, DNSError):  # not listening yet, or not a DNS reply
+            replies = [DNSRecord.parse(exchange(packet, self.host, self.port, 0.2, tcp))
+                       for tcp in (False, True)]  # fmt: skip
+        except (OSError, DNSError):  # not listening yet, or not a DNS reply
             return False
         return all(
             reply.header.id == query.header.id
             and [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A] == [self.address]
-            for reply in (udp, tcp)
+            for reply in replies
         )
 
     def wait(self, proc: subprocess.Popen[Any], timeout: float = 60) -> float:
@@ -240,16 +235,6 @@ class Probe:
                 return time.monotonic()
             time.sleep(0.01)
         raise TimeoutError(f"ready, but {self.name} not answered with {self.address}")
-
-
-def _read_tcp_message(s: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ValueError("connection closed mid-message")
-        data += chunk
-    return data[2 : 2 + int.from_bytes(data[:2], "big")]
 
 
 @contextlib.contextmanager

@@ -71,10 +71,10 @@ class Forwarder:
         wire = request.pack()
         for host, port in self.upstreams:
             try:
-                data = _exchange(wire, host, port, self.timeout, tcp=False)
+                data = exchange(wire, host, port, self.timeout, tcp=False)
                 reply = DNSRecord.parse(data)
                 if reply.header.tc:
-                    reply = DNSRecord.parse(_exchange(wire, host, port, self.timeout, tcp=True))
+                    reply = DNSRecord.parse(exchange(wire, host, port, self.timeout, tcp=True))
             except (OSError, Exception) as e:  # a bad upstream must not stop the next one
                 log.debug("upstream %s:%d failed for %s: %s", host, port, qname, e)
                 continue
@@ -83,7 +83,9 @@ class Forwarder:
         return None
 
 
-def _exchange(wire: bytes, host: str, port: int, timeout: float, tcp: bool) -> bytes:
+def exchange(wire: bytes, host: str, port: int, timeout: float, tcp: bool) -> bytes:
+    """One query's reply over UDP (connected: a refusal is an error at once, not a timeout)
+    or TCP (length-framed); OSError when there is none."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     with socket.socket(family, kind) as s:
