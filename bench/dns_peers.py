@@ -35,14 +35,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netplane.bench._bytecode import compile_netplane
-from netplane.bench.dns_perf import dnsperf, find_coredns, service_manifests
+from netplane.bench.dns_perf import dnsperf, find_coredns, service_manifests, wait_ready
 from netplane.testing.ports import free_port
 from netplane.testing.procs import stop_process
 
@@ -181,21 +180,6 @@ def cpu_seconds(pid: int) -> float:
     return round(total / tick, 2)
 
 
-def _ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited during start-up")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return time.monotonic()
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise TimeoutError("not ready")
-
-
 @dataclass(frozen=True)
 class Probe:
     """A service's A question and its cluster IP: answered right over UDP and TCP means
@@ -251,7 +235,7 @@ def _serving(
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
         try:
-            ready_at = _ready(ready_port, proc)
+            ready_at = wait_ready(ready_port, proc)
             cpu = cpu_seconds(proc.pid)
             answers_at = probe.wait(proc)
         except (RuntimeError, TimeoutError) as e:

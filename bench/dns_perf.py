@@ -161,19 +161,22 @@ def _field(pattern: str, text: str) -> str:
     return m.group(1)
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_ready(port: int, proc: subprocess.Popen[Any], timeout: float = 300.0) -> float:
+    """When (time.monotonic()) a DNS server's /ready on 127.0.0.1:PORT first said 200,
+    polled every 10 ms (a start's time to ready is measured by it); raises if PROC exits
+    first or TIMEOUT passes."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError("netplane dns serve exited during start-up")
+            raise RuntimeError(f"{proc.args!r} exited during start-up")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
                 if r.status == 200:
-                    return
+                    return time.monotonic()
         except OSError:
             pass
-        time.sleep(0.1)
-    raise TimeoutError("server not ready")
+        time.sleep(0.01)
+    raise TimeoutError(f"{proc.args!r} not ready after {timeout:g} s")
 
 
 def _floor_server(manifests: str, host: str, port: int, ready: EventLike) -> None:
@@ -420,7 +423,7 @@ def run(quick: bool = False, output_dir: str | Path | None = None, workers: int 
                                  "--ready-addr", f"127.0.0.1:{ready_port}",
                                  "--metrics-addr", "off", "--health-addr", "off"])  # fmt: skip
         try:
-            _wait_ready(ready_port, proc)
+            wait_ready(ready_port, proc)
             ours: dict[str, Any] = {
                 "startup_s": round(time.monotonic() - t0, 2),
                 "workers": workers,

@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import dns.rdatatype
 import pytest
 
 from netplane.bench.dns_peers import Probe
-from netplane.bench.dns_perf import find_coredns
+from netplane.bench.dns_perf import find_coredns, wait_ready
 from netplane.testing import anchors
 from netplane.testing.controlplane import ControlPlane
 from netplane.testing.ports import free_port
@@ -51,20 +49,6 @@ def _coredns() -> str:
     if found is None:
         pytest.fail("CoreDNS not built: run `netplane anchors build coredns`", pytrace=False)
     return found
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{proc.args!r} exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{proc.args!r} not ready")
 
 
 def _objects(ns: str) -> list[dict]:
@@ -159,7 +143,7 @@ def servers(shipped_rbac: ControlPlane, k8s_namespace: str) -> Iterator[tuple]:
         web = cp.api.get(f"/api/v1/namespaces/{k8s_namespace}/services/web")
         web_ip = web["spec"]["clusterIP"]
         for proc, (port, ready_port) in zip(procs, ports, strict=True):
-            _wait_ready(ready_port, proc)  # then answering: CoreDNS binds after /ready says 200
+            wait_ready(ready_port, proc, timeout=120)  # then answering: CoreDNS binds later
             Probe(host, port, f"web.{k8s_namespace}.svc.cluster.local.", web_ip).wait(proc)
         yield host, ports[0][0], ports[1][0], _questions(k8s_namespace, empty, web_ip)
     finally:
