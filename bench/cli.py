@@ -206,14 +206,24 @@ def _run_plugged(benchmark: str, module: str, what: str, output_dir: Path, **opt
     default=None,
     help="Beside the real CoreDNS (kubernetes plugin), both fed by one real kube-apiserver.",
 )
+@click.option(
+    "--services",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="With --peer: Services (one EndpointSlice of 5 endpoints each) created through the "
+    "API server.  [default: 10,000; 1,000 with --quick]",
+)
 @_quick
 @_output_dir
-def dns(peer: str | None, quick: bool, output_dir: Path) -> None:
+def dns(peer: str | None, services: int | None, quick: bool, output_dir: Path) -> None:
     """Cluster DNS QPS and latency under dnsperf (see bench/README.md, DNS benchmark)."""
     if peer is not None:
         _run_plugged("dns-peers", "netplane.bench.dns_peers", "the DNS peer benchmark",
-                     output_dir, quick=quick, peer=peer)  # fmt: skip
+                     output_dir, quick=quick, peer=peer, services=services)  # fmt: skip
         return
+    if services is not None:
+        raise click.UsageError("--services needs --peer (the benchmark without a peer serves "
+                               "its fixed 10,000 from manifests)")  # fmt: skip
     _run_plugged("dns", "netplane.bench.dns_perf", "the DNS benchmark", output_dir, quick=quick)
 
 

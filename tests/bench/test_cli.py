@@ -78,6 +78,27 @@ def test_missing_benchmark_module_is_reported_not_crashed(monkeypatch):
     assert result.exit_code == 1 and "not available yet" in result.output
 
 
+def test_dns_services_go_to_the_peer_benchmark_only(monkeypatch, tmp_path):
+    import netplane.bench.cli as bench_cli
+
+    calls = []
+
+    class Peers:
+        @staticmethod
+        def run(**options):
+            calls.append(options)
+            return {"series": []}
+
+    monkeypatch.setattr(bench_cli, "_import", lambda module, what: Peers)
+    out = str(tmp_path)
+    result = _invoke("dns", "--peer", "coredns", "--services", "2000", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    assert calls == [{"quick": False, "peer": "coredns", "services": 2000}]
+    result = CliRunner().invoke(cli, ["bench", "dns", "--services", "2000"])
+    assert result.exit_code == 2 and "--services needs --peer" in result.output
+    assert len(calls) == 1
+
+
 def test_plugged_results_keep_their_data(tmp_path):
     from netplane.bench.cli import _plugged
 
