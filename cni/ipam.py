@@ -15,6 +15,7 @@ from typing import Any
 from netplane.cni.spec import (
     INTERNAL,
     INVALID_CONFIG,
+    INVALID_ENV,
     IO_FAILURE,
     PLUGIN_NOT_AVAILABLE,
     CniError,
@@ -46,6 +47,8 @@ class IpamConf:
     routes: tuple[dict[str, str], ...]
     data_dir: str
     resolv_conf: str
+    # addresses asked for (CNI_ARGS IP=, args.cni.ips, runtimeConfig.ips), in that order
+    requested: tuple[IPAddr, ...] = ()
 
 
 def _bad(msg: str) -> CniError:
@@ -81,16 +84,24 @@ def parse_range(entry: dict[str, Any]) -> Range:
     return Range(subnet, start, end, addr("gateway", subnet.network_address + 1))
 
 
-def parse_conf(conf: dict[str, Any]) -> IpamConf:
+def parse_conf(conf: dict[str, Any], args: dict[str, str] | None = None) -> IpamConf:
+    """The IPAM section of CONF as host-local reads it, with what the runtime adds: range sets
+    from `runtimeConfig.ipRanges` (the `ipRanges` capability) go first, and the addresses
+    asked for, from CNI_ARGS `IP=` (ARGS), `args.cni.ips` and `runtimeConfig.ips` (the `ips`
+    capability)."""
     ipam = conf.get("ipam") or {}
+    runtime = conf.get("runtimeConfig") or {}
     raw_sets = ipam.get("ranges")
     if not raw_sets and ipam.get("subnet"):
         raw_sets = [
             [{k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}]
         ]
-    if not raw_sets or not isinstance(raw_sets, list):
+    if raw_sets and not isinstance(raw_sets, list):
+        raise _bad("ipam.ranges must be a list of range sets")
+    raw_sets = [*_list(runtime, "ipRanges", "runtimeConfig"), *(raw_sets or [])]
+    if not raw_sets:
         raise _bad("no IP ranges specified")
-    rangesets = []
+    rangesets: list[tuple[Range, ...]] = []
     for rs in raw_sets:
         if not isinstance(rs, list) or not rs:
             raise _bad("empty range set")
@@ -99,9 +110,11 @@ def parse_conf(conf: dict[str, Any]) -> IpamConf:
             raise _bad("mixed address families in one range set")
         for i, a in enumerate(ranges):
             for b in ranges[i + 1 :]:
-                same = a.start.version == b.start.version
-                if same and a.start <= b.end and b.start <= a.end:  # type: ignore[operator]
+                if _overlap(a, b):
                     raise _bad(f"range set has overlapping ranges {a.subnet} and {b.subnet}")
+        for i, other in enumerate(rangesets):
+            if any(_overlap(a, b) for a in other for b in ranges):
+                raise _bad(f"range set {i} overlaps with {len(rangesets)}")
         rangesets.append(ranges)
     routes = ipam.get("routes") or []
     for r in routes:
@@ -115,7 +128,40 @@ def parse_conf(conf: dict[str, Any]) -> IpamConf:
         routes=tuple(routes),
         data_dir=str(ipam.get("dataDir", "")),
         resolv_conf=str(ipam.get("resolvConf", "")),
+        requested=_requested(conf, args or {}),
     )
+
+
+def _overlap(a: Range, b: Range) -> bool:
+    if a.start.version != b.start.version:
+        return False
+    return a.start <= b.end and b.start <= a.end  # type: ignore[operator]  # one family
+
+
+def _list(section: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = section.get(key) or []
+    if not isinstance(value, list):
+        raise _bad(f"{where}.{key} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _address(text: Any, where: str, code: int = INVALID_CONFIG) -> IPAddr:
+    """An address as CNI's ip.IP reads it: with or without a prefix length."""
+    try:
+        return ipaddress.ip_interface(str(text)).ip
+    except ValueError:
+        raise CniError(code, f"{where}: invalid IP address {text!r}") from None
+
+
+def _requested(conf: dict[str, Any], args: dict[str, str]) -> tuple[IPAddr, ...]:
+    found: list[IPAddr] = []
+    if args.get("IP"):
+        found.append(_address(args["IP"], "CNI_ARGS IP", INVALID_ENV))
+    cni_args = (conf.get("args") or {}).get("cni") or {}
+    found += [_address(ip, "args.cni.ips") for ip in _list(cni_args, "ips", "args.cni")]
+    runtime = conf.get("runtimeConfig") or {}
+    found += [_address(ip, "runtimeConfig.ips") for ip in _list(runtime, "ips", "runtimeConfig")]
+    return tuple(dict.fromkeys(found))  # one request per address, first order kept
 
 
 def _candidates(ranges: tuple[Range, ...], last: str) -> Iterator[IPAddr]:
@@ -148,24 +194,30 @@ def _span(r: Range, lo: IPAddr, hi: IPAddr) -> Iterator[IPAddr]:
 
 
 def allocate(conf: IpamConf, env: Env) -> dict[str, Any]:
-    """ADD: one address per range set, all or nothing."""
+    """ADD: one address per range set (the one asked for, if any lies in it), all or nothing."""
     dns = resolv_dns(conf.resolv_conf)  # before reserving: a failure here must not leak an IP
     store = Store(conf.network, conf.data_dir)
     ips: list[dict[str, str]] = []
+    wanted = list(conf.requested)
     with store.locked():
         held = [ipaddress.ip_address(ip) for ip in store.owned_by(env.container_id, env.ifname)]
         try:
             for idx, ranges in enumerate(conf.rangesets):
-                dup = [ip for ip in held if any(ip in r for r in ranges)]
-                if dup:
-                    raise CniError(
-                        INTERNAL,
-                        f"{dup[0]} has been allocated to {env.container_id}, "
-                        "duplicate allocation is not allowed",
-                    )
-                ip = _reserve_one(store, ranges, idx, env)
+                asked = next((ip for ip in wanted if any(ip in r for r in ranges)), None)
+                try:
+                    if asked is not None:
+                        wanted.remove(asked)
+                        ip = _reserve_asked(store, ranges, idx, env, asked)
+                    else:
+                        ip = _reserve_one(store, ranges, idx, env, held)
+                except CniError as e:
+                    raise CniError(e.code, f"failed to allocate for range {idx}: {e.msg}") from None
                 r = next(r for r in ranges if ip in r)
                 ips.append({"address": f"{ip}/{r.subnet.prefixlen}", "gateway": str(r.gateway)})
+            if wanted:
+                raise CniError(
+                    INTERNAL, "failed to allocate all requested IPs: " + " ".join(map(str, wanted))
+                )
         except BaseException:
             for ip_json in ips:
                 store.release(ip_json["address"].split("/")[0])
@@ -176,12 +228,34 @@ def allocate(conf: IpamConf, env: Env) -> dict[str, Any]:
     return result
 
 
-def _reserve_one(store: Store, ranges: tuple[Range, ...], idx: int, env: Env) -> IPAddr:
+def _describe(ranges: tuple[Range, ...]) -> str:
+    return ",".join(f"{r.start}-{r.end}" for r in ranges)
+
+
+def _reserve_asked(store: Store, ranges: tuple[Range, ...], idx: int, env: Env,
+                   ip: IPAddr) -> IPAddr:  # fmt: skip
+    """The address asked for; as in host-local, no duplicate check for the attachment."""
+    if any(ip in r and ip == r.gateway for r in ranges):
+        raise CniError(INTERNAL, f"requested ip {ip} is subnet's gateway")
+    if not store.reserve(env.container_id, env.ifname, str(ip), idx):
+        raise CniError(
+            INTERNAL,
+            f"requested IP address {ip} is not available in range set {_describe(ranges)}",
+        )
+    return ip
+
+
+def _reserve_one(store: Store, ranges: tuple[Range, ...], idx: int, env: Env,
+                 held: list[IPAddr]) -> IPAddr:  # fmt: skip
+    dup = [ip for ip in held if any(ip in r for r in ranges)]
+    if dup:
+        owner = env.container_id
+        raise CniError(INTERNAL, f"{dup[0]} has been allocated to {owner}, "
+                                 "duplicate allocation is not allowed")  # fmt: skip
     for ip in _candidates(ranges, store.last_reserved(idx)):
         if store.reserve(env.container_id, env.ifname, str(ip), idx):
             return ip
-    desc = ",".join(f"{r.start}-{r.end}" for r in ranges)
-    raise CniError(INTERNAL, f"no IP addresses available in range set: {desc}")
+    raise CniError(INTERNAL, f"no IP addresses available in range set: {_describe(ranges)}")
 
 
 def release(conf: IpamConf, env: Env) -> None:
@@ -253,7 +327,7 @@ def resolv_dns(path: str) -> dict[str, Any]:
 
 def run(command: str, conf: dict[str, Any], env: Env) -> dict[str, Any] | None:
     """One IPAM command on a full network config; the bridge calls this in-process."""
-    ipam_conf = parse_conf(conf)
+    ipam_conf = parse_conf(conf, env.args)
     if command == "ADD":
         return allocate(ipam_conf, env)
     if command == "DEL":

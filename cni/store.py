@@ -67,9 +67,10 @@ class Store:
             return ""
 
     def allocations(self) -> Iterator[tuple[str, str, str]]:
-        """(ip, containerID, ifname) for every reservation; old files without ifname give ''."""
+        """(ip, containerID, ifname) for every reservation, in host-local's order (file names
+        sorted, as Go's filepath.Walk reads them); old files without ifname give ''."""
         try:
-            names = os.listdir(self.dir)
+            names = sorted(os.listdir(self.dir))
         except FileNotFoundError:
             return
         for name in names:

@@ -208,6 +208,9 @@ def _remove_empty_dirs(*tops: str) -> None:
         time.sleep(0.25)
 
 
+IP_FORMAT = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+
+
 def test_podman_cni_backend_version_add_del(netns, base, agents):
     _need("podman", "conmon", "runc")
     host = netns.new()
@@ -250,22 +253,26 @@ network_config_dir = "{conf_dir}"
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"podman {args}: {proc.stderr}")
-        return proc.stdout.strip()
+        return (proc.stdout if proc.returncode == 0 else proc.stderr).strip()
 
     try:
         with open(f"{base}/rootfs.tar", "wb") as f:
             f.write(busybox_layer())
         podman("import", "--change", "ENV PATH=/bin", f"{base}/rootfs.tar", IMAGE)
         podman("run", "-d", "--name", f"pm{tag}", "--network", network, IMAGE, "sleep", "600")
-        ip = podman(
-            "inspect",
-            f"pm{tag}",
-            "--format",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        )
+        ip = podman("inspect", f"pm{tag}", "--format", IP_FORMAT)
         assert ip.startswith("10.124.7."), ip
         assert _ping(host, ip)
-        podman("rm", "-f", "-t", "0", f"pm{tag}")
+        # `--ip`: podman asks for the address, netplane-ipam reserves that one
+        fixed = ("--network", network, "--ip", "10.124.7.50", IMAGE, "sleep", "600")
+        podman("run", "-d", "--name", f"pq{tag}", *fixed)
+        assert podman("inspect", f"pq{tag}", "--format", IP_FORMAT) == "10.124.7.50"
+        assert _ping(host, "10.124.7.50")
+        assert store_files(f"{base}/ipam", network) == {ip, "10.124.7.50", "last_reserved_ip.0"}
+        taken = podman("run", "-d", "--name", f"pr{tag}", *fixed, check=False)
+        assert "not available" in taken, taken  # refused, and nothing more reserved
+        assert store_files(f"{base}/ipam", network) == {ip, "10.124.7.50", "last_reserved_ip.0"}
+        podman("rm", "-f", "-i", "-t", "0", f"pm{tag}", f"pq{tag}", f"pr{tag}")
         commands = [c.split()[0] for c in _calls(log)]
         assert commands[:2] == ["VERSION", "ADD"] and "DEL" in commands[2:], commands
         assert store_files(f"{base}/ipam", network) <= {"last_reserved_ip.0"}
