@@ -86,10 +86,11 @@ def _agent_side(pods: list[str], conf: bytes, profile: bool) -> dict[str, Any]:
                 if profiler is not None:
                     profiler.enable()
                 start = time.perf_counter()
-                reply = answer(data, fds, own)
+                reply, sent = answer(data, fds, own)
                 times[command].append(time.perf_counter() - start)
                 if profiler is not None:
                     profiler.disable()
+                sent()  # after the reply, as the agent does: not the runtime's wait
             finally:
                 for fd in fds:
                     os.close(fd)

@@ -17,6 +17,7 @@ import array
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 
+from netplane.cni import inflight
 from netplane.cni.client import DECLINED, MAX_FDS, decode_request
 from netplane.cni.commands import handle
 from netplane.cni.plugin import respond
@@ -55,24 +57,34 @@ def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return b"".join(chunks), fds
 
 
-def answer(data: bytes, fds: list[int], own_netns: tuple[int, int]) -> bytes:
-    """The reply frame for one request frame (see client.py for the format)."""
+def answer(
+    data: bytes, fds: list[int], own_netns: tuple[int, int]
+) -> tuple[bytes, Callable[[], None]]:
+    """The reply frame for one request frame (see client.py for the format), and what to do
+    once it has been sent."""
     try:
         env, stdin = decode_request(data)
     except ValueError as exc:
-        return DECLINED + f"\nbad request: {exc}".encode()
+        return DECLINED + f"\nbad request: {exc}".encode(), _nothing
     if not fds:
-        return DECLINED + b"\nno network namespace descriptor came with the request"
+        return DECLINED + b"\nno network namespace descriptor came with the request", _nothing
     st = os.fstat(fds[0])
     if (st.st_dev, st.st_ino) != own_netns:
-        return DECLINED + b"\ncaller is in another network namespace than the agent"
+        return DECLINED + b"\ncaller is in another network namespace than the agent", _nothing
     sandbox = fds[1] if len(fds) > 1 else None
 
     def with_sandbox(cni_env, conf, environ):  # type: ignore[no-untyped-def]
         return handle(dataclasses.replace(cni_env, netns_fd=sandbox), conf, environ)
 
     code, stdout = respond(with_sandbox, env, stdin)
-    return b"%d\n%s" % (code, (stdout + "\n" if stdout else "").encode())
+    reply = b"%d\n%s" % (code, (stdout + "\n" if stdout else "").encode())
+    if code == 0 and env.get("CNI_COMMAND") == "ADD":
+        return reply, functools.partial(inflight.delivered, env, stdin)
+    return reply, _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -82,8 +94,9 @@ class _Handler(socketserver.BaseRequestHandler):
         fds: list[int] = []
         try:
             data, fds = receive(sock)
-            reply = answer(data, fds, self.server.netns)  # type: ignore[attr-defined]
+            reply, sent = answer(data, fds, self.server.netns)  # type: ignore[attr-defined]
             sock.sendall(reply)
+            sent()
         except OSError as exc:
             log.warning("request dropped: %s", exc)
         finally:

@@ -31,4 +31,8 @@ def main() -> None:
         out = (text + "\n").encode() if text else b""
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
+    if reply is None and code == 0 and os.environ.get("CNI_COMMAND") == "ADD":
+        from netplane.cni.inflight import delivered
+
+        delivered(os.environ, stdin)  # the agent does this itself for what it answers
     sys.exit(code)

@@ -155,10 +155,12 @@ class Agents:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, host: str, sock: str, *extra: str) -> subprocess.Popen:
+    def start(self, host: str, sock: str, *extra: str, netplane: tuple[str, ...] = (NETPLANE,)
+              ) -> subprocess.Popen:  # fmt: skip
+        """`netplane cni agent` (NETPLANE: the command that runs netplane) in HOST, serving."""
         before = os.stat(sock).st_ino if os.path.exists(sock) else None
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", host, NETPLANE, "cni", "agent", "--socket", sock, *extra],
+            ["ip", "netns", "exec", host, *netplane, "cni", "agent", "--socket", sock, *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,

@@ -199,6 +199,56 @@ def test_add_interrupted_by_a_crash_is_redone_on_retry(agent, netns, data_dir, l
     assert nat_rules(host) == []
 
 
+# The agent with a pause between an ADD's work and its reply, announced in the file argv[1].
+_SLOW_REPLY = """
+import sys, time
+import netplane.cni.agent as agent
+work, replying = agent.answer, sys.argv.pop(1)
+def answer(*args):
+    reply = work(*args)
+    open(replying, "w").close()
+    time.sleep(60)
+    return reply
+agent.answer = answer
+from netplane.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_agent_killed_between_the_work_and_the_reply_then_retry_succeeds(
+    agents, netns, data_dir, launcher, tmp_path
+):
+    """The ADD's work is done when the agent dies, its result not sent: the launcher tells the
+    runtime to try again (code 11), so the retry must succeed, not meet "already exists"."""
+    host, sandbox = netns.new(), netns.new()
+    sock, replying = str(tmp_path / "run" / "cni.sock"), tmp_path / "replying"
+    python = os.path.join(VENV_BIN, "python")
+    slow = agents.start(host, sock, netplane=(python, "-c", _SLOW_REPLY, str(replying)))
+    conf, env = bridge_conf(data_dir), {"NETPLANE_CNI_SOCKET": sock}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            invoke, "ADD", conf, host=host, sandbox=sandbox, container_id="w1", env=env,
+            binary=launcher,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not replying.exists():
+            assert time.monotonic() < deadline and not pending.done(), pending
+            time.sleep(0.01)
+        os.killpg(slow.pid, signal.SIGKILL)
+        first = pending.result()
+    slow.wait()
+    assert first.rc == 1 and first.out["code"] == 11, first
+    assert "eth0" in links(sandbox)  # the work of the first ADD is there
+    agents.start(host, sock)
+    retry = invoke("ADD", conf, host=host, sandbox=sandbox, container_id="w1", env=env)
+    assert retry.rc == 0, retry
+    assert invoke("DEL", conf, host=host, sandbox=sandbox, container_id="w1", env=env).rc == 0
+    assert set(links(host)) <= {"lo", "npbr0"} and set(links(sandbox)) == {"lo"}
+    assert store_files(data_dir) <= {"last_reserved_ip.0"}
+    assert nat_rules(host) == []
+
+
 @pytest.mark.slow
 def test_agent_killed_at_any_point_of_add_then_retry_succeeds(agents, netns, data_dir, launcher):
     """The real thing: kill -9 the whole agent while ADDs are in flight, start a new one,
