@@ -91,7 +91,7 @@ def _add(
         undo.append(lambda: delegate.run("DEL", raw, env, environ))
         result.update(_layer3(conf, ipam_result))
         _configure_l3(conf, env, host, ctr, ctr_fd, br, ctr_index, result, undo)
-    else:
+    elif not conf.disable_container_interface:
         ctr.set_link(ctr_index, up=True)
     result["interfaces"][0]["mac"] = netops.mac_of(host, br)  # final: ports may move it
     if conf.dns:

@@ -39,6 +39,7 @@ class BridgeConf:
     preserve_default_vlan: bool = True
     enable_dad: bool = False
     port_isolation: bool = False
+    disable_container_interface: bool = False  # layer 2 only: the container end stays down
     mac: str = ""
     ipam: dict[str, Any] = field(default_factory=dict)
     dns: dict[str, Any] = field(default_factory=dict)
@@ -72,7 +73,6 @@ def _typed(conf: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 _UNSUPPORTED_UNLESS_DEFAULT = {
     "vlanTrunk": (None, []),
     "macspoofchk": (None, False),
-    "disableContainerInterface": (None, False),
 }
 
 
@@ -100,6 +100,9 @@ def parse(conf: dict[str, Any], env: Env) -> BridgeConf:
     if mtu < 0:
         raise CniError(INVALID_CONFIG, f"invalid MTU {mtu}")
     ipam = _typed(conf, "ipam", dict, {})
+    disabled = _typed(conf, "disableContainerInterface", bool, False)
+    if disabled and ipam.get("type"):
+        raise CniError(INVALID_CONFIG, "cannot use IPAM when disableContainerInterface is set")
     prev = conf.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise CniError(INVALID_CONFIG, "prevResult is not an object")
@@ -119,6 +122,7 @@ def parse(conf: dict[str, Any], env: Env) -> BridgeConf:
         preserve_default_vlan=_typed(conf, "preserveDefaultVlan", bool, True),
         enable_dad=_typed(conf, "enabledad", bool, False),
         port_isolation=_typed(conf, "portIsolation", bool, False),
+        disable_container_interface=disabled,
         mac=_mac(conf, env),
         ipam=ipam,
         dns=_typed(conf, "dns", dict, {}),

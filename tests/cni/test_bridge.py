@@ -103,7 +103,24 @@ def test_layer2_only_without_ipam(pair):
     reply = invoke("ADD", conf, host=host, sandbox=sandbox)
     assert reply.rc == 0, reply
     assert "ips" not in reply.out and len(reply.out["interfaces"]) == 3
+    assert "UP" in links(sandbox)["eth0"]["flags"]
     assert invoke("DEL", conf, host=host, sandbox=sandbox).rc == 0
+
+
+def test_disable_container_interface_leaves_it_down(pair):
+    """The reference's disableContainerInterface (plugins v1.4.1): layer 2 only, the container
+    end is created and attached but left down for the workload to bring up."""
+    host, sandbox = pair
+    conf = {"cniVersion": "1.0.0", "name": "l2", "type": "netplane-bridge", "bridge": "npl2",
+            "disableContainerInterface": True}  # fmt: skip
+    reply = invoke("ADD", conf, host=host, sandbox=sandbox)
+    assert reply.rc == 0, reply
+    assert "UP" not in links(sandbox)["eth0"]["flags"]
+    assert links(host)[reply.out["interfaces"][1]["name"]]["master"] == "npl2"
+    check = invoke("CHECK", {**conf, "prevResult": reply.out}, host=host, sandbox=sandbox)
+    assert check.rc == 0, check
+    assert invoke("DEL", conf, host=host, sandbox=sandbox).rc == 0
+    assert set(links(host)) <= {"lo", "npl2"} and set(links(sandbox)) == {"lo"}
 
 
 def _vlan_filtering_supported(ns: str) -> bool:
@@ -166,6 +183,13 @@ def test_promisc(pair, data_dir):
         (b'{"cniVersion": "9.9.9", "name": "x"}', (), 1),
         (b'{"cniVersion": "1.0.0", "name": "x", "macspoofchk": true}', (), 2),
         (b'{"cniVersion": "1.0.0", "name": "x", "vlanTrunk": [{"id": 5}]}', (), 2),
+        (
+            b'{"cniVersion": "1.0.0", "name": "x", "disableContainerInterface": true, "ipam": '
+            b'{"type": "netplane-ipam"}}',
+            (),
+            7,
+        ),
+        (b'{"cniVersion": "1.0.0", "name": "x", "disableContainerInterface": 1}', (), 7),
         (b'{"cniVersion": "1.0.0", "name": "x", "vlan": 5000}', (), 7),
         (b'{"cniVersion": "1.0.0", "name": "x", "hairpinMode": true, "promiscMode": true}', (), 7),
         (b'{"cniVersion": "1.0.0", "name": "x"}', ("CNI_COMMAND",), 4),
