@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from netplane.cni import delegate, inflight, masq, netops
+from netplane.cni import delegate, inflight, masq, netops, spoofcheck
 from netplane.cni.config import BridgeConf, parse
 from netplane.cni.rtnl import Rtnl
 from netplane.cni.spec import INTERNAL, INVALID_CONFIG, CniError, Env
@@ -74,6 +74,10 @@ def _add(
         conf.vlan,
         conf.preserve_default_vlan,
     )
+    if conf.mac_spoof_check:
+        ref = spoofcheck.ref_id(env.container_id, env.ifname)
+        undo.append(lambda: spoofcheck.teardown(ref))
+        spoofcheck.setup(host_name, ctr_link.mac, ref)
     ctr_index = ctr_link.index
     result: dict[str, Any] = {
         "interfaces": [
@@ -190,6 +194,8 @@ def _teardown(conf: BridgeConf, env: Env, raw: dict[str, Any], environ: Mapping[
         host.close()
     if conf.ipam_type:
         delegate.run("DEL", raw, env, environ)
+    if conf.mac_spoof_check:
+        spoofcheck.teardown(spoofcheck.ref_id(env.container_id, env.ifname))
     if conf.ip_masq:
         if had:
             masq.teardown_known(conf.name, env.container_id, had)

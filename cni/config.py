@@ -40,6 +40,7 @@ class BridgeConf:
     enable_dad: bool = False
     port_isolation: bool = False
     disable_container_interface: bool = False  # layer 2 only: the container end stays down
+    mac_spoof_check: bool = False  # macspoofchk: the container's frames keep its MAC
     mac: str = ""
     ipam: dict[str, Any] = field(default_factory=dict)
     dns: dict[str, Any] = field(default_factory=dict)
@@ -70,9 +71,8 @@ def _typed(conf: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 
 
 # Keys the reference accepts that netplane does not implement: refused only when not default.
-_UNSUPPORTED_UNLESS_DEFAULT = {
+_UNSUPPORTED_UNLESS_DEFAULT: dict[str, tuple[Any, ...]] = {
     "vlanTrunk": (None, []),
-    "macspoofchk": (None, False),
 }
 
 
@@ -123,6 +123,7 @@ def parse(conf: dict[str, Any], env: Env) -> BridgeConf:
         enable_dad=_typed(conf, "enabledad", bool, False),
         port_isolation=_typed(conf, "portIsolation", bool, False),
         disable_container_interface=disabled,
+        mac_spoof_check=_typed(conf, "macspoofchk", bool, False),
         mac=_mac(conf, env),
         ipam=ipam,
         dns=_typed(conf, "dns", dict, {}),

@@ -139,6 +139,12 @@ def links(ns: str) -> dict[str, dict[str, Any]]:
     return {link["ifname"]: link for link in ns_json(ns, "-d", "link", "show")}
 
 
+def ping(ns: str, ip: str) -> bool:
+    """One echo from NS to IP answered within 2 s."""
+    cmd = ["ip", "netns", "exec", ns, "busybox", "ping", "-c1", "-W2", ip]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
 def nat_rules(ns: str) -> list[str]:
     out = _run("ip", "netns", "exec", ns, "iptables-save", "-t", "nat")
     return [line for line in out.splitlines() if line.startswith(("-A", ":CNI"))]

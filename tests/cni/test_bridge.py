@@ -15,6 +15,7 @@ from cniutil import (
     nat_rules,
     netns_path,
     ns_json,
+    ping,
     store_files,
 )
 
@@ -123,6 +124,44 @@ def test_disable_container_interface_leaves_it_down(pair):
     assert set(links(host)) <= {"lo", "npl2"} and set(links(sandbox)) == {"lo"}
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_macspoofchk_drops_frames_with_another_source_mac(netns, data_dir, check):
+    """With macspoofchk the container reaches its gateway until it changes its MAC; without,
+    the same change goes through (the drop is the rule's doing, not a stale neighbour)."""
+    host, sandbox = netns.new(), netns.new()
+    conf = bridge_conf(data_dir, macspoofchk=check, ipMasq=False)
+    add = invoke("ADD", conf, host=host, sandbox=sandbox)
+    assert add.rc == 0, add
+    assert ping(sandbox, "10.88.0.1")
+    in_sandbox = ["ip", "netns", "exec", sandbox, "ip"]
+    subprocess.run([*in_sandbox, "link", "set", "eth0", "address", "02:00:5e:00:53:99"], check=True)
+    for ns in (host, sandbox):
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "all"], check=True)
+    assert ping(sandbox, "10.88.0.1") is not check
+    assert invoke("DEL", {**conf, "prevResult": add.out}, host=host, sandbox=sandbox).rc == 0
+    assert "cni-br-iface" not in _nft_ruleset(host) and "macspoofchk" not in _nft_ruleset(host)
+
+
+def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir):
+    host, first, second = netns.new(), netns.new(), netns.new()
+    conf = bridge_conf(data_dir, macspoofchk=True, ipMasq=False)
+    a = invoke("ADD", conf, host=host, sandbox=first, container_id="one")
+    b = invoke("ADD", conf, host=host, sandbox=second, container_id="two")
+    assert a.rc == 0 and b.rc == 0, (a, b)
+    assert invoke("DEL", conf, host=host, sandbox=first, container_id="one").rc == 0
+    listed = _nft_ruleset(host)
+    assert "macspoofchk-one-eth0" not in listed and "cni-br-iface-one-eth0" not in listed
+    assert listed.count("macspoofchk-two-eth0") == 4 and ping(second, "10.88.0.1")
+    assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0
+    assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0  # again
+    assert "macspoofchk" not in _nft_ruleset(host)
+
+
+def _nft_ruleset(ns: str) -> str:
+    cmd = ["ip", "netns", "exec", ns, "nft", "list", "ruleset"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
 def _vlan_filtering_supported(ns: str) -> bool:
     probe = subprocess.run(
         [
@@ -181,7 +220,7 @@ def test_promisc(pair, data_dir):
         (b"{not json", (), 6),
         (b'{"cniVersion": "1.0.0"}', (), 7),
         (b'{"cniVersion": "9.9.9", "name": "x"}', (), 1),
-        (b'{"cniVersion": "1.0.0", "name": "x", "macspoofchk": true}', (), 2),
+        (b'{"cniVersion": "1.0.0", "name": "x", "macspoofchk": "yes"}', (), 7),
         (b'{"cniVersion": "1.0.0", "name": "x", "vlanTrunk": [{"id": 5}]}', (), 2),
         (
             b'{"cniVersion": "1.0.0", "name": "x", "disableContainerInterface": true, "ipam": '
@@ -237,12 +276,13 @@ def test_add_twice_fails_and_keeps_first(pair, data_dir):
 def test_failure_mid_add_rolls_back(pair, data_dir):
     """host-local refuses a /31 after the bridge and veth exist: all of it must go."""
     host, sandbox = pair
-    conf = bridge_conf(data_dir)
+    conf = bridge_conf(data_dir, macspoofchk=True)
     conf["ipam"] = {"type": "host-local", "subnet": "10.88.0.0/31", "dataDir": data_dir}
     reply = invoke("ADD", conf, host=host, sandbox=sandbox)
     assert reply.rc != 0 and "too small" in reply.out["msg"]
     assert set(links(host)) == {"lo"}
     assert set(links(sandbox)) == {"lo"}
+    assert "macspoofchk" not in _nft_ruleset(host)  # set up before IPAM, removed with the rest
     # ...and a failure after IPAM (the bridge has another address) releases the IP too.
     conf = bridge_conf(data_dir)
     assert invoke("ADD", conf, host=host, sandbox=sandbox).rc == 0

@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from cniutil import NETPLANE, Agents, links, store_files
+from cniutil import NETPLANE, Agents, links, ping, store_files
 from crihelp import Cri
 
 from netplane.testing.oci import busybox_layer, oci_archive
@@ -78,17 +78,6 @@ def _plugin_dir(base: str, network: str, bridge: str, subnet: str) -> tuple[str,
 def _calls(log: str) -> list[str]:
     with open(log) as f:
         return [line.strip() for line in f]
-
-
-def _ping(host: str, ip: str) -> bool:
-    return (
-        subprocess.run(
-            ["ip", "netns", "exec", host, "busybox", "ping", "-c1", "-W2", ip],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
 
 
 def _wait_for(path: str, proc: subprocess.Popen, what: str) -> None:
@@ -161,7 +150,7 @@ def test_containerd_cri_add_and_double_del(netns, base, agents):
         ip = cri("PodSandboxStatus", {"pod_sandbox_id": sandbox})["status"]["network"]["ip"]
         assert ip.startswith("10.123.7.")
         assert sum(1 for link in links(host).values() if link.get("master") == bridge) == 1
-        assert _ping(host, ip)
+        assert ping(host, ip)
         cri("StopPodSandbox", {"pod_sandbox_id": sandbox})
         cri("RemovePodSandbox", {"pod_sandbox_id": sandbox})
         calls = [c for c in _calls(log) if not c.startswith("VERSION")]
@@ -262,12 +251,12 @@ network_config_dir = "{conf_dir}"
         podman("run", "-d", "--name", f"pm{tag}", "--network", network, IMAGE, "sleep", "600")
         ip = podman("inspect", f"pm{tag}", "--format", IP_FORMAT)
         assert ip.startswith("10.124.7."), ip
-        assert _ping(host, ip)
+        assert ping(host, ip)
         # `--ip`: podman asks for the address, netplane-ipam reserves that one
         fixed = ("--network", network, "--ip", "10.124.7.50", IMAGE, "sleep", "600")
         podman("run", "-d", "--name", f"pq{tag}", *fixed)
         assert podman("inspect", f"pq{tag}", "--format", IP_FORMAT) == "10.124.7.50"
-        assert _ping(host, "10.124.7.50")
+        assert ping(host, "10.124.7.50")
         assert store_files(f"{base}/ipam", network) == {ip, "10.124.7.50", "last_reserved_ip.0"}
         taken = podman("run", "-d", "--name", f"pr{tag}", *fixed, check=False)
         assert "not available" in taken, taken  # refused, and nothing more reserved

@@ -4,6 +4,8 @@ its own host namespace: the resulting kernel state and the results must be equiv
 from __future__ import annotations
 
 import copy
+import json
+import re
 import subprocess
 
 import pytest
@@ -28,7 +30,28 @@ VARIANTS = {
         },
     },
     "layer2": {"isGateway": False, "ipMasq": False, "ipam": {}},
+    "macspoofchk": {"macspoofchk": True},
 }
+
+
+def bridge_nat(ns: str) -> list:
+    """`table bridge nat` (macspoofchk's), handles dropped and what is random per run (host
+    veth names, the container's MAC) made equal."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "bridge", "nat"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    if not out:
+        return []
+    entries = []
+    for entry in json.loads(out)["nftables"]:
+        body = next(iter(entry.values()))
+        if isinstance(body, dict):
+            body.pop("handle", None)
+        text = json.dumps(entry, sort_keys=True)
+        text = re.sub(r'"veth[0-9a-f]+"', '"veth"', text)
+        entries.append(re.sub(r'"([0-9a-f]{2}:){5}[0-9a-f]{2}"', '"mac"', text))
+    return sorted(e for e in entries if '"metainfo"' not in e)
 
 
 def host_state(ns: str) -> dict:
@@ -65,6 +88,7 @@ def host_state(ns: str) -> dict:
         "addrs": {k: v for k, v in addrs.items() if v},
         "forward": forward,
         "nat": sorted(nat_rules(ns)),
+        "bridge_nat": bridge_nat(ns),
     }
 
 
