@@ -55,7 +55,7 @@ def agent(agents, netns, tmp_path):
 @pytest.mark.parametrize("through", ["launcher", "console-script"])
 def test_agent_serves_add_del(agent, netns, data_dir, launcher, through):
     host, sock = agent
-    conf = bridge_conf(data_dir)
+    conf = bridge_conf(data_dir, macspoofchk=True)  # 8 nft transactions at once too
     sandboxes = [netns.new() for _ in range(8)]
     kw = {"env": {"NETPLANE_CNI_SOCKET": sock}}
     if through == "launcher":
@@ -72,6 +72,7 @@ def test_agent_serves_add_del(agent, netns, data_dir, launcher, through):
         f"/var/run/netns/{s}" for s in sandboxes
     }
     assert sum(1 for link in links(host).values() if link.get("master") == "npbr0") == 8
+    assert all(_bridge_rules(host).count(f"macspoofchk-a{i}-eth0") == 4 for i in range(8))
     # errors come back through the agent with their codes
     bad = invoke("ADD", {**conf, "cniVersion": "7.0.0"}, host=host, sandbox=sandboxes[0], **kw)
     assert bad.rc != 0 and bad.out["code"] == 1
@@ -81,6 +82,12 @@ def test_agent_serves_add_del(agent, netns, data_dir, launcher, through):
     assert set(links(host)) == {"lo", "npbr0"}
     assert store_files(data_dir) == {"last_reserved_ip.0"}
     assert nat_rules(host) == []
+    assert "macspoofchk" not in _bridge_rules(host)
+
+
+def _bridge_rules(ns: str) -> str:
+    cmd = ["ip", "netns", "exec", ns, "nft", "list", "table", "bridge", "nat"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 def test_caller_in_another_netns_is_declined(agent, netns, data_dir, launcher):
