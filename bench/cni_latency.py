@@ -2,8 +2,9 @@
 
 Three modes: the reference `bridge` + `host-local` (Debian's containernetworking-plugins),
 netplane through the node agent (the static launcher a node runs, forwarding to
-`netplane cni agent`), and netplane in-process (the console script, no agent). Three configs:
-`plain` (isGateway, no ipMasq: the config most users run), `ipmasq`, and `hairpin`.
+`netplane cni agent`), and netplane in-process (the console script, no agent). Four configs:
+`plain` (isGateway, no ipMasq: the config most users run), `ipmasq`, `hairpin` and
+`macspoofchk` (nftables rules per pod).
 Every mode gets its own host network namespace and its own worker threads, each of which
 enters that namespace (setns is per thread; the plugins it execs inherit it), so plugins run
 as a runtime would call them, with no `ip netns exec` in the timing. The modes are
@@ -37,6 +38,7 @@ CONFIGS: dict[str, dict[str, bool]] = {
     "plain": {},
     "ipmasq": {"ipMasq": True},
     "hairpin": {"hairpinMode": True},
+    "macspoofchk": {"macspoofchk": True},
 }
 
 
@@ -244,7 +246,7 @@ def _print(results: dict[str, Any]) -> None:
         f"CNI latency, ms ({results['pods']} pods, {results['cpus']} CPUs, load average "
         f"{results['loadavg_before']} -> {results['loadavg_after']})"
     )
-    print(f"{'config':<9}{'phase':<14}{'op':<5}{'mode':<12}{'p50':>8}{'p95':>8}{'p99':>8}")
+    print(f"{'config':<13}{'phase':<14}{'op':<5}{'mode':<12}{'p50':>8}{'p95':>8}{'p99':>8}")
     modes = results["modes"]
     for config in results["configs"]:
         phases = next(iter(modes.values()))[config]
@@ -253,7 +255,7 @@ def _print(results: dict[str, Any]) -> None:
                 for kind in modes:
                     p = modes[kind][config][phase][op]
                     print(
-                        f"{config:<9}{phase:<14}{op:<5}{kind:<12}"
+                        f"{config:<13}{phase:<14}{op:<5}{kind:<12}"
                         f"{p['p50']:>8}{p['p95']:>8}{p['p99']:>8}"
                     )
 
