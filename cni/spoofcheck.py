@@ -107,10 +107,14 @@ def setup(host_iface: str, mac: str, ref: str) -> None:
 
 
 def teardown(ref: str, attempts: int = 3) -> None:
-    """Idempotent: nothing there is fine. A concurrent change between our listing and our
+    """Idempotent: nothing there is fine, and so is no nft at all (then no rule of ours can
+    exist: a DEL must not fail forever). A concurrent change between our listing and our
     deletes (another container's teardown) fails the transaction: list again and retry."""
     for attempt in range(attempts):
-        proc = _nft(["-j", "list", "table", "bridge", "nat"])
+        try:
+            proc = _nft(["-j", "list", "table", "bridge", "nat"])
+        except CniError:
+            return  # nft is not installed
         if proc.returncode != 0 and "No such file or directory" in proc.stderr:
             return  # no table: nothing of ours either
         if proc.returncode != 0:

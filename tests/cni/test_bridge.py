@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -142,7 +143,7 @@ def test_macspoofchk_drops_frames_with_another_source_mac(netns, data_dir, check
     assert "cni-br-iface" not in _nft_ruleset(host) and "macspoofchk" not in _nft_ruleset(host)
 
 
-def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir):
+def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir, tmp_path):
     host, first, second = netns.new(), netns.new(), netns.new()
     conf = bridge_conf(data_dir, macspoofchk=True, ipMasq=False)
     a = invoke("ADD", conf, host=host, sandbox=first, container_id="one")
@@ -155,6 +156,11 @@ def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir):
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0  # again
     assert "macspoofchk" not in _nft_ruleset(host)
+    # no nft on the host: no rule of ours can exist, and a DEL must not fail forever
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ip").symlink_to(shutil.which("ip") or "/usr/sbin/ip")
+    gone = invoke("DEL", conf, host=host, container_id="two", env={"PATH": str(tmp_path / "bin")})
+    assert gone.rc == 0, gone
 
 
 def _nft_ruleset(ns: str) -> str:
