@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import shutil
 import subprocess
 
 from netplane.cni.spec import INTERNAL, CniError
@@ -130,10 +131,13 @@ def teardown_known(network: str, container_id: str, addresses: list[str]) -> Non
 
 
 def teardown(chains: set[str], versions: tuple[int, ...] = (4, 6), attempts: int = 3) -> None:
-    """Idempotent: chains that do not exist are skipped; no ip6tables is not an error. A
-    concurrent DEL of the same container (the runtime and kubelet both stopping a sandbox)
+    """Idempotent: chains that do not exist are skipped; no iptables (or ip6tables) installed
+    is not an error either (no rule of ours can exist then, and a DEL must not fail forever).
+    A concurrent DEL of the same container (the runtime and kubelet both stopping a sandbox)
     can remove a chain between our save and our restore: then save and try again."""
     for version in versions:
+        if shutil.which(_binaries(version)[0]) is None:
+            continue
         for attempt in range(attempts):
             try:
                 rules = render_teardown(save(version), chains)

@@ -156,11 +156,13 @@ def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir, tmp_path):
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0  # again
     assert "macspoofchk" not in _nft_ruleset(host)
-    # no nft on the host: no rule of ours can exist, and a DEL must not fail forever
+    # no nft or iptables on the host: no rule of ours can exist, and a DEL must not fail forever
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ip").symlink_to(shutil.which("ip") or "/usr/sbin/ip")
-    gone = invoke("DEL", conf, host=host, container_id="two", env={"PATH": str(tmp_path / "bin")})
-    assert gone.rc == 0, gone
+    bare = {"PATH": str(tmp_path / "bin")}
+    for c in (conf, {**conf, "ipMasq": True}):
+        gone = invoke("DEL", c, host=host, container_id="two", env=bare)
+        assert gone.rc == 0, gone
 
 
 def _nft_ruleset(ns: str) -> str:
