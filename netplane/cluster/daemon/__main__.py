@@ -11,7 +11,7 @@ import sys
 import threading
 
 from netplane.cluster.daemon.supervisor import Supervisor
-from netplane.cluster.statedir import StateDir
+from netplane.cluster.statedir import StateDir, write_atomic
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    (state.pids / "supervisor.pid").write_text(json.dumps({"pid": os.getpid(), "argv": sys.argv}))
+    write_atomic(state.pids / "supervisor.pid", json.dumps({"pid": os.getpid(), "argv": sys.argv}))
     sup = Supervisor(state)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=sup.shutdown).start())
     sup.serve()

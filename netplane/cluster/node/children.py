@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from netplane.cluster.statedir import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,8 @@ class Child:
             start_new_session=True,  # a Ctrl-C at the terminal reaches the supervisor only
         )
         logf.close()
-        self.pid_file.write_text(json.dumps({"pid": proc.pid, "argv": self.argv}))
+        # atomic: `down` after a crash (kill_recorded) must never read a half-written file
+        write_atomic(self.pid_file, json.dumps({"pid": proc.pid, "argv": self.argv}))
         return proc
 
     def _run(self) -> None:
