@@ -128,7 +128,7 @@ def parse_conf(conf: dict[str, Any], args: dict[str, str] | None = None) -> Ipam
         routes=tuple(routes),
         data_dir=str(ipam.get("dataDir", "")),
         resolv_conf=str(ipam.get("resolvConf", "")),
-        requested=_requested(conf, args or {}),
+        requested=_requested(conf, runtime, args or {}),
     )
 
 
@@ -153,13 +153,13 @@ def _address(text: Any, where: str, code: int = INVALID_CONFIG) -> IPAddr:
         raise CniError(code, f"{where}: invalid IP address {text!r}") from None
 
 
-def _requested(conf: dict[str, Any], args: dict[str, str]) -> tuple[IPAddr, ...]:
+def _requested(conf: dict[str, Any], runtime: dict[str, Any],
+               args: dict[str, str]) -> tuple[IPAddr, ...]:  # fmt: skip
     found: list[IPAddr] = []
     if args.get("IP"):
         found.append(_address(args["IP"], "CNI_ARGS IP", INVALID_ENV))
     cni_args = (conf.get("args") or {}).get("cni") or {}
     found += [_address(ip, "args.cni.ips") for ip in _list(cni_args, "ips", "args.cni")]
-    runtime = conf.get("runtimeConfig") or {}
     found += [_address(ip, "runtimeConfig.ips") for ip in _list(runtime, "ips", "runtimeConfig")]
     return tuple(dict.fromkeys(found))  # one request per address, first order kept
 

@@ -145,6 +145,11 @@ def ping(ns: str, ip: str) -> bool:
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
+def nft_ruleset(ns: str) -> str:
+    """`nft list ruleset` in NS (macspoofchk's rules live in table bridge nat)."""
+    return _run("ip", "netns", "exec", ns, "nft", "list", "ruleset")
+
+
 def nat_rules(ns: str) -> list[str]:
     out = _run("ip", "netns", "exec", ns, "iptables-save", "-t", "nat")
     return [line for line in out.splitlines() if line.startswith(("-A", ":CNI"))]

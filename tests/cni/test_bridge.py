@@ -15,6 +15,7 @@ from cniutil import (
     links,
     nat_rules,
     netns_path,
+    nft_ruleset,
     ns_json,
     ping,
     store_files,
@@ -140,7 +141,7 @@ def test_macspoofchk_drops_frames_with_another_source_mac(netns, data_dir, check
         subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "all"], check=True)
     assert ping(sandbox, "10.88.0.1") is not check
     assert invoke("DEL", {**conf, "prevResult": add.out}, host=host, sandbox=sandbox).rc == 0
-    assert "cni-br-iface" not in _nft_ruleset(host) and "macspoofchk" not in _nft_ruleset(host)
+    assert "cni-br-iface" not in nft_ruleset(host) and "macspoofchk" not in nft_ruleset(host)
 
 
 def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir, tmp_path):
@@ -150,12 +151,12 @@ def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir, tmp_path):
     b = invoke("ADD", conf, host=host, sandbox=second, container_id="two")
     assert a.rc == 0 and b.rc == 0, (a, b)
     assert invoke("DEL", conf, host=host, sandbox=first, container_id="one").rc == 0
-    listed = _nft_ruleset(host)
+    listed = nft_ruleset(host)
     assert "macspoofchk-one-eth0" not in listed and "cni-br-iface-one-eth0" not in listed
     assert listed.count("macspoofchk-two-eth0") == 4 and ping(second, "10.88.0.1")
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0
     assert invoke("DEL", conf, host=host, sandbox=second, container_id="two").rc == 0  # again
-    assert "macspoofchk" not in _nft_ruleset(host)
+    assert "macspoofchk" not in nft_ruleset(host)
     # no nft or iptables on the host: no rule of ours can exist, and a DEL must not fail forever
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ip").symlink_to(shutil.which("ip") or "/usr/sbin/ip")
@@ -163,11 +164,6 @@ def test_macspoofchk_del_removes_only_its_own_rules(netns, data_dir, tmp_path):
     for c in (conf, {**conf, "ipMasq": True}):
         gone = invoke("DEL", c, host=host, container_id="two", env=bare)
         assert gone.rc == 0, gone
-
-
-def _nft_ruleset(ns: str) -> str:
-    cmd = ["ip", "netns", "exec", ns, "nft", "list", "ruleset"]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 def _vlan_filtering_supported(ns: str) -> bool:
@@ -290,7 +286,7 @@ def test_failure_mid_add_rolls_back(pair, data_dir):
     assert reply.rc != 0 and "too small" in reply.out["msg"]
     assert set(links(host)) == {"lo"}
     assert set(links(sandbox)) == {"lo"}
-    assert "macspoofchk" not in _nft_ruleset(host)  # set up before IPAM, removed with the rest
+    assert "macspoofchk" not in nft_ruleset(host)  # set up before IPAM, removed with the rest
     # ...and a failure after IPAM (the bridge has another address) releases the IP too.
     conf = bridge_conf(data_dir)
     assert invoke("ADD", conf, host=host, sandbox=sandbox).rc == 0
