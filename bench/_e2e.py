@@ -19,7 +19,7 @@ from pathlib import Path
 
 from netplane.bench import _workload as w
 from netplane.bench._netns import Netns, netns
-from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
+from netplane.bench._probe import Listener, ProbeTimeout, setup_probing, wait_for
 from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import ABSENT, FLUSH, Expect, ProbeService, cycle
 
@@ -122,7 +122,7 @@ def run_e2e(
 
     write(ABSENT)
     with netns() as ns:
-        setup_routes(ns)
+        setup_probing(ns)
         listener = Listener(ns)
         daemon = Daemon(ns.name, manifests, variant, workdir / f"{manifests.name}.log")
         try:

@@ -47,7 +47,7 @@ from netplane.bench import _workload as w
 from netplane.bench._bytecode import compile_netplane
 from netplane.bench._e2e import process_cpu, process_peak_rss
 from netplane.bench._netns import Netns
-from netplane.bench._probe import Listener, ProbeTimeout, setup_routes, wait_for
+from netplane.bench._probe import Listener, ProbeTimeout, setup_probing, wait_for
 from netplane.bench._results import Label, Series, Skipped
 from netplane.bench._scenario import Expect
 from netplane.bench._sysctl import SysctlWatch
@@ -315,7 +315,7 @@ def measure(
     ns = Netns(node.netns)
     listener = proxy = None
     try:
-        setup_routes(ns)
+        setup_probing(ns)
         listener = Listener(ns)
         argv = contender.command(Setup(cp, node, workdir))
         t0 = time.monotonic()

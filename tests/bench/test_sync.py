@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -167,6 +168,29 @@ def test_quick_sync_run_in_namespaces(tmp_path, made):
             assert by[metric, impl, "nftables", change].values, (metric, impl, change)
     assert by["daemon_peak_rss", "netplane", "nftables", None].values[0] > 0
     assert all(v >= 0 for s in r.series for v in s.values)
+
+
+@needs_kernel
+def test_a_rejected_probe_is_refused_every_time_in_a_burst(made):
+    """200 probes back to back at a REJECT, 4x the kernel's ICMP burst: each is refused
+    (rate-limited, one would wait for a SYN retransmit), and only the benchmark's
+    namespace stops rate-limiting."""
+    from netplane.bench import _workload as w
+    from netplane.bench._netns import netns
+    from netplane.bench._probe import REFUSED, probe, setup_probing
+
+    root_mask = Path("/proc/sys/net/ipv4/icmp_ratemask").read_text()
+    ip = w.cluster_ip(0)
+    with netns() as ns:
+        setup_probing(ns)
+        ns.exec("nft", "-f", "-", input=(
+            "table ip probe_test {\n chain out {\n  type filter hook output priority 0\n"
+            f"  ip daddr {ip} tcp dport {w.SERVICE_PORT} reject\n }}\n}}\n"
+        ))  # fmt: skip
+
+        answers = ns.call(lambda: [probe(ip, timeout=0.5)[0] for _ in range(200)])
+    assert answers == [REFUSED] * 200, answers  # a lost refusal shows as a timeout
+    assert Path("/proc/sys/net/ipv4/icmp_ratemask").read_text() == root_mask
 
 
 @pytest.mark.slow
