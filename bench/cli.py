@@ -7,7 +7,6 @@ laptop without root, and a benchmark still being written must not break the othe
 from __future__ import annotations
 
 import importlib
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from netplane.bench._results import (
     new_result,
     write_result,
 )
+from netplane.signals import sigterm_unwinds
 
 _output_dir = click.option(
     "--output-dir",
@@ -69,14 +69,8 @@ def _run_checkpointed(benchmark: str, run: Callable, output_dir: Path) -> None:
         partial = new_result(benchmark, {**params, "partial": True}, series, skipped)
         path = write_result(partial, output_dir, path)
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
+    with sigterm_unwinds():
         params, series, skipped = run(checkpoint)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     _save(new_result(benchmark, params, series, skipped), output_dir, path)
 
 

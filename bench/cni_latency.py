@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from netplane import netns as netplane_netns
+from netplane.signals import sigterm_unwinds
 
 REF_DIR = "/usr/lib/cni"
 SCRIPTS = os.path.dirname(sys.executable)
@@ -159,21 +158,6 @@ def _phase(modes: list[_Mode], config: str, phase: str, width: int, workdir: str
                 ).extend(f.result() for f in futures)
 
 
-@contextmanager
-def _stopped_cleanly() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C: the agent, the 3 + 3 x pods namespaces and the work
-    directory go (a killed run once left 147 namespaces behind)."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _percentiles(samples: list[float]) -> dict[str, float]:
     q = statistics.quantiles(samples, n=100, method="inclusive")
     return {
@@ -195,7 +179,7 @@ def run(quick: bool, configs: tuple[str, ...] = tuple(CONFIGS)) -> dict[str, Any
     pods = 16 if quick else 48
     load = os.getloadavg()[0]
     with (
-        _stopped_cleanly(),
+        sigterm_unwinds(),  # the agent, the 3 + 3 x pods namespaces and the work directory go
         tempfile.TemporaryDirectory(prefix="npbench-cni-") as workdir,
         ExitStack() as stack,
     ):

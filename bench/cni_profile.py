@@ -27,8 +27,9 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from netplane.bench.cni_latency import _conf, _setup, _stopped_cleanly
+from netplane.bench.cni_latency import _conf, _setup
 from netplane.cni.inflight import STATE_ENV
+from netplane.signals import sigterm_unwinds
 
 # what a profiled function is counted as: (module file suffix, function name) -> category
 CATEGORIES: dict[tuple[str, str], str] = {
@@ -125,7 +126,7 @@ def run(quick: bool = False, configs: tuple[str, ...] = ("plain", "ipmasq")) -> 
     pods = 16 if quick else 48
     results: dict[str, Any] = {"pods": pods, "loadavg_before": round(os.getloadavg()[0], 2)}
     with (
-        _stopped_cleanly(),
+        sigterm_unwinds(),
         tempfile.TemporaryDirectory(prefix="npbench-cniprof-") as workdir,
         ExitStack() as stack,
     ):

@@ -23,9 +23,9 @@ import os
 import signal
 import socket
 import socketserver
-import threading
 from collections.abc import Callable
 
+from netplane import signals
 from netplane.cni import inflight
 from netplane.cni.client import DECLINED, MAX_FDS, decode_request
 from netplane.cni.commands import handle
@@ -135,11 +135,7 @@ class Agent(socketserver.ThreadingUnixStreamServer):
 
 
 def _serve(agent: Agent) -> None:
-    def stop(_signum: int, _frame: object) -> None:
-        threading.Thread(target=agent.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signals.on_signals(lambda _: agent.shutdown(), signal.SIGTERM, signal.SIGINT)
     agent.serve_forever()
 
 

@@ -170,7 +170,9 @@ def run_worker(opts: ServeOptions, catalog: Catalog, conn: Connection, number: i
     stop = threading.Event()
 
     def terminate(*_: object) -> None:
-        stop.set()
+        # No lock may be taken here (netplane/signals.py says why) and this runs once: a
+        # second SIGTERM (the supervisor's, then its death signal) must not interrupt the exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(0)  # interrupts the blocking recvfrom() of the serving loop
 
     signal.signal(signal.SIGTERM, terminate)
@@ -195,4 +197,5 @@ def run_worker(opts: ServeOptions, catalog: Catalog, conn: Connection, number: i
     threading.Thread(target=_ship, args=(engine, upstreams, conn, stop), daemon=True).start()
     with contextlib.suppress(SystemExit):
         serve_udp(udp, engine, upstreams, stop)
+    stop.set()
     return 0

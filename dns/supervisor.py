@@ -30,6 +30,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, cast
 
+from netplane import signals
 from netplane.dns.catalog import Catalog, Delta, build_catalog, delta
 from netplane.dns.load import Loading
 from netplane.dns.metrics import StatsCollector
@@ -261,6 +262,7 @@ def _into_child(keep_fd: int) -> None:
     os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signals.forget()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
 
@@ -346,8 +348,7 @@ def serve(opts: ServeOptions, loading: Loading) -> int:
             loading.stop.set()
             return 1
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signals.on_signals(lambda _: stop.set(), signal.SIGTERM, signal.SIGINT)
     sup = Supervisor(opts, health)
     sup.catalog = build_catalog(ClusterState().snapshot(), opts.zone, 0)  # unsynced: SERVFAIL
     threading.Thread(target=follow, args=(loading.state, sup, stop), daemon=True).start()

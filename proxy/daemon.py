@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from netplane import signals
 from netplane.kube import source_from_options
 from netplane.kube.source import Tuning
 from netplane.proxy._codec import codec
@@ -358,12 +359,11 @@ def run_daemon(
     )
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:
         log.info("%s: stopping, rules stay in place", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals.on_signals(on_signal, signal.SIGTERM, signal.SIGINT)
     config = ProxyConfig(
         node_name=node, family=family, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all
     )

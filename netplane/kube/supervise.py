@@ -21,6 +21,8 @@ from typing import Any
 
 import click
 
+from netplane import signals
+
 log = logging.getLogger(__name__)
 
 
@@ -76,8 +78,7 @@ def supervise(
         raise click.BadParameter("NAMESPACE/NAME", param_hint="--daemonset")
     child = subprocess.Popen(list(command))
     stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: stopping.set())
+    signals.on_signals(lambda _: stopping.set(), signal.SIGTERM, signal.SIGINT)
     while child.poll() is None and not stopping.wait(0.5):
         pass
     removed = False

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
@@ -15,3 +19,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def sigterm_storm(pid: int, count: int = 300) -> None:
+    """COUNT SIGTERMs 50 us apart: each can land while the handler of the last still runs
+    (a handler that takes a lock then hangs its process: netplane/signals.py)."""
+    for _ in range(count):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.00005)

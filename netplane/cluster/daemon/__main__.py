@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 
+from netplane import signals
 from netplane.cluster.daemon.supervisor import Supervisor
 from netplane.cluster.statedir import StateDir, write_atomic
 
@@ -26,7 +26,7 @@ def main() -> None:
     )
     write_atomic(state.pids / "supervisor.pid", json.dumps({"pid": os.getpid(), "argv": sys.argv}))
     sup = Supervisor(state)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=sup.shutdown).start())
+    signals.on_signals(lambda _: sup.shutdown(), signal.SIGTERM)
     sup.serve()
     (state.pids / "supervisor.pid").unlink(missing_ok=True)
 
