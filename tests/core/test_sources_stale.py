@@ -89,7 +89,7 @@ def test_unreadable_file_keeps_its_objects(tmp_path):
 
 
 _AS_NOBODY = textwrap.dedent("""
-    import os, pathlib, sys, tempfile
+    import os, pathlib, shutil, sys, tempfile
     from netplane.sources import ManifestSource
     from netplane.state import ClusterState
     svc = sys.argv[1]
@@ -112,6 +112,7 @@ _AS_NOBODY = textwrap.dedent("""
     source.sync_once(state)
     print(sorted(n for _, n in state.snapshot().services), bool(source.stale))
     os.chmod(d, 0o755)
+    shutil.rmtree(d)
 """)
 
 

@@ -94,10 +94,12 @@ def test_source_choice_error_for_the_lean_path(tmp_path):
         source_from_options(None, str(tmp_path / "nope"), False, {"Service"}, ApiCodec)
 
 
-def test_http_get_and_errors():
+def test_http_get_and_errors(tmp_path):
+    from netplane.testing.fakeapi import write_kubeconfig
+
     api = FakeApiServer().start()
     try:
-        http = HttpTransport(load_config(_fake_kubeconfig(api)))
+        http = HttpTransport(load_config(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
         response = http.get("/api/v1/services", {"limit": 5}, (2.0, 5.0))
         try:
             assert response.status == 200 and json.loads(response.data)["kind"] == "ServiceList"
@@ -108,11 +110,3 @@ def test_http_get_and_errors():
         assert e.value.status == 404
     finally:
         api.stop()
-
-
-def _fake_kubeconfig(api: FakeApiServer) -> str:
-    from tempfile import mkdtemp
-
-    from netplane.testing.fakeapi import write_kubeconfig
-
-    return write_kubeconfig(Path(mkdtemp(prefix="np-kube-")) / "kubeconfig", api.url)
